@@ -1,0 +1,313 @@
+//! Settings shared by every service, read from environment variables.
+//!
+//! Every variable has a default that works on a laptop; `Settings::from_env`
+//! checks them all and reports every bad one at once, so an operator fixes a
+//! deployment in one round. The reader is a few lines by hand: the
+//! configuration crates on crates.io add file formats and layering that a
+//! twelve-factor service configured by its environment does not need.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+/// What a service tells the runtime about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSpec {
+    /// Short name: logs, metrics, the default SQLite file and env prefixes.
+    pub name: &'static str,
+    /// Default gRPC port (catalog 50051, customers 50052, ...).
+    pub grpc_port: u16,
+    /// Default admin HTTP port serving `/metrics`.
+    pub admin_port: u16,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object a line, for a log collector.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected `text` or `json`".into()),
+        }
+    }
+}
+
+/// A database URL. Wrapped so that a password in it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The URL itself, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Scheme and everything after the last '@' (host and database), never
+        // the credentials.
+        let scheme = self.0.split(':').next().unwrap_or("");
+        match self.0.rsplit_once('@') {
+            Some((_, host)) => write!(f, "{scheme}://***@{host}"),
+            None => f.write_str(&self.0),
+        }
+    }
+}
+
+/// Runtime settings of one service process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address the gRPC server binds (`AGORA_GRPC_ADDR`); port 0 picks a free one.
+    pub grpc_addr: SocketAddr,
+    /// Address of the admin HTTP server with `/metrics` (`AGORA_ADMIN_ADDR`).
+    pub admin_addr: SocketAddr,
+    /// The service's own database (`AGORA_DATABASE_URL`).
+    pub database_url: DatabaseUrl,
+    /// Upper bound of the connection pool (`AGORA_DB_MAX_CONNECTIONS`).
+    pub db_max_connections: u32,
+    /// How long a call may wait for a pooled connection (`AGORA_DB_ACQUIRE_TIMEOUT_MS`).
+    pub db_acquire_timeout: Duration,
+    /// How often health asks the database whether it answers (`AGORA_DB_PROBE_INTERVAL_MS`).
+    pub db_probe_interval: Duration,
+    /// Deadline for calls that carry no grpc-timeout, and the cap for those
+    /// that carry a longer one (`AGORA_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+    /// Calls served at once; more are refused with RESOURCE_EXHAUSTED
+    /// (`AGORA_CONCURRENCY_LIMIT`).
+    pub concurrency_limit: usize,
+    /// Largest message accepted or sent (`AGORA_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+    /// Time between NOT_SERVING and closing the listener, so load balancers
+    /// stop sending new calls first (`AGORA_DRAIN_DELAY_MS`).
+    pub drain_delay: Duration,
+    /// Bound on graceful shutdown after the drain (`AGORA_SHUTDOWN_TIMEOUT_MS`).
+    pub shutdown_timeout: Duration,
+    /// Text or JSON logs (`AGORA_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// tracing filter directives (`AGORA_LOG`, else `RUST_LOG`, else `info`).
+    pub log_filter: String,
+}
+
+/// Every problem found in the environment, one line each.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads variables through a lookup function, collecting problems.
+pub struct EnvReader<F> {
+    lookup: F,
+    problems: Vec<String>,
+}
+
+impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
+    pub fn new(lookup: F) -> Self {
+        Self { lookup, problems: Vec::new() }
+    }
+
+    /// The raw value of `name`, or `default` when unset or empty.
+    pub fn string(&mut self, name: &str, default: &str) -> String {
+        match (self.lookup)(name) {
+            Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            _ => default.to_owned(),
+        }
+    }
+
+    /// The raw value of `name` when set and not empty.
+    pub fn optional(&mut self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    /// `name` parsed as `T`, or `default`; a value that does not parse is a problem.
+    pub fn parse<T>(&mut self, name: &str, default: T) -> T
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.optional(name) {
+            None => default,
+            Some(raw) => match raw.parse() {
+                Ok(v) => v,
+                Err(e) => {
+                    self.problems.push(format!("{name}={raw:?}: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// `name` as a whole number of milliseconds within `range`.
+    pub fn millis(&mut self, name: &str, default_ms: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
+        let ms = self.parse(name, default_ms);
+        self.check(name, ms, &range);
+        Duration::from_millis(ms)
+    }
+
+    /// `name` as a number within `range`.
+    pub fn number<T>(&mut self, name: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let v = self.parse(name, default);
+        self.check(name, v, &range);
+        v
+    }
+
+    fn check<T: PartialOrd + fmt::Display>(&mut self, name: &str, v: T, range: &std::ops::RangeInclusive<T>) {
+        if !range.contains(&v) {
+            self.problems.push(format!(
+                "{name}={v}: must be between {} and {}",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
+
+    /// Records a problem found by the caller.
+    pub fn problem(&mut self, problem: String) {
+        self.problems.push(problem);
+    }
+
+    /// Ok when no problem was found.
+    pub fn finish(self) -> Result<(), ConfigError> {
+        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError(self.problems)) }
+    }
+}
+
+impl Settings {
+    /// Settings from the process environment.
+    pub fn from_env(spec: &ServiceSpec) -> Result<Self, ConfigError> {
+        let mut env = EnvReader::new(|name| std::env::var(name).ok());
+        let settings = Self::read(spec, &mut env);
+        env.finish().map(|()| settings)
+    }
+
+    /// Settings from any lookup; tests pass a map.
+    pub fn read<F: Fn(&str) -> Option<String>>(spec: &ServiceSpec, env: &mut EnvReader<F>) -> Self {
+        let grpc_addr = env.parse("AGORA_GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.grpc_port)));
+        let admin_addr = env.parse("AGORA_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.admin_port)));
+        let database_url =
+            DatabaseUrl::new(env.string("AGORA_DATABASE_URL", &format!("sqlite:data/{}.db", spec.name)));
+        if !database_url.is_postgres() && !database_url.is_sqlite() {
+            env.problem(format!(
+                "AGORA_DATABASE_URL={:?}: expected a sqlite: or postgres:// URL",
+                database_url
+            ));
+        }
+        let log_filter = env
+            .optional("AGORA_LOG")
+            .or_else(|| env.optional("RUST_LOG"))
+            .unwrap_or_else(|| "info".to_owned());
+        Self {
+            grpc_addr,
+            admin_addr,
+            database_url,
+            db_max_connections: env.number("AGORA_DB_MAX_CONNECTIONS", 8, 1..=1000),
+            db_acquire_timeout: env.millis("AGORA_DB_ACQUIRE_TIMEOUT_MS", 2_000, 1..=600_000),
+            db_probe_interval: env.millis("AGORA_DB_PROBE_INTERVAL_MS", 1_000, 10..=600_000),
+            request_timeout: env.millis("AGORA_REQUEST_TIMEOUT_MS", 10_000, 1..=3_600_000),
+            concurrency_limit: env.number("AGORA_CONCURRENCY_LIMIT", 256, 1..=1_000_000),
+            max_message_bytes: env.number("AGORA_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024..=(256 << 20)),
+            drain_delay: env.millis("AGORA_DRAIN_DELAY_MS", 5_000, 0..=600_000),
+            shutdown_timeout: env.millis("AGORA_SHUTDOWN_TIMEOUT_MS", 10_000, 0..=600_000),
+            log_format: env.parse("AGORA_LOG_FORMAT", LogFormat::Text),
+            log_filter,
+        }
+    }
+
+    /// Settings for a test: loopback, free ports, short delays.
+    pub fn for_tests(database_url: DatabaseUrl) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            db_max_connections: 4,
+            db_acquire_timeout: Duration::from_secs(2),
+            db_probe_interval: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(10),
+            concurrency_limit: 64,
+            max_message_bytes: 4 * 1024 * 1024,
+            drain_delay: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(5),
+            log_format: LogFormat::Text,
+            log_filter: "warn".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SPEC: ServiceSpec = ServiceSpec { name: "catalog", grpc_port: 50051, admin_port: 9101 };
+
+    fn read(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut env = EnvReader::new(move |k| map.get(k).cloned());
+        let s = Settings::read(&SPEC, &mut env);
+        env.finish().map(|()| s)
+    }
+
+    #[test]
+    fn defaults_need_no_environment() {
+        let s = read(&[]).unwrap();
+        assert_eq!(s.grpc_addr.port(), 50051);
+        assert_eq!(s.admin_addr.port(), 9101);
+        assert_eq!(s.database_url.expose(), "sqlite:data/catalog.db");
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once() {
+        let err = read(&[
+            ("AGORA_GRPC_ADDR", "nowhere"),
+            ("AGORA_CONCURRENCY_LIMIT", "0"),
+            ("AGORA_LOG_FORMAT", "xml"),
+            ("AGORA_DATABASE_URL", "mysql://x"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for name in ["AGORA_GRPC_ADDR", "AGORA_CONCURRENCY_LIMIT", "AGORA_LOG_FORMAT", "AGORA_DATABASE_URL"] {
+            assert!(text.contains(name), "{name} missing from {text}");
+        }
+        assert_eq!(err.0.len(), 4);
+    }
+
+    #[test]
+    fn a_database_password_never_prints() {
+        let url = DatabaseUrl::new("postgres://agora:s3cret@db:5432/catalog");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("db:5432/catalog"));
+    }
+}

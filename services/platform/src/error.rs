@@ -1,0 +1,172 @@
+//! The errors a service answers with, and the one place that turns them into
+//! gRPC statuses.
+//!
+//! Domain code returns [`Error`]; it knows nothing of tonic. `From<Error> for
+//! tonic::Status` decides codes and details: field violations travel as
+//! `google.rpc.BadRequest`, a stale etag as `google.rpc.PreconditionFailure`,
+//! and an internal error is logged with its whole chain but answered with no
+//! detail at all.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field in the request, e.g. `product.price.currency_code`.
+    pub field: String,
+    /// What is wrong with it, for a person to read.
+    pub description: String,
+}
+
+/// Everything a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong; retrying it unchanged will fail again.
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The named resource does not exist.
+    #[error("{resource} {id:?} not found")]
+    NotFound { resource: &'static str, id: String },
+    /// Creating it would break a uniqueness rule.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The system is not in the state the call needs (a stale etag, a
+    /// discontinued product). `kind` names the precondition (e.g. `ETAG`).
+    #[error("{description}")]
+    FailedPrecondition { kind: &'static str, subject: String, description: String },
+    /// A dependency (the database, an upstream service) cannot answer now;
+    /// the call may succeed if retried later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure. Logged, never shown to the caller.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// A single invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation { field: field.into(), description: description.into() }])
+    }
+
+    /// The request's etag is not the resource's current one.
+    pub fn stale_etag(resource: &'static str, id: &str) -> Self {
+        Self::FailedPrecondition {
+            kind: "ETAG",
+            subject: format!("{resource}/{id}"),
+            description: format!("the {resource} changed since it was read (stale etag); read it again"),
+        }
+    }
+}
+
+/// Collects every invalid field of a request, so the caller learns of all
+/// of them in one answer.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation { field: field.into(), description: description.into() });
+    }
+
+    /// Records the error of a parse, when there is one, and keeps the value.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(description) => {
+                self.add(field, description);
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Ok when nothing was wrong.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            // The database is out of reach or saturated: a retry may work.
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable("the database is unavailable".into())
+            }
+            other => Self::Internal(anyhow::Error::new(other).context("database")),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument(violations) => {
+                let message = format!("invalid request: {}", describe(&violations));
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            err @ Error::NotFound { .. } => {
+                let Error::NotFound { resource, ref id } = err else { unreachable!() };
+                let details = ErrorDetails::with_resource_info(resource, id.clone(), "", err.to_string());
+                Status::with_error_details(Code::NotFound, err.to_string(), details)
+            }
+            Error::AlreadyExists(message) => Status::already_exists(message),
+            Error::FailedPrecondition { kind, subject, description } => {
+                let details = ErrorDetails::with_precondition_failure_violation(kind, subject, description.clone());
+                Status::with_error_details(Code::FailedPrecondition, description, details)
+            }
+            Error::Unavailable(message) => Status::unavailable(message),
+            Error::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_violations_travel_as_bad_request() {
+        let mut v = Violations::new();
+        v.add("product.display_name", "must not be empty");
+        v.add("product.price", "is required");
+        let status: Status = v.finish().unwrap_err().into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> =
+            details.bad_request().unwrap().field_violations.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["product.display_name", "product.price"]);
+    }
+
+    #[test]
+    fn internal_errors_keep_their_details_to_themselves() {
+        let status: Status = Error::Internal(anyhow::anyhow!("secret table is corrupt")).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

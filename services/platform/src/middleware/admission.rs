@@ -1,0 +1,90 @@
+//! Admission control: refuse calls fast instead of queueing them.
+//!
+//! Application calls need a permit from a server-wide semaphore; when none is
+//! free the call fails at once with RESOURCE_EXHAUSTED (load shedding, no
+//! unbounded queue), and before start-up finished it fails with UNAVAILABLE.
+//! Health and reflection bypass both: a Kubernetes probe must get an answer
+//! from a busy server, or the kubelet would restart a pod for being popular.
+//! tower's `LoadShed` over `GlobalConcurrencyLimit` sheds every path alike,
+//! which is why this small layer exists.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use super::status_response;
+use crate::health::Health;
+
+/// Paths that are always admitted.
+fn bypasses(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    permits: Arc<Semaphore>,
+    health: Health,
+}
+
+impl AdmissionLayer {
+    pub fn new(limit: usize, health: Health) -> Self {
+        Self { permits: Arc::new(Semaphore::new(limit)), health }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission { inner, permits: self.permits.clone(), health: self.health.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admission<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    health: Health,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Admission<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if bypasses(req.uri().path()) {
+            return Box::pin(self.inner.call(req));
+        }
+        if !self.health.is_started() {
+            let status = tonic::Status::unavailable("the service is starting");
+            return Box::pin(std::future::ready(Ok(status_response(status))));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            metrics::counter!("agora_grpc_server_shed_total").increment(1);
+            let status = tonic::Status::resource_exhausted("the server is at its concurrency limit; retry later");
+            return Box::pin(std::future::ready(Ok(status_response(status))));
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            drop(permit);
+            result
+        })
+    }
+}

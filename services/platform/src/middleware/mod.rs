@@ -1,0 +1,40 @@
+//! The server's tower middleware. The stack itself is assembled, one layer a
+//! line, in [`crate::server`]; each layer lives in a module of its own here.
+//!
+//! Every layer answers a refusal as a trailers-only gRPC response rather
+//! than an error, so the observe layer above it sees one kind of outcome.
+
+mod admission;
+mod deadline;
+mod observe;
+
+pub use admission::AdmissionLayer;
+pub use deadline::{Deadline, DeadlineLayer, parse_grpc_timeout};
+pub use observe::ObserveLayer;
+
+use http::Response;
+use tower_http::catch_panic::ResponseForPanic;
+
+/// A trailers-only gRPC response carrying `status`.
+pub(crate) fn status_response<B: Default>(status: tonic::Status) -> Response<B> {
+    status.into_http()
+}
+
+/// Turns a panic in a handler into INTERNAL; the panic message is logged,
+/// never sent.
+#[derive(Debug, Clone, Copy)]
+pub struct PanicToInternal;
+
+impl ResponseForPanic for PanicToInternal {
+    type ResponseBody = tonic::body::Body;
+
+    fn response_for_panic(&mut self, err: Box<dyn std::any::Any + Send + 'static>) -> Response<Self::ResponseBody> {
+        let message = err
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| err.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        tracing::error!(panic = %message, "handler panicked");
+        status_response(tonic::Status::internal("internal error"))
+    }
+}

@@ -1,0 +1,240 @@
+//! One tracing span and one set of metrics per gRPC call.
+//!
+//! A gRPC call's outcome is its `grpc-status`, which arrives either in the
+//! response headers (an error answered at once) or in the trailers after the
+//! last message (every success, every streamed error). tower-http's trace and
+//! metrics layers see HTTP statuses, which are 200 for all of these; this
+//! layer reads the gRPC status from wherever it comes and records:
+//! - `grpc_server_started_total{grpc_service, grpc_method}`
+//! - `grpc_server_handled_total{grpc_service, grpc_method, grpc_code}`
+//! - `grpc_server_handling_seconds{grpc_service, grpc_method}` (histogram)
+//! - `grpc_server_in_flight{grpc_service, grpc_method}`
+//!
+//! The names follow the go-grpc-prometheus conventions, so existing
+//! dashboards and alerts work unchanged.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use metrics::{Label, counter, gauge, histogram};
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, field};
+
+/// Canonical gRPC status names, indexed by code.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn code_of(headers: &HeaderMap) -> Option<usize> {
+    let code: usize = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    // A code outside the known range is reported as UNKNOWN.
+    Some(if code < CODE_NAMES.len() { code } else { 2 })
+}
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    /// Fully qualified gRPC services this server offers. Other paths are
+    /// labelled `unknown`, so a scanner cannot grow the label set.
+    services: Arc<[String]>,
+}
+
+impl ObserveLayer {
+    pub fn new(services: impl IntoIterator<Item = String>) -> Self {
+        Self { services: services.into_iter().collect() }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner, services: self.services.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    services: Arc<[String]>,
+}
+
+/// Service and method labels of a request path `/pkg.Service/Method`.
+fn labels(services: &[String], path: &str) -> (String, String) {
+    if let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        if services.iter().any(|s| s == service) && !method.is_empty() && !method.contains('/') {
+            return (service.to_owned(), method.to_owned());
+        }
+    }
+    ("unknown".to_owned(), "unknown".to_owned())
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (service, method) = labels(&self.services, req.uri().path());
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let span = tracing::info_span!(
+            "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            request_id = %request_id,
+            grpc.code = field::Empty,
+            elapsed_ms = field::Empty,
+        );
+        let guard = CallGuard::start(service, method, span.clone());
+        let fut = self.inner.call(req).instrument(span);
+        Box::pin(async move {
+            let response = fut.await?;
+            let (parts, body) = response.into_parts();
+            // A status in the headers is a trailers-only answer: the call is over.
+            let guard = match code_of(&parts.headers) {
+                Some(code) => {
+                    guard.finish(code);
+                    None
+                }
+                None => Some(guard),
+            };
+            Ok(Response::from_parts(parts, ObservedBody { inner: body, guard }))
+        })
+    }
+}
+
+/// Records the end of one call exactly once: at its status, or when the
+/// response is dropped before one was sent (the client went away).
+struct CallGuard {
+    labels: [Label; 2],
+    span: Span,
+    start: Instant,
+    done: bool,
+}
+
+impl CallGuard {
+    fn start(service: String, method: String, span: Span) -> Self {
+        let labels = [Label::new("grpc_service", service), Label::new("grpc_method", method)];
+        counter!("grpc_server_started_total", labels.iter()).increment(1);
+        gauge!("grpc_server_in_flight", labels.iter()).increment(1.0);
+        Self { labels, span, start: Instant::now(), done: false }
+    }
+
+    fn finish(mut self, code: usize) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: usize) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        let name = CODE_NAMES[code];
+        gauge!("grpc_server_in_flight", self.labels.iter()).decrement(1.0);
+        histogram!("grpc_server_handling_seconds", self.labels.iter()).record(elapsed.as_secs_f64());
+        let mut with_code = self.labels.to_vec();
+        with_code.push(Label::from_static_parts("grpc_code", name));
+        counter!("grpc_server_handled_total", with_code.iter()).increment(1);
+
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        self.span.record("grpc.code", name);
+        self.span.record("elapsed_ms", ms);
+        let _entered = self.span.enter();
+        match code {
+            0 => tracing::debug!(grpc.code = name, elapsed_ms = ms, "call finished"),
+            // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS:
+            // the server's side of the story, worth a look.
+            2 | 4 | 13 | 14 | 15 => tracing::warn!(grpc.code = name, elapsed_ms = ms, "call failed"),
+            _ => tracing::info!(grpc.code = name, elapsed_ms = ms, "call refused"),
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        // Dropped without a status: the client cancelled or the stream broke.
+        self.record(1);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body, watched for the trailers that carry the status.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<CallGuard>,
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(trailers) = f.trailers_ref() {
+                    if let Some(guard) = this.guard.take() {
+                        // No status in the trailers is a broken answer: UNKNOWN.
+                        guard.finish(code_of(trailers).unwrap_or(2));
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(guard) = this.guard.take() {
+                    guard.finish(13);
+                }
+            }
+            None => {
+                if let Some(guard) = this.guard.take() {
+                    guard.finish(2);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
