@@ -13,6 +13,7 @@
 //! - [`error`]: the error vocabulary and its one mapping to gRPC statuses.
 //! - [`wire`]: timestamps, page sizes and page tokens at the gRPC edge.
 //! - [`server`]: [`Application`]: binds, serves, drains, stops.
+//! - [`testing`]: real servers on loopback and fresh databases for integration tests.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod server;
 pub mod telemetry;
+pub mod testing;
 pub mod wire;
 
 pub use config::{ServiceSpec, Settings};

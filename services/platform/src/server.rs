@@ -152,7 +152,10 @@ impl Application {
         // Reflection advertises exactly what this server offers, though the
         // descriptor sets describe every context.
         let mut advertised = services.names.clone();
-        advertised.push("grpc.health.v1.Health".to_owned());
+        advertised.extend(
+            ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+                .map(String::from),
+        );
         let reflection = || {
             let mut builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -167,10 +170,6 @@ impl Application {
         let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
         let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
 
-        let mut observed = advertised.clone();
-        observed.push("grpc.reflection.v1.ServerReflection".to_owned());
-        observed.push("grpc.reflection.v1alpha.ServerReflection".to_owned());
-
         let stack = ServiceBuilder::new()
             // Take the caller's x-request-id or make one, so every log line
             // of a call can be found from the id the client sees.
@@ -178,7 +177,7 @@ impl Application {
             // Send the request id back in the response headers.
             .layer(PropagateRequestIdLayer::x_request_id())
             // A span and the Prometheus metrics for every call, by gRPC code.
-            .layer(ObserveLayer::new(observed))
+            .layer(ObserveLayer::new(advertised))
             // A panicking handler answers INTERNAL instead of resetting the stream.
             .layer(CatchPanicLayer::custom(PanicToInternal))
             // Honour grpc-timeout (capped by the server's own limit): DEADLINE_EXCEEDED.

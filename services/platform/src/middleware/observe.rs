@@ -175,11 +175,11 @@ impl CallGuard {
         self.span.record("elapsed_ms", ms);
         let _entered = self.span.enter();
         match code {
-            0 => tracing::debug!(grpc.code = name, elapsed_ms = ms, "call finished"),
+            0 => tracing::debug!("call finished"),
             // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS:
             // the server's side of the story, worth a look.
-            2 | 4 | 13 | 14 | 15 => tracing::warn!(grpc.code = name, elapsed_ms = ms, "call failed"),
-            _ => tracing::info!(grpc.code = name, elapsed_ms = ms, "call refused"),
+            2 | 4 | 13 | 14 | 15 => tracing::warn!("call failed"),
+            _ => tracing::info!("call refused"),
         }
     }
 }

@@ -1,0 +1,387 @@
+//! The catalog's own database: families, products and idempotency keys.
+//! Returns domain types; the same SQL serves SQLite and PostgreSQL.
+
+use agora_platform::{Database, Error, wire::now_micros};
+use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
+
+use crate::domain::{
+    self, Family, Money, NewFamily, NewProduct, Product, ProductPatch, ProductState, Refusal,
+};
+
+/// Columns of a product row, in the order `product_from_row` reads them.
+macro_rules! product_columns {
+    () => {
+        "seq, product_id, display_name, description, family_id, currency_code, amount_minor, state, revision, create_time, update_time"
+    };
+}
+
+/// Which products a list or stream wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductFilter {
+    pub family_id: Option<String>,
+    pub state: Option<ProductState>,
+}
+
+impl ProductFilter {
+    /// A canonical rendering, bound into page tokens.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "family={};state={}",
+            self.family_id.as_deref().unwrap_or(""),
+            self.state.map_or("", ProductState::as_str)
+        )
+    }
+}
+
+/// One page of a keyset listing: the rows and the cursor of the next page.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_after: Option<i64>,
+}
+
+/// What CreateProduct did.
+#[derive(Debug)]
+pub enum Created {
+    New(Product),
+    /// The idempotency key was seen before with the same request.
+    Replayed(Product),
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogStore {
+    db: Database,
+}
+
+fn family_from_row(row: &AnyRow) -> Result<Family, sqlx::Error> {
+    Ok(Family {
+        id: row.try_get("family_id")?,
+        display_name: row.try_get("display_name")?,
+        description: row.try_get("description")?,
+        create_time: row.try_get("create_time")?,
+    })
+}
+
+fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(Product {
+        id: row.try_get("product_id")?,
+        display_name: row.try_get("display_name")?,
+        description: row.try_get("description")?,
+        family_id: row.try_get("family_id")?,
+        price: Money { currency_code: row.try_get("currency_code")?, amount_minor: row.try_get("amount_minor")? },
+        state: ProductState::parse(&state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown product state {state:?}").into()))?,
+        revision: row.try_get("revision")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+    })
+}
+
+/// Rows of a keyset query asked with `limit + 1`: the extra row only says
+/// that another page exists.
+fn paginate<T>(
+    rows: Vec<AnyRow>,
+    limit: u32,
+    map: impl Fn(&AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Page<T>, Error> {
+    let more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last_seq = None;
+    for row in rows.iter().take(limit as usize) {
+        items.push(map(row)?);
+        last_seq = Some(row.try_get::<i64, _>("seq")?);
+    }
+    Ok(Page { items, next_after: if more { last_seq } else { None } })
+}
+
+impl CatalogStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn create_family(&self, new: NewFamily) -> Result<Family, Error> {
+        let family = Family {
+            id: domain::new_id("fam"),
+            display_name: new.display_name,
+            description: new.description,
+            create_time: now_micros(),
+        };
+        sqlx::query(
+            "INSERT INTO families (family_id, display_name, description, create_time) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&family.id)
+        .bind(&family.display_name)
+        .bind(&family.description)
+        .bind(family.create_time)
+        .execute(self.db.pool())
+        .await?;
+        Ok(family)
+    }
+
+    pub async fn get_family(&self, id: &str) -> Result<Family, Error> {
+        let row = sqlx::query(
+            "SELECT family_id, display_name, description, create_time FROM families WHERE family_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        match row {
+            Some(row) => Ok(family_from_row(&row)?),
+            None => Err(Error::NotFound { resource: "family", id: id.to_owned() }),
+        }
+    }
+
+    pub async fn list_families(&self, after: Option<i64>, limit: u32) -> Result<Page<Family>, Error> {
+        let rows = sqlx::query(
+            "SELECT seq, family_id, display_name, description, create_time FROM families \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after.unwrap_or(0))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.db.pool())
+        .await?;
+        paginate(rows, limit, family_from_row)
+    }
+
+    /// Creates a product, or returns the one an earlier call with the same
+    /// idempotency key created.
+    pub async fn create_product(&self, request_id: Option<&str>, new: NewProduct) -> Result<Created, Error> {
+        let now = now_micros();
+        let product = Product {
+            id: domain::new_id("prd"),
+            display_name: new.display_name.clone(),
+            description: new.description.clone(),
+            family_id: new.family_id.clone(),
+            price: new.price.clone(),
+            state: ProductState::Active,
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        };
+        let mut tx = self.db.begin_write().await?;
+        if let Some(request_id) = request_id {
+            // Claim the key first: a concurrent duplicate waits here (on the
+            // write lock in SQLite, on the key's row in PostgreSQL) and then
+            // finds the claim.
+            let claimed = sqlx::query(
+                "INSERT INTO product_requests (request_id, fingerprint, product_id, create_time) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(request_id)
+            .bind(new.fingerprint())
+            .bind(&product.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                tx.rollback().await?;
+                return self.replay(request_id, &new).await;
+            }
+        }
+        if !family_exists(&mut tx, &product.family_id).await? {
+            return Err(Error::invalid("product.family_id", "no family has this id"));
+        }
+        sqlx::query(concat!(
+            "INSERT INTO products (product_id, display_name, description, family_id, currency_code, ",
+            "amount_minor, state, revision, create_time, update_time) ",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&product.id)
+        .bind(&product.display_name)
+        .bind(&product.description)
+        .bind(&product.family_id)
+        .bind(&product.price.currency_code)
+        .bind(product.price.amount_minor)
+        .bind(product.state.as_str())
+        .bind(product.revision)
+        .bind(product.create_time)
+        .bind(product.update_time)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Created::New(product))
+    }
+
+    async fn replay(&self, request_id: &str, new: &NewProduct) -> Result<Created, Error> {
+        let row = sqlx::query("SELECT fingerprint, product_id FROM product_requests WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_one(self.db.pool())
+            .await?;
+        let fingerprint: String = row.try_get("fingerprint")?;
+        if fingerprint != new.fingerprint() {
+            return Err(Error::invalid(
+                "request_id",
+                "was already used for a different product; use a new request_id for a new product",
+            ));
+        }
+        let product_id: String = row.try_get("product_id")?;
+        Ok(Created::Replayed(self.get_product(&product_id).await?))
+    }
+
+    pub async fn get_product(&self, id: &str) -> Result<Product, Error> {
+        fetch_product(self.db.pool(), id).await
+    }
+
+    /// The products among `ids` that exist, in no particular order.
+    pub async fn get_products(&self, ids: &[String]) -> Result<Vec<Product>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        // Only numbered placeholders are formatted into the text; every id is bound.
+        let sql = format!(
+            concat!("SELECT ", product_columns!(), " FROM products WHERE product_id IN ({})"),
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(self.db.pool()).await?;
+        rows.iter().map(|r| product_from_row(r).map_err(Error::from)).collect()
+    }
+
+    /// One page of products after the cursor `after`, in creation order.
+    pub async fn list_products(
+        &self,
+        filter: &ProductFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<Product>, Error> {
+        // One statement per filter shape, so each can use its index.
+        let sql = match (&filter.family_id, &filter.state) {
+            (None, None) => concat!(
+                "SELECT ", product_columns!(), " FROM products WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ),
+            (Some(_), None) => concat!(
+                "SELECT ", product_columns!(),
+                " FROM products WHERE seq > $1 AND family_id = $3 ORDER BY seq LIMIT $2"
+            ),
+            (None, Some(_)) => concat!(
+                "SELECT ", product_columns!(),
+                " FROM products WHERE seq > $1 AND state = $3 ORDER BY seq LIMIT $2"
+            ),
+            (Some(_), Some(_)) => concat!(
+                "SELECT ", product_columns!(),
+                " FROM products WHERE seq > $1 AND family_id = $3 AND state = $4 ORDER BY seq LIMIT $2"
+            ),
+        };
+        let mut query = sqlx::query(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
+        if let Some(family) = &filter.family_id {
+            query = query.bind(family.clone());
+        }
+        if let Some(state) = filter.state {
+            query = query.bind(state.as_str());
+        }
+        let rows = query.fetch_all(self.db.pool()).await?;
+        paginate(rows, limit, product_from_row)
+    }
+
+    /// Applies `patch` to the product if `etag` (when given) is current.
+    pub async fn update_product(&self, id: &str, etag: &str, patch: &ProductPatch) -> Result<Product, Error> {
+        let mut tx = self.db.begin_write().await?;
+        let current = fetch_product(&mut *tx, id).await?;
+        refuse(domain::check_etag(&current, etag), id)?;
+        if current.state == ProductState::Discontinued {
+            refuse(Err(Refusal::Discontinued), id)?;
+        }
+        if let Some(family) = &patch.family_id {
+            if !family_exists(&mut tx, family).await? {
+                return Err(Error::invalid("product.family_id", "no family has this id"));
+            }
+        }
+        let mut next = patch.apply(&current);
+        next.revision = current.revision + 1;
+        next.update_time = now_micros().max(current.update_time);
+        let changed = sqlx::query(
+            "UPDATE products SET display_name = $1, description = $2, family_id = $3, currency_code = $4, \
+             amount_minor = $5, revision = $6, update_time = $7 WHERE product_id = $8 AND revision = $9",
+        )
+        .bind(&next.display_name)
+        .bind(&next.description)
+        .bind(&next.family_id)
+        .bind(&next.price.currency_code)
+        .bind(next.price.amount_minor)
+        .bind(next.revision)
+        .bind(next.update_time)
+        .bind(id)
+        .bind(current.revision)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            // Another writer got in between the read and the write.
+            return Err(Error::stale_etag("product", id));
+        }
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    /// Discontinues the product; a product already discontinued is returned
+    /// unchanged.
+    pub async fn discontinue_product(&self, id: &str, etag: &str) -> Result<Product, Error> {
+        let mut tx = self.db.begin_write().await?;
+        let current = fetch_product(&mut *tx, id).await?;
+        refuse(domain::check_etag(&current, etag), id)?;
+        if current.state == ProductState::Discontinued {
+            return Ok(current);
+        }
+        let mut next = current.clone();
+        next.state = ProductState::Discontinued;
+        next.revision += 1;
+        next.update_time = now_micros().max(current.update_time);
+        let changed = sqlx::query(
+            "UPDATE products SET state = $1, revision = $2, update_time = $3 WHERE product_id = $4 AND revision = $5",
+        )
+        .bind(next.state.as_str())
+        .bind(next.revision)
+        .bind(next.update_time)
+        .bind(id)
+        .bind(current.revision)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::stale_etag("product", id));
+        }
+        tx.commit().await?;
+        Ok(next)
+    }
+}
+
+fn refuse(result: Result<(), Refusal>, id: &str) -> Result<(), Error> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(Refusal::StaleEtag) => Err(Error::stale_etag("product", id)),
+        Err(Refusal::Discontinued) => Err(Error::FailedPrecondition {
+            kind: "STATE",
+            subject: format!("product/{id}"),
+            description: "the product is discontinued and can no longer change".into(),
+        }),
+    }
+}
+
+async fn family_exists(tx: &mut sqlx::Transaction<'static, sqlx::Any>, id: &str) -> Result<bool, Error> {
+    Ok(sqlx::query("SELECT 1 FROM families WHERE family_id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some())
+}
+
+/// One product through any executor: the pool, or an open transaction.
+async fn fetch_product<'e, E>(executor: E, id: &str) -> Result<Product, Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(concat!("SELECT ", product_columns!(), " FROM products WHERE product_id = $1"))
+        .bind(id)
+        .fetch_optional(executor)
+        .await?;
+    match row {
+        Some(row) => Ok(product_from_row(&row)?),
+        None => Err(Error::NotFound { resource: "product", id: id.to_owned() }),
+    }
+}

@@ -1,0 +1,208 @@
+//! Support for integration tests: a real server on a free loopback port, a
+//! fresh database (a temporary SQLite file, or a new PostgreSQL database),
+//! and waits on health with a bound instead of fixed sleeps.
+//!
+//! PostgreSQL tests use `AGORA_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) to create and drop their own
+//! databases. Where it is unreachable they are skipped with a printed
+//! reason, unless `AGORA_REQUIRE_POSTGRES=1` (as in CI) makes that a failure.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use sqlx::{Connection as _, Executor as _, AssertSqlSafe};
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::{
+    config::{DatabaseUrl, Settings},
+    server::{Application, Shutdown},
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A database a test owns; removed when dropped.
+pub enum TestDatabase {
+    Sqlite { dir: PathBuf, url: DatabaseUrl },
+    Postgres { admin_url: String, name: String, url: DatabaseUrl },
+}
+
+impl TestDatabase {
+    /// A SQLite file in a new temporary folder.
+    pub fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(unique("agora_test"));
+        std::fs::create_dir_all(&dir).expect("creating a temporary folder");
+        let url = DatabaseUrl::new(format!("sqlite:{}/test.db", dir.display()));
+        Self::Sqlite { dir, url }
+    }
+
+    /// A new, empty PostgreSQL database, or None (with the reason printed)
+    /// when PostgreSQL is not reachable and not required.
+    pub async fn postgres() -> Option<Self> {
+        let admin_url = std::env::var("AGORA_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let required = std::env::var("AGORA_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(conn) => conn,
+            Err(err) if !required => {
+                eprintln!("skipping a PostgreSQL test: {admin_url} is unreachable ({err})");
+                return None;
+            }
+            Err(err) => panic!("PostgreSQL is required (AGORA_REQUIRE_POSTGRES=1) but {admin_url} failed: {err}"),
+        };
+        let name = unique("agora_test");
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("creating a test database");
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+        let url = DatabaseUrl::new(format!("{base}/{name}"));
+        Some(Self::Postgres { admin_url, name, url })
+    }
+
+    pub fn url(&self) -> DatabaseUrl {
+        match self {
+            Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// Drops a PostgreSQL database now, cutting every connection: the way
+    /// a test makes the database "go away".
+    pub async fn drop_now(&self) {
+        if let Self::Postgres { admin_url, name, .. } = self {
+            drop_postgres(admin_url, name).await;
+        }
+    }
+}
+
+async fn drop_postgres(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = admin.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite { dir, .. } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Self::Postgres { admin_url, name, .. } => {
+                // Drop may run inside a runtime; a thread of its own can block.
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                let _ = std::thread::spawn(move || {
+                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        rt.block_on(drop_postgres(&admin_url, &name));
+                    }
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Settings for a test server on `database`.
+pub fn settings(database: &TestDatabase) -> Settings {
+    Settings::for_tests(database.url())
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub channel: Channel,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Runs `app` and waits (bounded) until its health is SERVING.
+    pub async fn start(app: Application) -> Self {
+        let server = Self::start_unready(app).await;
+        wait_for_health(&server.channel, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+        server
+    }
+
+    /// Runs `app` without waiting for health.
+    pub async fn start_unready(app: Application) -> Self {
+        let grpc_addr = app.grpc_addr();
+        let admin_addr = app.admin_addr();
+        let shutdown = app.shutdown();
+        let task = tokio::spawn(app.run_until_stopped());
+        let channel = channel(grpc_addr);
+        Self { grpc_addr, admin_addr, shutdown, channel, task: Some(task) }
+    }
+
+    /// Triggers shutdown and waits for the server to stop (bounded).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stops within 30 s")?
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A lazily connecting channel to a loopback server.
+pub fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+/// The health status of `service` ("" for the whole server), or None when
+/// the server does not answer.
+pub async fn health_status(channel: &Channel, service: &str) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(channel.clone());
+    let mut request = tonic::Request::new(HealthCheckRequest { service: service.into() });
+    request.set_timeout(Duration::from_secs(2));
+    match client.check(request).await {
+        Ok(resp) => ServingStatus::try_from(resp.into_inner().status).ok(),
+        Err(_) => None,
+    }
+}
+
+/// Polls health until it reports `want`; panics after `bound`.
+pub async fn wait_for_health(channel: &Channel, service: &str, want: ServingStatus, bound: Duration) {
+    let reached = wait_until(bound, || async { health_status(channel, service).await == Some(want) }).await;
+    if !reached {
+        let last = health_status(channel, service).await;
+        panic!("health of {service:?} was {last:?}, not {want:?}, after {bound:?}");
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `bound` passes
+/// (false). The way tests wait: on a condition, with a bound.
+pub async fn wait_until<F, Fut>(bound: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
