@@ -82,6 +82,18 @@ impl TestDatabase {
             drop_postgres(admin_url, name).await;
         }
     }
+
+    /// Creates a PostgreSQL database dropped by [`Self::drop_now`] again,
+    /// empty: the way a test makes a database "come up".
+    pub async fn create_now(&self) {
+        if let Self::Postgres { admin_url, name, .. } = self {
+            let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("PostgreSQL answers");
+            admin
+                .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .expect("creating the test database again");
+        }
+    }
 }
 
 async fn drop_postgres(admin_url: &str, name: &str) {

@@ -1,0 +1,95 @@
+//! Shared by the catalog's integration tests: a real catalog server on a
+//! loopback port against a fresh database, and small helpers to call it.
+#![allow(dead_code)]
+
+pub use agora_contracts::agora::{catalog::v1 as pb, common::v1::Money};
+pub use agora_platform::testing::{TestDatabase, TestServer};
+use agora_platform::Settings;
+use pb::catalog_service_client::CatalogServiceClient;
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt as _;
+
+/// Runs `$name(db)` once on SQLite and once on PostgreSQL (skipped with a
+/// printed reason where PostgreSQL is unreachable and not required).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(agora_platform::testing::TestDatabase::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = agora_platform::testing::TestDatabase::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+/// A running catalog, its client and its database (dropped last).
+pub struct Catalog {
+    pub client: CatalogServiceClient<Channel>,
+    pub server: TestServer,
+    pub db: TestDatabase,
+}
+
+pub async fn start(db: TestDatabase) -> Catalog {
+    start_with(db, |_| {}).await
+}
+
+pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> Catalog {
+    let mut settings = agora_platform::testing::settings(&db);
+    tweak(&mut settings);
+    let app = agora_catalog::build(settings).await.expect("catalog builds");
+    let server = TestServer::start(app).await;
+    let client = CatalogServiceClient::new(server.channel.clone());
+    Catalog { client, server, db }
+}
+
+pub async fn family(client: &mut CatalogServiceClient<Channel>, name: &str) -> pb::Family {
+    client
+        .create_family(pb::CreateFamilyRequest {
+            family: Some(pb::Family { display_name: name.into(), ..Default::default() }),
+        })
+        .await
+        .expect("family created")
+        .into_inner()
+        .family
+        .expect("family in response")
+}
+
+pub fn new_product(family_id: &str, name: &str, amount_minor: i64) -> pb::Product {
+    pb::Product {
+        display_name: name.into(),
+        description: format!("{name}, as sold"),
+        family_id: family_id.into(),
+        price: Some(Money { currency_code: "EUR".into(), amount_minor }),
+        ..Default::default()
+    }
+}
+
+pub async fn product(client: &mut CatalogServiceClient<Channel>, family_id: &str, name: &str, amount: i64) -> pb::Product {
+    client
+        .create_product(pb::CreateProductRequest { request_id: String::new(), product: Some(new_product(family_id, name, amount)) })
+        .await
+        .expect("product created")
+        .into_inner()
+        .product
+        .expect("product in response")
+}
+
+/// The fields named by the status's google.rpc.BadRequest, after checking
+/// the code is INVALID_ARGUMENT.
+pub fn bad_fields(status: &Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT carries google.rpc.BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
