@@ -179,6 +179,19 @@ pub fn channel(addr: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
+/// A plain HTTP/2 client without tonic's channel. A tonic `Channel` stops
+/// waiting at the request's own `grpc-timeout` and reports CANCELLED by
+/// itself; through this client a test sees what the server answers.
+pub type RawClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+
+/// A [`RawClient`] and the origin to give a generated client's `with_origin`.
+pub fn raw_client(addr: SocketAddr) -> (RawClient, http::Uri) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    (client, format!("http://{addr}").parse().expect("valid URI"))
+}
+
 /// The health status of `service` ("" for the whole server), or None when
 /// the server does not answer.
 pub async fn health_status(channel: &Channel, service: &str) -> Option<ServingStatus> {

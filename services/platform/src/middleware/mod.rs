@@ -38,3 +38,25 @@ impl ResponseForPanic for PanicToInternal {
         status_response(tonic::Status::internal("internal error"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer as _, ServiceExt as _};
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    /// A handler that panics answers INTERNAL, and the panic text stays in the logs.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal() {
+        let handler = tower::service_fn(|_req: http::Request<tonic::body::Body>| async move {
+            if true {
+                panic!("the secret sauce is gone");
+            }
+            Ok::<_, std::convert::Infallible>(Response::new(tonic::body::Body::empty()))
+        });
+        let service = CatchPanicLayer::custom(PanicToInternal).layer(handler);
+        let response = service.oneshot(http::Request::new(tonic::body::Body::empty())).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "13");
+        assert_eq!(response.headers()["grpc-message"], "internal%20error");
+    }
+}
