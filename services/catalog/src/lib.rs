@@ -13,16 +13,30 @@ pub mod api;
 pub mod domain;
 pub mod store;
 
-use agora_contracts::{FILE_DESCRIPTOR_SET, agora::catalog::v1::catalog_service_server::CatalogServiceServer};
+use agora_contracts::{
+    FILE_DESCRIPTOR_SET, agora::catalog::v1::catalog_service_server::CatalogServiceServer,
+};
 use agora_platform::{Application, Database, Migrations, ServiceSpec, Services, Settings};
 
 /// Name and default ports of the catalog.
-pub const SPEC: ServiceSpec = ServiceSpec { name: "catalog", grpc_port: 50051, admin_port: 9101 };
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "catalog",
+    grpc_port: 50051,
+    admin_port: 9101,
+};
 
 /// The catalog's schema, per dialect.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "catalog", include_str!("../migrations/sqlite/0001_catalog.sql"))],
-    postgres: &[(1, "catalog", include_str!("../migrations/postgres/0001_catalog.sql"))],
+    sqlite: &[(
+        1,
+        "catalog",
+        include_str!("../migrations/sqlite/0001_catalog.sql"),
+    )],
+    postgres: &[(
+        1,
+        "catalog",
+        include_str!("../migrations/postgres/0001_catalog.sql"),
+    )],
 };
 
 /// The catalog service, bound to its ports and ready to run.
@@ -32,6 +46,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let catalog = CatalogServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET).add(catalog);
+    let services = Services::new(FILE_DESCRIPTOR_SET).with(catalog);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

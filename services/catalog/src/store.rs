@@ -69,9 +69,13 @@ fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
         display_name: row.try_get("display_name")?,
         description: row.try_get("description")?,
         family_id: row.try_get("family_id")?,
-        price: Money { currency_code: row.try_get("currency_code")?, amount_minor: row.try_get("amount_minor")? },
-        state: ProductState::parse(&state)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown product state {state:?}").into()))?,
+        price: Money {
+            currency_code: row.try_get("currency_code")?,
+            amount_minor: row.try_get("amount_minor")?,
+        },
+        state: ProductState::parse(&state).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown product state {state:?}").into())
+        })?,
         revision: row.try_get("revision")?,
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
@@ -92,7 +96,10 @@ fn paginate<T>(
         items.push(map(row)?);
         last_seq = Some(row.try_get::<i64, _>("seq")?);
     }
-    Ok(Page { items, next_after: if more { last_seq } else { None } })
+    Ok(Page {
+        items,
+        next_after: if more { last_seq } else { None },
+    })
 }
 
 impl CatalogStore {
@@ -128,11 +135,18 @@ impl CatalogStore {
         .await?;
         match row {
             Some(row) => Ok(family_from_row(&row)?),
-            None => Err(Error::NotFound { resource: "family", id: id.to_owned() }),
+            None => Err(Error::NotFound {
+                resource: "family",
+                id: id.to_owned(),
+            }),
         }
     }
 
-    pub async fn list_families(&self, after: Option<i64>, limit: u32) -> Result<Page<Family>, Error> {
+    pub async fn list_families(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<Family>, Error> {
         let rows = sqlx::query(
             "SELECT seq, family_id, display_name, description, create_time FROM families \
              WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -146,7 +160,11 @@ impl CatalogStore {
 
     /// Creates a product, or returns the one an earlier call with the same
     /// idempotency key created.
-    pub async fn create_product(&self, request_id: Option<&str>, new: NewProduct) -> Result<Created, Error> {
+    pub async fn create_product(
+        &self,
+        request_id: Option<&str>,
+        new: NewProduct,
+    ) -> Result<Created, Error> {
         let now = now_micros();
         let product = Product {
             id: domain::new_id("prd"),
@@ -205,10 +223,12 @@ impl CatalogStore {
     }
 
     async fn replay(&self, request_id: &str, new: &NewProduct) -> Result<Created, Error> {
-        let row = sqlx::query("SELECT fingerprint, product_id FROM product_requests WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_one(self.db.pool())
-            .await?;
+        let row = sqlx::query(
+            "SELECT fingerprint, product_id FROM product_requests WHERE request_id = $1",
+        )
+        .bind(request_id)
+        .fetch_one(self.db.pool())
+        .await?;
         let fingerprint: String = row.try_get("fingerprint")?;
         if fingerprint != new.fingerprint() {
             return Err(Error::invalid(
@@ -232,7 +252,11 @@ impl CatalogStore {
         let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         // Only numbered placeholders are formatted into the text; every id is bound.
         let sql = format!(
-            concat!("SELECT ", product_columns!(), " FROM products WHERE product_id IN ({})"),
+            concat!(
+                "SELECT ",
+                product_columns!(),
+                " FROM products WHERE product_id IN ({})"
+            ),
             placeholders.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -240,7 +264,9 @@ impl CatalogStore {
             query = query.bind(id);
         }
         let rows = query.fetch_all(self.db.pool()).await?;
-        rows.iter().map(|r| product_from_row(r).map_err(Error::from)).collect()
+        rows.iter()
+            .map(|r| product_from_row(r).map_err(Error::from))
+            .collect()
     }
 
     /// One page of products after the cursor `after`, in creation order.
@@ -253,22 +279,29 @@ impl CatalogStore {
         // One statement per filter shape, so each can use its index.
         let sql = match (&filter.family_id, &filter.state) {
             (None, None) => concat!(
-                "SELECT ", product_columns!(), " FROM products WHERE seq > $1 ORDER BY seq LIMIT $2"
+                "SELECT ",
+                product_columns!(),
+                " FROM products WHERE seq > $1 ORDER BY seq LIMIT $2"
             ),
             (Some(_), None) => concat!(
-                "SELECT ", product_columns!(),
+                "SELECT ",
+                product_columns!(),
                 " FROM products WHERE seq > $1 AND family_id = $3 ORDER BY seq LIMIT $2"
             ),
             (None, Some(_)) => concat!(
-                "SELECT ", product_columns!(),
+                "SELECT ",
+                product_columns!(),
                 " FROM products WHERE seq > $1 AND state = $3 ORDER BY seq LIMIT $2"
             ),
             (Some(_), Some(_)) => concat!(
-                "SELECT ", product_columns!(),
+                "SELECT ",
+                product_columns!(),
                 " FROM products WHERE seq > $1 AND family_id = $3 AND state = $4 ORDER BY seq LIMIT $2"
             ),
         };
-        let mut query = sqlx::query(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
+        let mut query = sqlx::query(sql)
+            .bind(after.unwrap_or(0))
+            .bind(i64::from(limit) + 1);
         if let Some(family) = &filter.family_id {
             query = query.bind(family.clone());
         }
@@ -280,17 +313,22 @@ impl CatalogStore {
     }
 
     /// Applies `patch` to the product if `etag` (when given) is current.
-    pub async fn update_product(&self, id: &str, etag: &str, patch: &ProductPatch) -> Result<Product, Error> {
+    pub async fn update_product(
+        &self,
+        id: &str,
+        etag: &str,
+        patch: &ProductPatch,
+    ) -> Result<Product, Error> {
         let mut tx = self.db.begin_write().await?;
         let current = fetch_product(&mut *tx, id).await?;
         refuse(domain::check_etag(&current, etag), id)?;
         if current.state == ProductState::Discontinued {
             refuse(Err(Refusal::Discontinued), id)?;
         }
-        if let Some(family) = &patch.family_id {
-            if !family_exists(&mut tx, family).await? {
-                return Err(Error::invalid("product.family_id", "no family has this id"));
-            }
+        if let Some(family) = &patch.family_id
+            && !family_exists(&mut tx, family).await?
+        {
+            return Err(Error::invalid("product.family_id", "no family has this id"));
         }
         let mut next = patch.apply(&current);
         next.revision = current.revision + 1;
@@ -363,7 +401,10 @@ fn refuse(result: Result<(), Refusal>, id: &str) -> Result<(), Error> {
     }
 }
 
-async fn family_exists(tx: &mut sqlx::Transaction<'static, sqlx::Any>, id: &str) -> Result<bool, Error> {
+async fn family_exists(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    id: &str,
+) -> Result<bool, Error> {
     Ok(sqlx::query("SELECT 1 FROM families WHERE family_id = $1")
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -376,12 +417,19 @@ async fn fetch_product<'e, E>(executor: E, id: &str) -> Result<Product, Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(concat!("SELECT ", product_columns!(), " FROM products WHERE product_id = $1"))
-        .bind(id)
-        .fetch_optional(executor)
-        .await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        product_columns!(),
+        " FROM products WHERE product_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?;
     match row {
         Some(row) => Ok(product_from_row(&row)?),
-        None => Err(Error::NotFound { resource: "product", id: id.to_owned() }),
+        None => Err(Error::NotFound {
+            resource: "product",
+            id: id.to_owned(),
+        }),
     }
 }

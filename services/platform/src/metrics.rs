@@ -26,9 +26,11 @@ pub fn handle() -> &'static PrometheusHandle {
         let upkeep = handle.clone();
         std::thread::Builder::new()
             .name("metrics-upkeep".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(5));
-                upkeep.run_upkeep();
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
             })
             .expect("spawning the metrics upkeep thread");
         handle
@@ -42,6 +44,7 @@ pub async fn serve_admin(
 ) -> std::io::Result<()> {
     let handle = handle();
     let app = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
-

@@ -37,7 +37,9 @@ pub struct Shutdown {
 
 impl Shutdown {
     fn new() -> Self {
-        Self { tx: watch::channel(false).0 }
+        Self {
+            tx: watch::channel(false).0,
+        }
     }
 
     /// Begins shutdown, as SIGTERM would.
@@ -70,13 +72,22 @@ impl Services {
     /// `descriptor_set` is the encoded descriptor set that describes the
     /// services added here, for reflection.
     pub fn new(descriptor_set: &'static [u8]) -> Self {
-        Self { routes: RoutesBuilder::default(), names: Vec::new(), descriptor_sets: vec![descriptor_set] }
+        Self {
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            descriptor_sets: vec![descriptor_set],
+        }
     }
 
     /// Adds a generated tonic server.
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn with<S>(mut self, service: S) -> Self
     where
-        S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S: Service<Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
@@ -141,24 +152,46 @@ impl Application {
     /// Serves until SIGTERM, Ctrl-C or [`Shutdown::trigger`], then drains
     /// and stops within the configured bounds.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { spec, settings, database, migrations, grpc_listener, admin_listener, services, shutdown } =
-            self;
+        let Self {
+            spec,
+            settings,
+            database,
+            migrations,
+            grpc_listener,
+            admin_listener,
+            services,
+            shutdown,
+        } = self;
         let grpc_addr = grpc_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let health = Health::new(reporter, &services.names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let health = Health::new(
+            reporter,
+            &services
+                .names
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .await;
 
         // Reflection advertises exactly what this server offers, though the
         // descriptor sets describe every context.
         let mut advertised = services.names.clone();
         advertised.extend(
-            ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
-                .map(String::from),
+            [
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ]
+            .map(String::from),
         );
         let reflection = || {
             let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc error details, so grpcurl can print them.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
             for set in &services.descriptor_sets {
                 builder = builder.register_encoded_file_descriptor_set(set);
             }
@@ -168,7 +201,9 @@ impl Application {
             builder
         };
         let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
-        let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building reflection v1alpha")?;
 
         let stack = ServiceBuilder::new()
             // Take the caller's x-request-id or make one, so every log line
@@ -181,9 +216,14 @@ impl Application {
             // A panicking handler answers INTERNAL instead of resetting the stream.
             .layer(CatchPanicLayer::custom(PanicToInternal))
             // Honour grpc-timeout (capped by the server's own limit): DEADLINE_EXCEEDED.
-            .layer(DeadlineLayer { server_limit: settings.request_timeout })
+            .layer(DeadlineLayer {
+                server_limit: settings.request_timeout,
+            })
             // Shed load instead of queueing when saturated; wait for start-up.
-            .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
+            .layer(AdmissionLayer::new(
+                settings.concurrency_limit,
+                health.clone(),
+            ))
             .into_inner();
 
         let routes: Routes = services.routes.routes();
@@ -233,13 +273,17 @@ impl Application {
             async move {
                 shutdown.wait().await;
                 health.drain().await;
-                tracing::info!(drain_delay_ms = delay.as_millis() as u64, "shutdown: draining");
+                tracing::info!(
+                    drain_delay_ms = delay.as_millis() as u64,
+                    "shutdown: draining"
+                );
                 tokio::time::sleep(delay).await;
                 let _ = drained_tx.send(());
             }
         };
 
-        let serve = server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), drain);
+        let serve =
+            server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), drain);
         tokio::pin!(serve);
         let bound = settings.shutdown_timeout;
         let result = tokio::select! {
@@ -280,7 +324,11 @@ async fn database_lifecycle(
         match database.migrate(&migrations).await {
             Ok(()) => break,
             Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), retry_in_ms = backoff.as_millis() as u64, "database not ready");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "database not ready"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -357,7 +405,12 @@ where
     };
     // One line on stdout with the bound addresses, for scripts and tests
     // that start the binary on port 0.
-    println!("agora-{} listening grpc={} admin={}", spec.name, app.grpc_addr(), app.admin_addr());
+    println!(
+        "agora-{} listening grpc={} admin={}",
+        spec.name,
+        app.grpc_addr(),
+        app.admin_addr()
+    );
     match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

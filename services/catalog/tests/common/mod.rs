@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 pub use agora_contracts::agora::{catalog::v1 as pb, common::v1::Money};
-pub use agora_platform::testing::{TestDatabase, TestServer};
 use agora_platform::Settings;
+pub use agora_platform::testing::{TestDatabase, TestServer};
 use pb::catalog_service_client::CatalogServiceClient;
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt as _;
@@ -43,7 +43,9 @@ pub async fn start(db: TestDatabase) -> Catalog {
 pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> Catalog {
     let mut settings = agora_platform::testing::settings(&db);
     tweak(&mut settings);
-    let app = agora_catalog::build(settings).await.expect("catalog builds");
+    let app = agora_catalog::build(settings)
+        .await
+        .expect("catalog builds");
     let server = TestServer::start(app).await;
     let client = CatalogServiceClient::new(server.channel.clone());
     Catalog { client, server, db }
@@ -52,7 +54,10 @@ pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> 
 pub async fn family(client: &mut CatalogServiceClient<Channel>, name: &str) -> pb::Family {
     client
         .create_family(pb::CreateFamilyRequest {
-            family: Some(pb::Family { display_name: name.into(), ..Default::default() }),
+            family: Some(pb::Family {
+                display_name: name.into(),
+                ..Default::default()
+            }),
         })
         .await
         .expect("family created")
@@ -66,14 +71,25 @@ pub fn new_product(family_id: &str, name: &str, amount_minor: i64) -> pb::Produc
         display_name: name.into(),
         description: format!("{name}, as sold"),
         family_id: family_id.into(),
-        price: Some(Money { currency_code: "EUR".into(), amount_minor }),
+        price: Some(Money {
+            currency_code: "EUR".into(),
+            amount_minor,
+        }),
         ..Default::default()
     }
 }
 
-pub async fn product(client: &mut CatalogServiceClient<Channel>, family_id: &str, name: &str, amount: i64) -> pb::Product {
+pub async fn product(
+    client: &mut CatalogServiceClient<Channel>,
+    family_id: &str,
+    name: &str,
+    amount: i64,
+) -> pb::Product {
     client
-        .create_product(pb::CreateProductRequest { request_id: String::new(), product: Some(new_product(family_id, name, amount)) })
+        .create_product(pb::CreateProductRequest {
+            request_id: String::new(),
+            product: Some(new_product(family_id, name, amount)),
+        })
         .await
         .expect("product created")
         .into_inner()

@@ -28,7 +28,10 @@ pub struct PanicToInternal;
 impl ResponseForPanic for PanicToInternal {
     type ResponseBody = tonic::body::Body;
 
-    fn response_for_panic(&mut self, err: Box<dyn std::any::Any + Send + 'static>) -> Response<Self::ResponseBody> {
+    fn response_for_panic(
+        &mut self,
+        err: Box<dyn std::any::Any + Send + 'static>,
+    ) -> Response<Self::ResponseBody> {
         let message = err
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -55,7 +58,10 @@ mod tests {
             Ok::<_, std::convert::Infallible>(Response::new(tonic::body::Body::empty()))
         });
         let service = CatchPanicLayer::custom(PanicToInternal).layer(handler);
-        let response = service.oneshot(http::Request::new(tonic::body::Body::empty())).await.unwrap();
+        let response = service
+            .oneshot(http::Request::new(tonic::body::Body::empty()))
+            .await
+            .unwrap();
         assert_eq!(response.headers()["grpc-status"], "13");
         assert_eq!(response.headers()["grpc-message"], "internal%20error");
     }

@@ -62,14 +62,19 @@ pub struct ObserveLayer {
 
 impl ObserveLayer {
     pub fn new(services: impl IntoIterator<Item = String>) -> Self {
-        Self { services: services.into_iter().collect() }
+        Self {
+            services: services.into_iter().collect(),
+        }
     }
 }
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, services: self.services.clone() }
+        Observe {
+            inner,
+            services: self.services.clone(),
+        }
     }
 }
 
@@ -81,10 +86,12 @@ pub struct Observe<S> {
 
 /// Service and method labels of a request path `/pkg.Service/Method`.
 fn labels(services: &[String], path: &str) -> (String, String) {
-    if let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-        if services.iter().any(|s| s == service) && !method.is_empty() && !method.contains('/') {
-            return (service.to_owned(), method.to_owned());
-        }
+    if let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/'))
+        && services.iter().any(|s| s == service)
+        && !method.is_empty()
+        && !method.contains('/')
+    {
+        return (service.to_owned(), method.to_owned());
     }
     ("unknown".to_owned(), "unknown".to_owned())
 }
@@ -132,7 +139,10 @@ where
                 }
                 None => Some(guard),
             };
-            Ok(Response::from_parts(parts, ObservedBody { inner: body, guard }))
+            Ok(Response::from_parts(
+                parts,
+                ObservedBody { inner: body, guard },
+            ))
         })
     }
 }
@@ -148,10 +158,18 @@ struct CallGuard {
 
 impl CallGuard {
     fn start(service: String, method: String, span: Span) -> Self {
-        let labels = [Label::new("grpc_service", service), Label::new("grpc_method", method)];
+        let labels = [
+            Label::new("grpc_service", service),
+            Label::new("grpc_method", method),
+        ];
         counter!("grpc_server_started_total", labels.iter()).increment(1);
         gauge!("grpc_server_in_flight", labels.iter()).increment(1.0);
-        Self { labels, span, start: Instant::now(), done: false }
+        Self {
+            labels,
+            span,
+            start: Instant::now(),
+            done: false,
+        }
     }
 
     fn finish(mut self, code: usize) {
@@ -165,7 +183,8 @@ impl CallGuard {
         let elapsed = self.start.elapsed();
         let name = CODE_NAMES[code];
         gauge!("grpc_server_in_flight", self.labels.iter()).decrement(1.0);
-        histogram!("grpc_server_handling_seconds", self.labels.iter()).record(elapsed.as_secs_f64());
+        histogram!("grpc_server_handling_seconds", self.labels.iter())
+            .record(elapsed.as_secs_f64());
         let mut with_code = self.labels.to_vec();
         with_code.push(Label::from_static_parts("grpc_code", name));
         counter!("grpc_server_handled_total", with_code.iter()).increment(1);
@@ -204,16 +223,19 @@ impl<B: Body> Body for ObservedBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let Some(trailers) = f.trailers_ref() {
-                    if let Some(guard) = this.guard.take() {
-                        // No status in the trailers is a broken answer: UNKNOWN.
-                        guard.finish(code_of(trailers).unwrap_or(2));
-                    }
+                if let Some(trailers) = f.trailers_ref()
+                    && let Some(guard) = this.guard.take()
+                {
+                    // No status in the trailers is a broken answer: UNKNOWN.
+                    guard.finish(code_of(trailers).unwrap_or(2));
                 }
             }
             Some(Err(_)) => {
