@@ -25,6 +25,7 @@ pub mod middleware;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
+pub mod upstream;
 pub mod wire;
 
 pub use config::{ServiceSpec, Settings};

@@ -17,7 +17,8 @@ use tower::{Layer, Service};
 use super::status_response;
 
 /// When the current call must be answered by. Put in the request's
-/// extensions so handlers and upstream clients can see the time left.
+/// extensions, and in a task-local for the handler's whole run, so that
+/// upstream clients see the time left without every handler passing it on.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline(pub Instant);
 
@@ -25,6 +26,34 @@ impl Deadline {
     /// Time left before the deadline, zero once it passed.
     pub fn remaining(&self) -> Duration {
         self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// The deadline of the call being served on this task, if any.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(|d| *d).ok()
+    }
+
+    /// Runs `fut` with `self` as its current deadline: what the server does
+    /// for every call, and what work outside a call can do to bound itself.
+    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
+        CURRENT.scope(self, fut).await
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
+
+/// Encodes a timeout as a `grpc-timeout` value: microseconds while they fit
+/// in 8 digits, then milliseconds, then seconds.
+pub fn encode_grpc_timeout(timeout: Duration) -> String {
+    let micros = timeout.as_micros();
+    if micros < 100_000_000 {
+        format!("{micros}u")
+    } else if micros / 1000 < 100_000_000 {
+        format!("{}m", micros / 1000)
+    } else {
+        format!("{}S", timeout.as_secs().min(99_999_999))
     }
 }
 
@@ -92,7 +121,7 @@ where
         let budget = asked.map_or(self.server_limit, |t| t.min(self.server_limit));
         let deadline = Instant::now() + budget;
         req.extensions_mut().insert(Deadline(deadline));
-        let fut = self.inner.call(req);
+        let fut = CURRENT.scope(Deadline(deadline), self.inner.call(req));
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, fut).await {
                 Ok(result) => result,
@@ -110,6 +139,9 @@ mod tests {
 
     #[test]
     fn grpc_timeout_units_parse() {
+        for t in [Duration::from_micros(1), Duration::from_millis(1500), Duration::from_secs(3600)] {
+            assert_eq!(parse_grpc_timeout(&encode_grpc_timeout(t)), Some(t));
+        }
         assert_eq!(parse_grpc_timeout("1m"), Some(Duration::from_millis(1)));
         assert_eq!(parse_grpc_timeout("30S"), Some(Duration::from_secs(30)));
         assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));

@@ -9,7 +9,7 @@ mod deadline;
 mod observe;
 
 pub use admission::AdmissionLayer;
-pub use deadline::{Deadline, DeadlineLayer, parse_grpc_timeout};
+pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
 pub use observe::ObserveLayer;
 
 use http::Response;
