@@ -17,9 +17,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{
-        self, Family, MAX_BATCH, Money, NewFamily, NewProduct, Product, ProductPatch, ProductState,
-    },
+    domain::{self, Family, MAX_BATCH, Money, NewFamily, NewProduct, Product, ProductPatch, ProductState},
     store::{CatalogStore, Created, ProductFilter},
 };
 
@@ -60,10 +58,7 @@ pub(crate) fn product_to_pb(p: Product) -> pb::Product {
         display_name: p.display_name,
         description: p.description,
         family_id: p.family_id,
-        price: Some(PbMoney {
-            currency_code: p.price.currency_code,
-            amount_minor: p.price.amount_minor,
-        }),
+        price: Some(PbMoney { currency_code: p.price.currency_code, amount_minor: p.price.amount_minor }),
         state: state_to_pb(p.state).into(),
         create_time: Some(timestamp_from_micros(p.create_time)),
         update_time: Some(timestamp_from_micros(p.update_time)),
@@ -105,14 +100,8 @@ fn parse_new_product(product: Option<pb::Product>) -> Result<NewProduct, Error> 
         return Err(Error::invalid("product", "is required"));
     };
     let mut v = Violations::new();
-    let display_name = v.check(
-        "product.display_name",
-        domain::parse_display_name(&p.display_name),
-    );
-    let description = v.check(
-        "product.description",
-        domain::parse_description(&p.description),
-    );
+    let display_name = v.check("product.display_name", domain::parse_display_name(&p.display_name));
+    let description = v.check("product.description", domain::parse_description(&p.description));
     let family_id = v.check("product.family_id", domain::parse_id(&p.family_id));
     let price = parse_price(&mut v, "product.price", p.price.as_ref());
     v.finish()?;
@@ -126,10 +115,7 @@ fn parse_new_product(product: Option<pb::Product>) -> Result<NewProduct, Error> 
 
 /// The fields an UpdateProduct changes. With no mask, every updatable field
 /// set in the request is updated (AIP-134).
-fn parse_patch(
-    p: &pb::Product,
-    mask: Option<prost_types::FieldMask>,
-) -> Result<ProductPatch, Error> {
+fn parse_patch(p: &pb::Product, mask: Option<prost_types::FieldMask>) -> Result<ProductPatch, Error> {
     let mut v = Violations::new();
     let paths: Vec<String> = match mask {
         Some(mask) if !mask.paths.is_empty() => mask.paths,
@@ -152,28 +138,18 @@ fn parse_patch(
     for path in &paths {
         match path.as_str() {
             "display_name" => {
-                patch.display_name = v.check(
-                    "product.display_name",
-                    domain::parse_display_name(&p.display_name),
-                )
+                patch.display_name =
+                    v.check("product.display_name", domain::parse_display_name(&p.display_name))
             }
             "description" => {
-                patch.description = v.check(
-                    "product.description",
-                    domain::parse_description(&p.description),
-                )
+                patch.description = v.check("product.description", domain::parse_description(&p.description))
             }
-            "family_id" => {
-                patch.family_id = v.check("product.family_id", domain::parse_id(&p.family_id))
-            }
+            "family_id" => patch.family_id = v.check("product.family_id", domain::parse_id(&p.family_id)),
             "price" => patch.price = parse_price(&mut v, "product.price", p.price.as_ref()),
             "product_id" | "state" | "etag" | "create_time" | "update_time" => {
                 v.add("update_mask", format!("{path:?} cannot be updated"))
             }
-            other => v.add(
-                "update_mask",
-                format!("{other:?} is not a field of Product"),
-            ),
+            other => v.add("update_mask", format!("{other:?} is not a field of Product")),
         }
     }
     if paths.is_empty() {
@@ -197,23 +173,15 @@ impl CatalogService for CatalogApi {
             return Err(Error::invalid("family", "is required").into());
         };
         let mut v = Violations::new();
-        let display_name = v.check(
-            "family.display_name",
-            domain::parse_display_name(&f.display_name),
-        );
-        let description = v.check(
-            "family.description",
-            domain::parse_description(&f.description),
-        );
+        let display_name = v.check("family.display_name", domain::parse_display_name(&f.display_name));
+        let description = v.check("family.description", domain::parse_description(&f.description));
         v.finish()?;
         let new = NewFamily {
             display_name: display_name.unwrap_or_default(),
             description: description.unwrap_or_default(),
         };
         let family = self.store.create_family(new).await?;
-        Ok(Response::new(pb::CreateFamilyResponse {
-            family: Some(family_to_pb(family)),
-        }))
+        Ok(Response::new(pb::CreateFamilyResponse { family: Some(family_to_pb(family)) }))
     }
 
     async fn get_family(
@@ -222,9 +190,7 @@ impl CatalogService for CatalogApi {
     ) -> Result<Response<pb::GetFamilyResponse>, Status> {
         let id = required_id("family_id", &request.into_inner().family_id)?;
         let family = self.store.get_family(&id).await?;
-        Ok(Response::new(pb::GetFamilyResponse {
-            family: Some(family_to_pb(family)),
-        }))
+        Ok(Response::new(pb::GetFamilyResponse { family: Some(family_to_pb(family)) }))
     }
 
     async fn list_families(
@@ -236,21 +202,12 @@ impl CatalogService for CatalogApi {
         let limit = v.check("page_size", page_size(req.page_size));
         let after = v.check("page_token", PageToken::decode(&req.page_token, "families"));
         v.finish()?;
-        let page = self
-            .store
-            .list_families(after.flatten(), limit.unwrap_or_default())
-            .await?;
+        let page = self.store.list_families(after.flatten(), limit.unwrap_or_default()).await?;
         Ok(Response::new(pb::ListFamiliesResponse {
             families: page.items.into_iter().map(family_to_pb).collect(),
             next_page_token: page
                 .next_after
-                .map(|after| {
-                    PageToken {
-                        after,
-                        filter: "families".into(),
-                    }
-                    .encode()
-                })
+                .map(|after| PageToken { after, filter: "families".into() }.encode())
                 .unwrap_or_default(),
         }))
     }
@@ -279,20 +236,14 @@ impl CatalogService for CatalogApi {
                 return Err(Error::InvalidArgument(violations).into());
             }
         };
-        let product = match self
-            .store
-            .create_product(request_id.as_deref(), new)
-            .await?
-        {
+        let product = match self.store.create_product(request_id.as_deref(), new).await? {
             Created::New(p) => {
                 tracing::info!(product_id = %p.id, "product created");
                 p
             }
             Created::Replayed(p) => p,
         };
-        Ok(Response::new(pb::CreateProductResponse {
-            product: Some(product_to_pb(product)),
-        }))
+        Ok(Response::new(pb::CreateProductResponse { product: Some(product_to_pb(product)) }))
     }
 
     async fn get_product(
@@ -301,9 +252,7 @@ impl CatalogService for CatalogApi {
     ) -> Result<Response<pb::GetProductResponse>, Status> {
         let id = required_id("product_id", &request.into_inner().product_id)?;
         let product = self.store.get_product(&id).await?;
-        Ok(Response::new(pb::GetProductResponse {
-            product: Some(product_to_pb(product)),
-        }))
+        Ok(Response::new(pb::GetProductResponse { product: Some(product_to_pb(product)) }))
     }
 
     async fn batch_get_products(
@@ -316,22 +265,14 @@ impl CatalogService for CatalogApi {
             v.add("product_ids", "must name at least one product");
         }
         if ids.len() > MAX_BATCH {
-            v.add(
-                "product_ids",
-                format!("must name at most {MAX_BATCH} products"),
-            );
+            v.add("product_ids", format!("must name at most {MAX_BATCH} products"));
         }
         for (i, id) in ids.iter().enumerate() {
             v.check(&format!("product_ids[{i}]"), domain::parse_id(id));
         }
         v.finish()?;
-        let found: HashMap<String, Product> = self
-            .store
-            .get_products(&ids)
-            .await?
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
+        let found: HashMap<String, Product> =
+            self.store.get_products(&ids).await?.into_iter().map(|p| (p.id.clone(), p)).collect();
         let mut products = Vec::with_capacity(ids.len());
         let mut missing_product_ids = Vec::new();
         for id in ids {
@@ -341,10 +282,7 @@ impl CatalogService for CatalogApi {
                 None => missing_product_ids.push(id),
             }
         }
-        Ok(Response::new(pb::BatchGetProductsResponse {
-            products,
-            missing_product_ids,
-        }))
+        Ok(Response::new(pb::BatchGetProductsResponse { products, missing_product_ids }))
     }
 
     async fn list_products(
@@ -359,26 +297,14 @@ impl CatalogService for CatalogApi {
             state: parse_state_filter(&mut v, "state", req.state),
         };
         let fingerprint = filter.fingerprint();
-        let after = v.check(
-            "page_token",
-            PageToken::decode(&req.page_token, &fingerprint),
-        );
+        let after = v.check("page_token", PageToken::decode(&req.page_token, &fingerprint));
         v.finish()?;
-        let page = self
-            .store
-            .list_products(&filter, after.flatten(), limit.unwrap_or_default())
-            .await?;
+        let page = self.store.list_products(&filter, after.flatten(), limit.unwrap_or_default()).await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: page.items.into_iter().map(product_to_pb).collect(),
             next_page_token: page
                 .next_after
-                .map(|after| {
-                    PageToken {
-                        after,
-                        filter: fingerprint,
-                    }
-                    .encode()
-                })
+                .map(|after| PageToken { after, filter: fingerprint }.encode())
                 .unwrap_or_default(),
         }))
     }
@@ -395,9 +321,7 @@ impl CatalogService for CatalogApi {
         let patch = parse_patch(&p, req.update_mask)?;
         let product = self.store.update_product(&id, &p.etag, &patch).await?;
         tracing::info!(product_id = %product.id, "product updated");
-        Ok(Response::new(pb::UpdateProductResponse {
-            product: Some(product_to_pb(product)),
-        }))
+        Ok(Response::new(pb::UpdateProductResponse { product: Some(product_to_pb(product)) }))
     }
 
     async fn discontinue_product(
@@ -407,9 +331,7 @@ impl CatalogService for CatalogApi {
         let req = request.into_inner();
         let id = required_id("product_id", &req.product_id)?;
         let product = self.store.discontinue_product(&id, &req.etag).await?;
-        Ok(Response::new(pb::DiscontinueProductResponse {
-            product: Some(product_to_pb(product)),
-        }))
+        Ok(Response::new(pb::DiscontinueProductResponse { product: Some(product_to_pb(product)) }))
     }
 
     type StreamProductsStream = ResponseStream<pb::StreamProductsResponse>;
@@ -418,9 +340,7 @@ impl CatalogService for CatalogApi {
         &self,
         _request: Request<pb::StreamProductsRequest>,
     ) -> Result<Response<Self::StreamProductsStream>, Status> {
-        Err(Status::unimplemented(
-            "StreamProducts is not implemented yet",
-        ))
+        Err(Status::unimplemented("StreamProducts is not implemented yet"))
     }
 
     type WatchCatalogEventsStream = ResponseStream<pb::WatchCatalogEventsResponse>;
@@ -429,8 +349,6 @@ impl CatalogService for CatalogApi {
         &self,
         _request: Request<pb::WatchCatalogEventsRequest>,
     ) -> Result<Response<Self::WatchCatalogEventsStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchCatalogEvents is not implemented yet",
-        ))
+        Err(Status::unimplemented("WatchCatalogEvents is not implemented yet"))
     }
 }

@@ -19,24 +19,18 @@ use agora_contracts::{
 use agora_platform::{Application, Database, Migrations, ServiceSpec, Services, Settings};
 
 /// Name and default ports of the catalog.
-pub const SPEC: ServiceSpec = ServiceSpec {
-    name: "catalog",
-    grpc_port: 50051,
-    admin_port: 9101,
-};
+pub const SPEC: ServiceSpec = ServiceSpec { name: "catalog", grpc_port: 50051, admin_port: 9101 };
 
 /// The catalog's schema, per dialect.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(
-        1,
-        "catalog",
-        include_str!("../migrations/sqlite/0001_catalog.sql"),
-    )],
-    postgres: &[(
-        1,
-        "catalog",
-        include_str!("../migrations/postgres/0001_catalog.sql"),
-    )],
+    sqlite: &[
+        (1, "catalog", include_str!("../migrations/sqlite/0001_catalog.sql")),
+        (2, "idempotency keys", include_str!("../migrations/sqlite/0002_idempotency_keys.sql")),
+    ],
+    postgres: &[
+        (1, "catalog", include_str!("../migrations/postgres/0001_catalog.sql")),
+        (2, "idempotency keys", include_str!("../migrations/postgres/0002_idempotency_keys.sql")),
+    ],
 };
 
 /// The catalog service, bound to its ports and ready to run.

@@ -1,7 +1,7 @@
 //! The catalog's own database: families, products and idempotency keys.
 //! Returns domain types; the same SQL serves SQLite and PostgreSQL.
 
-use agora_platform::{Database, Error, wire::now_micros};
+use agora_platform::{Database, Error, idempotency, wire::now_micros};
 use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
 
 use crate::domain::{
@@ -73,9 +73,8 @@ fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
             currency_code: row.try_get("currency_code")?,
             amount_minor: row.try_get("amount_minor")?,
         },
-        state: ProductState::parse(&state).ok_or_else(|| {
-            sqlx::Error::Decode(format!("unknown product state {state:?}").into())
-        })?,
+        state: ProductState::parse(&state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown product state {state:?}").into()))?,
         revision: row.try_get("revision")?,
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
@@ -96,10 +95,7 @@ fn paginate<T>(
         items.push(map(row)?);
         last_seq = Some(row.try_get::<i64, _>("seq")?);
     }
-    Ok(Page {
-        items,
-        next_after: if more { last_seq } else { None },
-    })
+    Ok(Page { items, next_after: if more { last_seq } else { None } })
 }
 
 impl CatalogStore {
@@ -135,18 +131,11 @@ impl CatalogStore {
         .await?;
         match row {
             Some(row) => Ok(family_from_row(&row)?),
-            None => Err(Error::NotFound {
-                resource: "family",
-                id: id.to_owned(),
-            }),
+            None => Err(Error::NotFound { resource: "family", id: id.to_owned() }),
         }
     }
 
-    pub async fn list_families(
-        &self,
-        after: Option<i64>,
-        limit: u32,
-    ) -> Result<Page<Family>, Error> {
+    pub async fn list_families(&self, after: Option<i64>, limit: u32) -> Result<Page<Family>, Error> {
         let rows = sqlx::query(
             "SELECT seq, family_id, display_name, description, create_time FROM families \
              WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -160,11 +149,7 @@ impl CatalogStore {
 
     /// Creates a product, or returns the one an earlier call with the same
     /// idempotency key created.
-    pub async fn create_product(
-        &self,
-        request_id: Option<&str>,
-        new: NewProduct,
-    ) -> Result<Created, Error> {
+    pub async fn create_product(&self, request_id: Option<&str>, new: NewProduct) -> Result<Created, Error> {
         let now = now_micros();
         let product = Product {
             id: domain::new_id("prd"),
@@ -178,25 +163,12 @@ impl CatalogStore {
             update_time: now,
         };
         let mut tx = self.db.begin_write().await?;
-        if let Some(request_id) = request_id {
-            // Claim the key first: a concurrent duplicate waits here (on the
-            // write lock in SQLite, on the key's row in PostgreSQL) and then
-            // finds the claim.
-            let claimed = sqlx::query(
-                "INSERT INTO product_requests (request_id, fingerprint, product_id, create_time) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(request_id)
-            .bind(new.fingerprint())
-            .bind(&product.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if claimed == 0 {
-                tx.rollback().await?;
-                return self.replay(request_id, &new).await;
-            }
+        if let Some(request_id) = request_id
+            && !idempotency::claim(&mut tx, request_id, &new.fingerprint(), &product.id).await?
+        {
+            tx.rollback().await?;
+            let id = idempotency::replay(&self.db, request_id, &new.fingerprint(), "product").await?;
+            return Ok(Created::Replayed(self.get_product(&id).await?));
         }
         if !family_exists(&mut tx, &product.family_id).await? {
             return Err(Error::invalid("product.family_id", "no family has this id"));
@@ -222,24 +194,6 @@ impl CatalogStore {
         Ok(Created::New(product))
     }
 
-    async fn replay(&self, request_id: &str, new: &NewProduct) -> Result<Created, Error> {
-        let row = sqlx::query(
-            "SELECT fingerprint, product_id FROM product_requests WHERE request_id = $1",
-        )
-        .bind(request_id)
-        .fetch_one(self.db.pool())
-        .await?;
-        let fingerprint: String = row.try_get("fingerprint")?;
-        if fingerprint != new.fingerprint() {
-            return Err(Error::invalid(
-                "request_id",
-                "was already used for a different product; use a new request_id for a new product",
-            ));
-        }
-        let product_id: String = row.try_get("product_id")?;
-        Ok(Created::Replayed(self.get_product(&product_id).await?))
-    }
-
     pub async fn get_product(&self, id: &str) -> Result<Product, Error> {
         fetch_product(self.db.pool(), id).await
     }
@@ -252,11 +206,7 @@ impl CatalogStore {
         let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         // Only numbered placeholders are formatted into the text; every id is bound.
         let sql = format!(
-            concat!(
-                "SELECT ",
-                product_columns!(),
-                " FROM products WHERE product_id IN ({})"
-            ),
+            concat!("SELECT ", product_columns!(), " FROM products WHERE product_id IN ({})"),
             placeholders.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -264,9 +214,7 @@ impl CatalogStore {
             query = query.bind(id);
         }
         let rows = query.fetch_all(self.db.pool()).await?;
-        rows.iter()
-            .map(|r| product_from_row(r).map_err(Error::from))
-            .collect()
+        rows.iter().map(|r| product_from_row(r).map_err(Error::from)).collect()
     }
 
     /// One page of products after the cursor `after`, in creation order.
@@ -278,11 +226,9 @@ impl CatalogStore {
     ) -> Result<Page<Product>, Error> {
         // One statement per filter shape, so each can use its index.
         let sql = match (&filter.family_id, &filter.state) {
-            (None, None) => concat!(
-                "SELECT ",
-                product_columns!(),
-                " FROM products WHERE seq > $1 ORDER BY seq LIMIT $2"
-            ),
+            (None, None) => {
+                concat!("SELECT ", product_columns!(), " FROM products WHERE seq > $1 ORDER BY seq LIMIT $2")
+            }
             (Some(_), None) => concat!(
                 "SELECT ",
                 product_columns!(),
@@ -299,9 +245,7 @@ impl CatalogStore {
                 " FROM products WHERE seq > $1 AND family_id = $3 AND state = $4 ORDER BY seq LIMIT $2"
             ),
         };
-        let mut query = sqlx::query(sql)
-            .bind(after.unwrap_or(0))
-            .bind(i64::from(limit) + 1);
+        let mut query = sqlx::query(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
         if let Some(family) = &filter.family_id {
             query = query.bind(family.clone());
         }
@@ -313,12 +257,7 @@ impl CatalogStore {
     }
 
     /// Applies `patch` to the product if `etag` (when given) is current.
-    pub async fn update_product(
-        &self,
-        id: &str,
-        etag: &str,
-        patch: &ProductPatch,
-    ) -> Result<Product, Error> {
+    pub async fn update_product(&self, id: &str, etag: &str, patch: &ProductPatch) -> Result<Product, Error> {
         let mut tx = self.db.begin_write().await?;
         let current = fetch_product(&mut *tx, id).await?;
         refuse(domain::check_etag(&current, etag), id)?;
@@ -401,10 +340,7 @@ fn refuse(result: Result<(), Refusal>, id: &str) -> Result<(), Error> {
     }
 }
 
-async fn family_exists(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    id: &str,
-) -> Result<bool, Error> {
+async fn family_exists(tx: &mut sqlx::Transaction<'static, sqlx::Any>, id: &str) -> Result<bool, Error> {
     Ok(sqlx::query("SELECT 1 FROM families WHERE family_id = $1")
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -417,19 +353,12 @@ async fn fetch_product<'e, E>(executor: E, id: &str) -> Result<Product, Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        product_columns!(),
-        " FROM products WHERE product_id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(executor)
-    .await?;
+    let row = sqlx::query(concat!("SELECT ", product_columns!(), " FROM products WHERE product_id = $1"))
+        .bind(id)
+        .fetch_optional(executor)
+        .await?;
     match row {
         Some(row) => Ok(product_from_row(&row)?),
-        None => Err(Error::NotFound {
-            resource: "product",
-            id: id.to_owned(),
-        }),
+        None => Err(Error::NotFound { resource: "product", id: id.to_owned() }),
     }
 }

@@ -36,22 +36,13 @@ async fn families_are_created_read_and_listed_in_pages(db: TestDatabase) {
     for name in ["Screens", "Laptops", "Phones"] {
         ids.push(family(&mut c.client, name).await.family_id);
     }
-    let got = c
-        .client
-        .get_family(pb::GetFamilyRequest {
-            family_id: ids[1].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got =
+        c.client.get_family(pb::GetFamilyRequest { family_id: ids[1].clone() }).await.unwrap().into_inner();
     assert_eq!(got.family.unwrap().display_name, "Laptops");
 
     let first = c
         .client
-        .list_families(pb::ListFamiliesRequest {
-            page_size: 2,
-            page_token: String::new(),
-        })
+        .list_families(pb::ListFamiliesRequest { page_size: 2, page_token: String::new() })
         .await
         .unwrap()
         .into_inner();
@@ -59,19 +50,11 @@ async fn families_are_created_read_and_listed_in_pages(db: TestDatabase) {
     assert!(!first.next_page_token.is_empty());
     let second = c
         .client
-        .list_families(pb::ListFamiliesRequest {
-            page_size: 2,
-            page_token: first.next_page_token,
-        })
+        .list_families(pb::ListFamiliesRequest { page_size: 2, page_token: first.next_page_token })
         .await
         .unwrap()
         .into_inner();
-    let listed: Vec<_> = first
-        .families
-        .iter()
-        .chain(&second.families)
-        .map(|f| f.family_id.clone())
-        .collect();
+    let listed: Vec<_> = first.families.iter().chain(&second.families).map(|f| f.family_id.clone()).collect();
     assert_eq!(listed, ids);
     assert!(second.next_page_token.is_empty());
 
@@ -86,15 +69,8 @@ async fn families_are_created_read_and_listed_in_pages(db: TestDatabase) {
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        bad_fields(&err),
-        ["family.display_name", "family.description"]
-    );
-    let err = c
-        .client
-        .create_family(pb::CreateFamilyRequest { family: None })
-        .await
-        .unwrap_err();
+    assert_eq!(bad_fields(&err), ["family.display_name", "family.description"]);
+    let err = c.client.create_family(pb::CreateFamilyRequest { family: None }).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["family"]);
 }
 
@@ -111,9 +87,7 @@ async fn a_product_is_created_and_read_back(db: TestDatabase) {
 
     let got = c
         .client
-        .get_product(pb::GetProductRequest {
-            product_id: created.product_id.clone(),
-        })
+        .get_product(pb::GetProductRequest { product_id: created.product_id.clone() })
         .await
         .unwrap()
         .into_inner()
@@ -130,29 +104,10 @@ async fn a_retried_create_returns_the_same_product(db: TestDatabase) {
         request_id: "9b2f6c1e-retry".into(),
         product: Some(new_product(&fam.family_id, "Screen", 100)),
     };
-    let first = c
-        .client
-        .create_product(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
-    let again = c
-        .client
-        .create_product(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
+    let first = c.client.create_product(request.clone()).await.unwrap().into_inner().product.unwrap();
+    let again = c.client.create_product(request).await.unwrap().into_inner().product.unwrap();
     assert_eq!(first, again);
-    let all = c
-        .client
-        .list_products(pb::ListProductsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let all = c.client.list_products(pb::ListProductsRequest::default()).await.unwrap().into_inner();
     assert_eq!(all.products.len(), 1);
 }
 
@@ -180,10 +135,7 @@ async fn an_invalid_product_names_every_bad_field(db: TestDatabase) {
                 display_name: String::new(),
                 description: "d".repeat(2001),
                 family_id: String::new(),
-                price: Some(Money {
-                    currency_code: "XYZ".into(),
-                    amount_minor: -1,
-                }),
+                price: Some(Money { currency_code: "XYZ".into(), amount_minor: -1 }),
                 ..Default::default()
             },
             "",
@@ -196,11 +148,7 @@ async fn an_invalid_product_names_every_bad_field(db: TestDatabase) {
             ],
         ),
         (
-            pb::Product {
-                display_name: "n".repeat(201),
-                family_id: "f".into(),
-                ..Default::default()
-            },
+            pb::Product { display_name: "n".repeat(201), family_id: "f".into(), ..Default::default() },
             "",
             vec!["product.display_name", "product.price"],
         ),
@@ -208,10 +156,7 @@ async fn an_invalid_product_names_every_bad_field(db: TestDatabase) {
             pb::Product {
                 display_name: "Yacht".into(),
                 family_id: "f".into(),
-                price: Some(Money {
-                    currency_code: "EUR".into(),
-                    amount_minor: 1_000_000_000_000,
-                }),
+                price: Some(Money { currency_code: "EUR".into(), amount_minor: 1_000_000_000_000 }),
                 ..Default::default()
             },
             "",
@@ -230,11 +175,7 @@ async fn an_invalid_product_names_every_bad_field(db: TestDatabase) {
             .unwrap_err();
         assert_eq!(bad_fields(&err), fields);
     }
-    let err = c
-        .client
-        .create_product(pb::CreateProductRequest::default())
-        .await
-        .unwrap_err();
+    let err = c.client.create_product(pb::CreateProductRequest::default()).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["product"]);
 }
 
@@ -280,42 +221,22 @@ async fn batch_get_keeps_the_order_and_names_the_missing(db: TestDatabase) {
         .await
         .unwrap()
         .into_inner();
-    let ids: Vec<_> = resp
-        .products
-        .iter()
-        .map(|p| p.product_id.as_str())
-        .collect();
-    assert_eq!(
-        ids,
-        [
-            b.product_id.as_str(),
-            a.product_id.as_str(),
-            b.product_id.as_str()
-        ]
-    );
+    let ids: Vec<_> = resp.products.iter().map(|p| p.product_id.as_str()).collect();
+    assert_eq!(ids, [b.product_id.as_str(), a.product_id.as_str(), b.product_id.as_str()]);
     assert_eq!(resp.missing_product_ids, ["prd_nope"]);
 }
 
 async fn batch_get_refuses_empty_and_oversized_batches(db: TestDatabase) {
     let mut c = start(db).await;
-    let err = c
-        .client
-        .batch_get_products(pb::BatchGetProductsRequest::default())
-        .await
-        .unwrap_err();
+    let err = c.client.batch_get_products(pb::BatchGetProductsRequest::default()).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["product_ids"]);
     let ids = (0..101).map(|i| format!("prd_{i}")).collect();
-    let err = c
-        .client
-        .batch_get_products(pb::BatchGetProductsRequest { product_ids: ids })
-        .await
-        .unwrap_err();
+    let err =
+        c.client.batch_get_products(pb::BatchGetProductsRequest { product_ids: ids }).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["product_ids"]);
     let err = c
         .client
-        .batch_get_products(pb::BatchGetProductsRequest {
-            product_ids: vec!["a".into(), String::new()],
-        })
+        .batch_get_products(pb::BatchGetProductsRequest { product_ids: vec!["a".into(), String::new()] })
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["product_ids[1]"]);
@@ -327,11 +248,7 @@ async fn listing_pages_through_every_product_once(db: TestDatabase) {
     let fam = family(&mut c.client, "Screens").await;
     let mut created = Vec::new();
     for i in 0..7 {
-        created.push(
-            product(&mut c.client, &fam.family_id, &format!("Screen {i}"), i)
-                .await
-                .product_id,
-        );
+        created.push(product(&mut c.client, &fam.family_id, &format!("Screen {i}"), i).await.product_id);
     }
     let mut listed = Vec::new();
     let mut token = String::new();
@@ -339,11 +256,7 @@ async fn listing_pages_through_every_product_once(db: TestDatabase) {
     loop {
         let page = c
             .client
-            .list_products(pb::ListProductsRequest {
-                page_size: 3,
-                page_token: token,
-                ..Default::default()
-            })
+            .list_products(pb::ListProductsRequest { page_size: 3, page_token: token, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -361,10 +274,7 @@ async fn listing_pages_through_every_product_once(db: TestDatabase) {
     // page_size 0 means the default; a huge one is capped, not refused.
     let all = c
         .client
-        .list_products(pb::ListProductsRequest {
-            page_size: 1_000_000,
-            ..Default::default()
-        })
+        .list_products(pb::ListProductsRequest { page_size: 1_000_000, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -392,47 +302,23 @@ async fn listing_filters_by_family_and_state(db: TestDatabase) {
         state: state.into(),
         ..Default::default()
     };
-    let ids = |resp: pb::ListProductsResponse| {
-        resp.products
-            .into_iter()
-            .map(|p| p.product_id)
-            .collect::<Vec<_>>()
-    };
+    let ids =
+        |resp: pb::ListProductsResponse| resp.products.into_iter().map(|p| p.product_id).collect::<Vec<_>>();
 
-    let screens_all = c
-        .client
-        .list_products(list(&screens.family_id, pb::ProductState::Unspecified))
-        .await
-        .unwrap();
-    assert_eq!(
-        ids(screens_all.into_inner()),
-        [s1.product_id.clone(), s2.product_id.clone()]
-    );
-    let screens_active = c
-        .client
-        .list_products(list(&screens.family_id, pb::ProductState::Active))
-        .await
-        .unwrap();
+    let screens_all =
+        c.client.list_products(list(&screens.family_id, pb::ProductState::Unspecified)).await.unwrap();
+    assert_eq!(ids(screens_all.into_inner()), [s1.product_id.clone(), s2.product_id.clone()]);
+    let screens_active =
+        c.client.list_products(list(&screens.family_id, pb::ProductState::Active)).await.unwrap();
     assert_eq!(ids(screens_active.into_inner()), [s2.product_id.as_str()]);
-    let discontinued = c
-        .client
-        .list_products(list("", pb::ProductState::Discontinued))
-        .await
-        .unwrap();
+    let discontinued = c.client.list_products(list("", pb::ProductState::Discontinued)).await.unwrap();
     assert_eq!(ids(discontinued.into_inner()), [s1.product_id.as_str()]);
-    let none = c
-        .client
-        .list_products(list("fam_unknown", pb::ProductState::Unspecified))
-        .await
-        .unwrap();
+    let none = c.client.list_products(list("fam_unknown", pb::ProductState::Unspecified)).await.unwrap();
     assert!(none.into_inner().products.is_empty());
 
     let err = c
         .client
-        .list_products(pb::ListProductsRequest {
-            state: 42,
-            ..Default::default()
-        })
+        .list_products(pb::ListProductsRequest { state: 42, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["state"]);
@@ -467,28 +353,19 @@ async fn malformed_and_foreign_page_tokens_are_refused(db: TestDatabase) {
     assert_eq!(bad_fields(&err), ["page_token"]);
     let err = c
         .client
-        .list_products(pb::ListProductsRequest {
-            page_token: "not a token".into(),
-            ..Default::default()
-        })
+        .list_products(pb::ListProductsRequest { page_token: "not a token".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["page_token"]);
     let err = c
         .client
-        .list_products(pb::ListProductsRequest {
-            page_size: -1,
-            ..Default::default()
-        })
+        .list_products(pb::ListProductsRequest { page_size: -1, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["page_size"]);
     let err = c
         .client
-        .list_families(pb::ListFamiliesRequest {
-            page_size: 0,
-            page_token: "AAAA".into(),
-        })
+        .list_families(pb::ListFamiliesRequest { page_size: 0, page_token: "AAAA".into() })
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["page_token"]);
@@ -504,10 +381,7 @@ async fn an_update_changes_the_masked_fields_and_the_etag(db: TestDatabase) {
         display_name: "Wide screen".into(),
         description: "ignored: not in the mask".into(),
         family_id: monitors.family_id.clone(),
-        price: Some(Money {
-            currency_code: "USD".into(),
-            amount_minor: 250,
-        }),
+        price: Some(Money { currency_code: "USD".into(), amount_minor: 250 }),
         etag: p.etag.clone(),
         ..Default::default()
     };
@@ -539,9 +413,7 @@ async fn an_update_changes_the_masked_fields_and_the_etag(db: TestDatabase) {
                 family_id: "fam_nope".into(),
                 ..Default::default()
             }),
-            update_mask: Some(FieldMask {
-                paths: vec!["family_id".into()],
-            }),
+            update_mask: Some(FieldMask { paths: vec!["family_id".into()] }),
         })
         .await
         .unwrap_err();
@@ -560,16 +432,12 @@ async fn a_stale_etag_is_refused(db: TestDatabase) {
             etag: p.etag.clone(),
             ..Default::default()
         }),
-        update_mask: Some(FieldMask {
-            paths: vec!["display_name".into()],
-        }),
+        update_mask: Some(FieldMask { paths: vec!["display_name".into()] }),
     };
     c.client.update_product(rename("First")).await.unwrap();
     let err = c.client.update_product(rename("Second")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let failure = err
-        .get_details_precondition_failure()
-        .expect("PreconditionFailure detail");
+    let failure = err.get_details_precondition_failure().expect("PreconditionFailure detail");
     assert_eq!(failure.violations[0].r#type, "ETAG");
     let err = c
         .client
@@ -580,14 +448,8 @@ async fn a_stale_etag_is_refused(db: TestDatabase) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let now = c
-        .client
-        .get_product(pb::GetProductRequest {
-            product_id: p.product_id,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let now =
+        c.client.get_product(pb::GetProductRequest { product_id: p.product_id }).await.unwrap().into_inner();
     assert_eq!(now.product.unwrap().display_name, "First");
 }
 
@@ -595,22 +457,12 @@ async fn unknown_and_output_only_mask_paths_are_refused(db: TestDatabase) {
     let mut c = start(db).await;
     let fam = family(&mut c.client, "Screens").await;
     let p = product(&mut c.client, &fam.family_id, "Screen", 100).await;
-    for paths in [
-        vec!["colour"],
-        vec!["state"],
-        vec!["etag"],
-        vec!["price.amount_minor"],
-    ] {
+    for paths in [vec!["colour"], vec!["state"], vec!["etag"], vec!["price.amount_minor"]] {
         let err = c
             .client
             .update_product(pb::UpdateProductRequest {
-                product: Some(pb::Product {
-                    product_id: p.product_id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: paths.iter().map(|s| s.to_string()).collect(),
-                }),
+                product: Some(pb::Product { product_id: p.product_id.clone(), ..Default::default() }),
+                update_mask: Some(FieldMask { paths: paths.iter().map(|s| s.to_string()).collect() }),
             })
             .await
             .unwrap_err();
@@ -619,10 +471,7 @@ async fn unknown_and_output_only_mask_paths_are_refused(db: TestDatabase) {
     let err = c
         .client
         .update_product(pb::UpdateProductRequest {
-            product: Some(pb::Product {
-                product_id: p.product_id.clone(),
-                ..Default::default()
-            }),
+            product: Some(pb::Product { product_id: p.product_id.clone(), ..Default::default() }),
             update_mask: None,
         })
         .await
@@ -636,9 +485,7 @@ async fn unknown_and_output_only_mask_paths_are_refused(db: TestDatabase) {
                 display_name: " ".into(),
                 ..Default::default()
             }),
-            update_mask: Some(FieldMask {
-                paths: vec!["display_name".into(), "price".into()],
-            }),
+            update_mask: Some(FieldMask { paths: vec!["display_name".into(), "price".into()] }),
         })
         .await
         .unwrap_err();
@@ -655,10 +502,7 @@ async fn an_empty_mask_updates_the_fields_that_are_set(db: TestDatabase) {
         .update_product(pb::UpdateProductRequest {
             product: Some(pb::Product {
                 product_id: p.product_id.clone(),
-                price: Some(Money {
-                    currency_code: "EUR".into(),
-                    amount_minor: 90,
-                }),
+                price: Some(Money { currency_code: "EUR".into(), amount_minor: 90 }),
                 ..Default::default()
             }),
             update_mask: None,
@@ -676,27 +520,10 @@ async fn discontinuing_twice_is_harmless_and_freezes_the_product(db: TestDatabas
     let mut c = start(db).await;
     let fam = family(&mut c.client, "Screens").await;
     let p = product(&mut c.client, &fam.family_id, "Screen", 100).await;
-    let discontinue = pb::DiscontinueProductRequest {
-        product_id: p.product_id.clone(),
-        etag: String::new(),
-    };
-    let once = c
-        .client
-        .discontinue_product(discontinue.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
+    let discontinue = pb::DiscontinueProductRequest { product_id: p.product_id.clone(), etag: String::new() };
+    let once = c.client.discontinue_product(discontinue.clone()).await.unwrap().into_inner().product.unwrap();
     assert_eq!(once.state(), pb::ProductState::Discontinued);
-    let twice = c
-        .client
-        .discontinue_product(discontinue)
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap();
+    let twice = c.client.discontinue_product(discontinue).await.unwrap().into_inner().product.unwrap();
     assert_eq!(twice, once, "a second discontinue changes nothing");
 
     let err = c
@@ -716,25 +543,11 @@ async fn discontinuing_twice_is_harmless_and_freezes_the_product(db: TestDatabas
 
 async fn missing_and_empty_ids_get_their_codes(db: TestDatabase) {
     let mut c = start(db).await;
-    let err = c
-        .client
-        .get_product(pb::GetProductRequest {
-            product_id: "prd_nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let err =
+        c.client.get_product(pb::GetProductRequest { product_id: "prd_nope".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(
-        err.get_details_resource_info().unwrap().resource_name,
-        "prd_nope"
-    );
-    let err = c
-        .client
-        .get_family(pb::GetFamilyRequest {
-            family_id: "fam_nope".into(),
-        })
-        .await
-        .unwrap_err();
+    assert_eq!(err.get_details_resource_info().unwrap().resource_name, "prd_nope");
+    let err = c.client.get_family(pb::GetFamilyRequest { family_id: "fam_nope".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = c
         .client
@@ -758,38 +571,18 @@ async fn missing_and_empty_ids_get_their_codes(db: TestDatabase) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .client
-        .get_product(pb::GetProductRequest::default())
-        .await
-        .unwrap_err();
+    let err = c.client.get_product(pb::GetProductRequest::default()).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["product_id"]);
-    let err = c
-        .client
-        .get_family(pb::GetFamilyRequest::default())
-        .await
-        .unwrap_err();
+    let err = c.client.get_family(pb::GetFamilyRequest::default()).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["family_id"]);
-    let err = c
-        .client
-        .update_product(pb::UpdateProductRequest::default())
-        .await
-        .unwrap_err();
+    let err = c.client.update_product(pb::UpdateProductRequest::default()).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["product"]);
 }
 
 async fn streaming_rpcs_are_not_implemented_yet(db: TestDatabase) {
     let mut c = start(db).await;
-    let err = c
-        .client
-        .stream_products(pb::StreamProductsRequest::default())
-        .await
-        .unwrap_err();
+    let err = c.client.stream_products(pb::StreamProductsRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    let err = c
-        .client
-        .watch_catalog_events(pb::WatchCatalogEventsRequest::default())
-        .await
-        .unwrap_err();
+    let err = c.client.watch_catalog_events(pb::WatchCatalogEventsRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 }

@@ -24,12 +24,9 @@ const CATALOG: &str = "agora.catalog.v1.CatalogService";
 /// Holds SQLite's write lock from outside the server, so every write the
 /// server attempts waits: a slow path on demand.
 async fn hold_write_lock(db: &TestDatabase) -> sqlx::SqliteConnection {
-    let mut conn = sqlx::SqliteConnection::connect(db.url().expose())
-        .await
-        .expect("opening the test database");
-    conn.execute("BEGIN IMMEDIATE")
-        .await
-        .expect("taking the write lock");
+    let mut conn =
+        sqlx::SqliteConnection::connect(db.url().expose()).await.expect("opening the test database");
+    conn.execute("BEGIN IMMEDIATE").await.expect("taking the write lock");
     conn
 }
 
@@ -41,38 +38,19 @@ async fn health_turns_serving_only_once_the_database_is_ready() {
         return;
     };
     db.drop_now().await;
-    let app = agora_catalog::build(agora_platform::testing::settings(&db))
-        .await
-        .unwrap();
+    let app = agora_catalog::build(agora_platform::testing::settings(&db)).await.unwrap();
     let server = TestServer::start_unready(app).await;
     let ch = server.channel.clone();
     for service in ["", CATALOG] {
-        wait_for_health(
-            &ch,
-            service,
-            ServingStatus::NotServing,
-            Duration::from_secs(10),
-        )
-        .await;
+        wait_for_health(&ch, service, ServingStatus::NotServing, Duration::from_secs(10)).await;
     }
     let mut client = pb::catalog_service_client::CatalogServiceClient::new(ch.clone());
-    let err = client
-        .get_family(pb::GetFamilyRequest {
-            family_id: "fam_x".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 
     db.create_now().await;
     for service in ["", CATALOG] {
-        wait_for_health(
-            &ch,
-            service,
-            ServingStatus::Serving,
-            Duration::from_secs(20),
-        )
-        .await;
+        wait_for_health(&ch, service, ServingStatus::Serving, Duration::from_secs(20)).await;
     }
     family(&mut client, "Screens").await;
     server.stop().await.unwrap();
@@ -86,20 +64,8 @@ async fn health_turns_not_serving_when_the_database_goes_away() {
     };
     let c = start(db).await;
     c.db.drop_now().await;
-    wait_for_health(
-        &c.server.channel,
-        "",
-        ServingStatus::NotServing,
-        Duration::from_secs(10),
-    )
-    .await;
-    wait_for_health(
-        &c.server.channel,
-        CATALOG,
-        ServingStatus::NotServing,
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_for_health(&c.server.channel, "", ServingStatus::NotServing, Duration::from_secs(10)).await;
+    wait_for_health(&c.server.channel, CATALOG, ServingStatus::NotServing, Duration::from_secs(10)).await;
 }
 
 /// Unknown services are unknown to health, as the protocol says.
@@ -107,12 +73,7 @@ async fn health_turns_not_serving_when_the_database_goes_away() {
 async fn health_answers_not_found_for_an_unknown_service() {
     let c = start(TestDatabase::sqlite()).await;
     let mut health = HealthClient::new(c.server.channel.clone());
-    let err = health
-        .check(HealthCheckRequest {
-            service: "no.such.Service".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -124,22 +85,14 @@ async fn a_call_past_its_deadline_gets_deadline_exceeded() {
     let (raw, origin) = agora_platform::testing::raw_client(c.server.grpc_addr);
     let mut raw = pb::catalog_service_client::CatalogServiceClient::with_origin(raw, origin);
     let mut request = tonic::Request::new(pb::CreateFamilyRequest {
-        family: Some(pb::Family {
-            display_name: "Slow".into(),
-            ..Default::default()
-        }),
+        family: Some(pb::Family { display_name: "Slow".into(), ..Default::default() }),
     });
     request.set_timeout(Duration::from_millis(1));
     let err = raw.create_family(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     drop(lock);
     // Nothing was written by the abandoned call, and the server still answers.
-    let families = c
-        .client
-        .list_families(pb::ListFamiliesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let families = c.client.list_families(pb::ListFamiliesRequest::default()).await.unwrap().into_inner();
     assert!(families.families.is_empty());
 }
 
@@ -179,33 +132,16 @@ async fn over_the_concurrency_limit_calls_are_shed_and_health_still_answers() {
     assert!(both_in_flight, "the two updates were not admitted");
 
     let mut probe = c.client.clone();
-    let err = probe
-        .get_family(pb::GetFamilyRequest {
-            family_id: "fam_x".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = probe.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert_eq!(
-        health_status(&c.server.channel, "").await,
-        Some(ServingStatus::Serving)
-    );
+    assert_eq!(health_status(&c.server.channel, "").await, Some(ServingStatus::Serving));
 
     lock.execute("ROLLBACK").await.unwrap();
     for call in blocked {
         let err = call.await.unwrap().unwrap_err();
-        assert_eq!(
-            err.code(),
-            Code::NotFound,
-            "the admitted calls complete once the lock is gone"
-        );
+        assert_eq!(err.code(), Code::NotFound, "the admitted calls complete once the lock is gone");
     }
-    let err = probe
-        .get_family(pb::GetFamilyRequest {
-            family_id: "fam_x".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = probe.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "admitted again");
 }
 
@@ -223,15 +159,9 @@ async fn reflection_lists_the_services_of_this_server() {
         MessageRequest::ListServices(String::new()),
         MessageRequest::FileContainingSymbol(format!("{CATALOG}.CreateProduct")),
     ]
-    .map(|m| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(m),
-    });
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    .map(|m| ServerReflectionRequest { host: String::new(), message_request: Some(m) });
+    let mut responses =
+        client.server_reflection_info(tokio_stream::iter(requests)).await.unwrap().into_inner();
 
     let Some(MessageResponse::ListServicesResponse(list)) =
         responses.next().await.unwrap().unwrap().message_response
@@ -262,33 +192,18 @@ async fn reflection_lists_the_services_of_this_server() {
 async fn request_ids_are_echoed_or_made() {
     let mut c = start(TestDatabase::sqlite()).await;
     let mut request = tonic::Request::new(pb::ListFamiliesRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-request-id", "test-123".parse().unwrap());
+    request.metadata_mut().insert("x-request-id", "test-123".parse().unwrap());
     let resp = c.client.list_families(request).await.unwrap();
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "test-123");
-    let resp = c
-        .client
-        .list_families(pb::ListFamiliesRequest::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.metadata().get("x-request-id").unwrap().len(),
-        36,
-        "a UUID"
-    );
+    let resp = c.client.list_families(pb::ListFamiliesRequest::default()).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap().len(), 36, "a UUID");
 }
 
 /// /metrics counts calls by method and gRPC code.
 #[tokio::test]
 async fn metrics_count_calls_by_code() {
     let mut c = start(TestDatabase::sqlite()).await;
-    c.client
-        .get_product(pb::GetProductRequest {
-            product_id: "prd_none".into(),
-        })
-        .await
-        .unwrap_err();
+    c.client.get_product(pb::GetProductRequest { product_id: "prd_none".into() }).await.unwrap_err();
     let text = http_get(c.server.admin_addr, "/metrics").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
@@ -304,16 +219,11 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body)).await.unwrap().unwrap();
     body
 }
 
@@ -336,9 +246,7 @@ fn spawn_binary(db: &TestDatabase, extra: &[(&str, &str)]) -> Process {
     }
     let mut child = cmd.spawn().expect("starting agora-catalog");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let grpc = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("grpc="))
@@ -348,10 +256,7 @@ fn spawn_binary(db: &TestDatabase, extra: &[(&str, &str)]) -> Process {
     Process { child, grpc }
 }
 
-async fn wait_for_exit(
-    child: &mut std::process::Child,
-    bound: Duration,
-) -> std::process::ExitStatus {
+async fn wait_for_exit(child: &mut std::process::Child, bound: Duration) -> std::process::ExitStatus {
     let mut status = None;
     wait_until(bound, || {
         status = child.try_wait().unwrap();
@@ -365,11 +270,7 @@ async fn wait_for_exit(
 }
 
 fn sigterm(child: &std::process::Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill -TERM failed");
 }
 
@@ -378,40 +279,20 @@ fn sigterm(child: &std::process::Child) {
 #[tokio::test]
 async fn sigterm_drains_then_exits_cleanly() {
     let db = TestDatabase::sqlite();
-    let mut p = spawn_binary(
-        &db,
-        &[
-            ("AGORA_DRAIN_DELAY_MS", "2000"),
-            ("AGORA_SHUTDOWN_TIMEOUT_MS", "500"),
-        ],
-    );
+    let mut p = spawn_binary(&db, &[("AGORA_DRAIN_DELAY_MS", "2000"), ("AGORA_SHUTDOWN_TIMEOUT_MS", "500")]);
     let ch = channel(p.grpc);
     wait_for_health(&ch, "", ServingStatus::Serving, Duration::from_secs(20)).await;
     // An endless stream: graceful shutdown alone would wait for it forever.
     let mut watch = HealthClient::new(ch.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
+        .watch(HealthCheckRequest { service: String::new() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        watch.next().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
 
     sigterm(&p.child);
-    wait_for_health(
-        &ch,
-        CATALOG,
-        ServingStatus::NotServing,
-        Duration::from_secs(2),
-    )
-    .await;
-    assert_eq!(
-        watch.next().await.unwrap().unwrap().status(),
-        ServingStatus::NotServing
-    );
+    wait_for_health(&ch, CATALOG, ServingStatus::NotServing, Duration::from_secs(2)).await;
+    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
     let status = wait_for_exit(&mut p.child, Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
 }
@@ -426,8 +307,5 @@ async fn bad_configuration_exits_with_a_clear_message() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("AGORA_CONCURRENCY_LIMIT") && stderr.contains("AGORA_GRPC_ADDR"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("AGORA_CONCURRENCY_LIMIT") && stderr.contains("AGORA_GRPC_ADDR"), "{stderr}");
 }

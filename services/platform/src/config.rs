@@ -129,10 +129,7 @@ pub struct EnvReader<F> {
 
 impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
     pub fn new(lookup: F) -> Self {
-        Self {
-            lookup,
-            problems: Vec::new(),
-        }
+        Self { lookup, problems: Vec::new() }
     }
 
     /// The raw value of `name`, or `default` when unset or empty.
@@ -145,9 +142,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
 
     /// The raw value of `name` when set and not empty.
     pub fn optional(&mut self, name: &str) -> Option<String> {
-        (self.lookup)(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
     /// `name` parsed as `T`, or `default`; a value that does not parse is a problem.
@@ -169,12 +164,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
     }
 
     /// `name` as a whole number of milliseconds within `range`.
-    pub fn millis(
-        &mut self,
-        name: &str,
-        default_ms: u64,
-        range: std::ops::RangeInclusive<u64>,
-    ) -> Duration {
+    pub fn millis(&mut self, name: &str, default_ms: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
         let ms = self.parse(name, default_ms);
         self.check(name, ms, &range);
         Duration::from_millis(ms)
@@ -191,18 +181,9 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         v
     }
 
-    fn check<T: PartialOrd + fmt::Display>(
-        &mut self,
-        name: &str,
-        v: T,
-        range: &std::ops::RangeInclusive<T>,
-    ) {
+    fn check<T: PartialOrd + fmt::Display>(&mut self, name: &str, v: T, range: &std::ops::RangeInclusive<T>) {
         if !range.contains(&v) {
-            self.problems.push(format!(
-                "{name}={v}: must be between {} and {}",
-                range.start(),
-                range.end()
-            ));
+            self.problems.push(format!("{name}={v}: must be between {} and {}", range.start(), range.end()));
         }
     }
 
@@ -213,11 +194,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
 
     /// Ok when no problem was found.
     pub fn finish(self) -> Result<(), ConfigError> {
-        if self.problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError(self.problems))
-        }
+        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError(self.problems)) }
     }
 }
 
@@ -231,18 +208,10 @@ impl Settings {
 
     /// Settings from any lookup; tests pass a map.
     pub fn read<F: Fn(&str) -> Option<String>>(spec: &ServiceSpec, env: &mut EnvReader<F>) -> Self {
-        let grpc_addr = env.parse(
-            "AGORA_GRPC_ADDR",
-            SocketAddr::from(([0, 0, 0, 0], spec.grpc_port)),
-        );
-        let admin_addr = env.parse(
-            "AGORA_ADMIN_ADDR",
-            SocketAddr::from(([0, 0, 0, 0], spec.admin_port)),
-        );
-        let database_url = DatabaseUrl::new(env.string(
-            "AGORA_DATABASE_URL",
-            &format!("sqlite:data/{}.db", spec.name),
-        ));
+        let grpc_addr = env.parse("AGORA_GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.grpc_port)));
+        let admin_addr = env.parse("AGORA_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.admin_port)));
+        let database_url =
+            DatabaseUrl::new(env.string("AGORA_DATABASE_URL", &format!("sqlite:data/{}.db", spec.name)));
         if !database_url.is_postgres() && !database_url.is_sqlite() {
             env.problem(format!(
                 "AGORA_DATABASE_URL={:?}: expected a sqlite: or postgres:// URL",
@@ -262,11 +231,7 @@ impl Settings {
             db_probe_interval: env.millis("AGORA_DB_PROBE_INTERVAL_MS", 1_000, 10..=600_000),
             request_timeout: env.millis("AGORA_REQUEST_TIMEOUT_MS", 10_000, 1..=3_600_000),
             concurrency_limit: env.number("AGORA_CONCURRENCY_LIMIT", 256, 1..=1_000_000),
-            max_message_bytes: env.number(
-                "AGORA_MAX_MESSAGE_BYTES",
-                4 * 1024 * 1024,
-                1024..=(256 << 20),
-            ),
+            max_message_bytes: env.number("AGORA_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024..=(256 << 20)),
             drain_delay: env.millis("AGORA_DRAIN_DELAY_MS", 5_000, 0..=600_000),
             shutdown_timeout: env.millis("AGORA_SHUTDOWN_TIMEOUT_MS", 10_000, 0..=600_000),
             log_format: env.parse("AGORA_LOG_FORMAT", LogFormat::Text),
@@ -299,17 +264,10 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const SPEC: ServiceSpec = ServiceSpec {
-        name: "catalog",
-        grpc_port: 50051,
-        admin_port: 9101,
-    };
+    const SPEC: ServiceSpec = ServiceSpec { name: "catalog", grpc_port: 50051, admin_port: 9101 };
 
     fn read(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut env = EnvReader::new(move |k| map.get(k).cloned());
         let s = Settings::read(&SPEC, &mut env);
         env.finish().map(|()| s)
@@ -334,12 +292,7 @@ mod tests {
         ])
         .unwrap_err();
         let text = err.to_string();
-        for name in [
-            "AGORA_GRPC_ADDR",
-            "AGORA_CONCURRENCY_LIMIT",
-            "AGORA_LOG_FORMAT",
-            "AGORA_DATABASE_URL",
-        ] {
+        for name in ["AGORA_GRPC_ADDR", "AGORA_CONCURRENCY_LIMIT", "AGORA_LOG_FORMAT", "AGORA_DATABASE_URL"] {
             assert!(text.contains(name), "{name} missing from {text}");
         }
         assert_eq!(err.0.len(), 4);

@@ -104,11 +104,7 @@ impl Database {
 
     /// Runs the service's migrations for this dialect.
     pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
-        migrations
-            .migrator(self.backend)
-            .run(&self.pool)
-            .await
-            .context("running migrations")
+        migrations.migrator(self.backend).run(&self.pool).await.context("running migrations")
     }
 
     /// Asks the database a trivial question; health is built on the answer.
@@ -147,18 +143,13 @@ fn prepare_url(url: &DatabaseUrl) -> anyhow::Result<(String, Backend)> {
         return Ok((url.expose().to_owned(), Backend::Postgres));
     }
     let raw = url.expose();
-    let rest = raw
-        .strip_prefix("sqlite://")
-        .or_else(|| raw.strip_prefix("sqlite:"))
-        .unwrap_or(raw);
+    let rest = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")).unwrap_or(raw);
     let (path, query) = match rest.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     };
     if path != ":memory:"
-        && let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
+        && let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
     {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the database folder {}", dir.display()))?;

@@ -34,11 +34,7 @@ pub enum Error {
     /// The system is not in the state the call needs (a stale etag, a
     /// discontinued product). `kind` names the precondition (e.g. `ETAG`).
     #[error("{description}")]
-    FailedPrecondition {
-        kind: &'static str,
-        subject: String,
-        description: String,
-    },
+    FailedPrecondition { kind: &'static str, subject: String, description: String },
     /// A dependency (the database, an upstream service) cannot answer now;
     /// the call may succeed if retried later.
     #[error("{0}")]
@@ -49,20 +45,13 @@ pub enum Error {
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
+    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
 impl Error {
     /// A single invalid field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::InvalidArgument(vec![FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }])
+        Self::InvalidArgument(vec![FieldViolation { field: field.into(), description: description.into() }])
     }
 
     /// The request's etag is not the resource's current one.
@@ -70,9 +59,7 @@ impl Error {
         Self::FailedPrecondition {
             kind: "ETAG",
             subject: format!("{resource}/{id}"),
-            description: format!(
-                "the {resource} changed since it was read (stale etag); read it again"
-            ),
+            description: format!("the {resource} changed since it was read (stale etag); read it again"),
         }
     }
 }
@@ -88,10 +75,7 @@ impl Violations {
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        });
+        self.0.push(FieldViolation { field: field.into(), description: description.into() });
     }
 
     /// Records the error of a parse, when there is one, and keeps the value.
@@ -111,11 +95,7 @@ impl Violations {
 
     /// Ok when nothing was wrong.
     pub fn finish(self) -> Result<(), Error> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
     }
 }
 
@@ -144,24 +124,14 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             err @ Error::NotFound { .. } => {
-                let Error::NotFound { resource, ref id } = err else {
-                    unreachable!()
-                };
-                let details =
-                    ErrorDetails::with_resource_info(resource, id.clone(), "", err.to_string());
+                let Error::NotFound { resource, ref id } = err else { unreachable!() };
+                let details = ErrorDetails::with_resource_info(resource, id.clone(), "", err.to_string());
                 Status::with_error_details(Code::NotFound, err.to_string(), details)
             }
             Error::AlreadyExists(message) => Status::already_exists(message),
-            Error::FailedPrecondition {
-                kind,
-                subject,
-                description,
-            } => {
-                let details = ErrorDetails::with_precondition_failure_violation(
-                    kind,
-                    subject,
-                    description.clone(),
-                );
+            Error::FailedPrecondition { kind, subject, description } => {
+                let details =
+                    ErrorDetails::with_precondition_failure_violation(kind, subject, description.clone());
                 Status::with_error_details(Code::FailedPrecondition, description, details)
             }
             Error::Unavailable(message) => Status::unavailable(message),
@@ -185,13 +155,8 @@ mod tests {
         let status: Status = v.finish().unwrap_err().into();
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
-        let fields: Vec<_> = details
-            .bad_request()
-            .unwrap()
-            .field_violations
-            .iter()
-            .map(|f| f.field.as_str())
-            .collect();
+        let fields: Vec<_> =
+            details.bad_request().unwrap().field_violations.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["product.display_name", "product.price"]);
     }
 

@@ -33,9 +33,8 @@ struct State {
 impl Health {
     /// Health for `services`, all NOT_SERVING.
     pub async fn new(reporter: HealthReporter, services: &[&str]) -> Self {
-        let names: Arc<[String]> = std::iter::once(String::new())
-            .chain(services.iter().map(|s| s.to_string()))
-            .collect();
+        let names: Arc<[String]> =
+            std::iter::once(String::new()).chain(services.iter().map(|s| s.to_string())).collect();
         let health = Self {
             reporter,
             names,
@@ -78,11 +77,7 @@ impl Health {
 
     async fn report(&self, serving: bool) {
         let before = self.state.serving.swap(serving, Ordering::SeqCst);
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         for name in self.names.iter() {
             self.reporter.set_service_status(name, status).await;
         }

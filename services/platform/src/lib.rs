@@ -7,6 +7,7 @@
 //! - [`config`]: settings from environment variables, validated at start.
 //! - [`telemetry`]: tracing subscriber, text or JSON.
 //! - [`db`]: sqlx pool (SQLite or PostgreSQL), embedded migrations.
+//! - [`idempotency`]: idempotency keys of create calls.
 //! - [`health`]: `grpc.health.v1` driven by migrations, a database probe and shutdown.
 //! - [`middleware`]: request id, observe (span + metrics), panic, deadline, admission.
 //! - [`metrics`]: the Prometheus recorder and the admin HTTP server.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
 pub mod server;

@@ -8,9 +8,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 /// Latency buckets in seconds: fine below 10 ms, where a healthy call lands.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The process-wide recorder. Installed once: tests run many servers in one
 /// process, and they share it.
@@ -44,7 +43,5 @@ pub async fn serve_admin(
 ) -> std::io::Result<()> {
     let handle = handle();
     let app = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

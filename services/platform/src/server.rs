@@ -25,7 +25,7 @@ use crate::{
     db::{Database, Migrations},
     health::Health,
     metrics,
-    middleware::{AdmissionLayer, DeadlineLayer, ObserveLayer, PanicToInternal},
+    middleware::{AdmissionLayer, DeadlineLayer, ObserveLayer, PanicToInternal, TrailersLayer},
 };
 
 /// Starts shutdown from outside (a test, or the signal handler): health goes
@@ -37,9 +37,7 @@ pub struct Shutdown {
 
 impl Shutdown {
     fn new() -> Self {
-        Self {
-            tx: watch::channel(false).0,
-        }
+        Self { tx: watch::channel(false).0 }
     }
 
     /// Begins shutdown, as SIGTERM would.
@@ -72,22 +70,13 @@ impl Services {
     /// `descriptor_set` is the encoded descriptor set that describes the
     /// services added here, for reflection.
     pub fn new(descriptor_set: &'static [u8]) -> Self {
-        Self {
-            routes: RoutesBuilder::default(),
-            names: Vec::new(),
-            descriptor_sets: vec![descriptor_set],
-        }
+        Self { routes: RoutesBuilder::default(), names: Vec::new(), descriptor_sets: vec![descriptor_set] }
     }
 
     /// Adds a generated tonic server.
     pub fn with<S>(mut self, service: S) -> Self
     where
-        S: Service<Request<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
@@ -152,29 +141,14 @@ impl Application {
     /// Serves until SIGTERM, Ctrl-C or [`Shutdown::trigger`], then drains
     /// and stops within the configured bounds.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self {
-            spec,
-            settings,
-            database,
-            migrations,
-            grpc_listener,
-            admin_listener,
-            services,
-            shutdown,
-        } = self;
+        let Self { spec, settings, database, migrations, grpc_listener, admin_listener, services, shutdown } =
+            self;
         let grpc_addr = grpc_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let health = Health::new(
-            reporter,
-            &services
-                .names
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
-        .await;
+        let health =
+            Health::new(reporter, &services.names.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
         // Reflection advertises exactly what this server offers, though the
         // descriptor sets describe every context.
@@ -201,9 +175,7 @@ impl Application {
             builder
         };
         let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .context("building reflection v1alpha")?;
+        let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
 
         let stack = ServiceBuilder::new()
             // Take the caller's x-request-id or make one, so every log line
@@ -213,17 +185,14 @@ impl Application {
             .layer(PropagateRequestIdLayer::x_request_id())
             // A span and the Prometheus metrics for every call, by gRPC code.
             .layer(ObserveLayer::new(advertised))
+            // Trailers a handler asked for (ExtraTrailers) join grpc-status.
+            .layer(TrailersLayer)
             // A panicking handler answers INTERNAL instead of resetting the stream.
             .layer(CatchPanicLayer::custom(PanicToInternal))
             // Honour grpc-timeout (capped by the server's own limit): DEADLINE_EXCEEDED.
-            .layer(DeadlineLayer {
-                server_limit: settings.request_timeout,
-            })
+            .layer(DeadlineLayer { server_limit: settings.request_timeout })
             // Shed load instead of queueing when saturated; wait for start-up.
-            .layer(AdmissionLayer::new(
-                settings.concurrency_limit,
-                health.clone(),
-            ))
+            .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
             .into_inner();
 
         let routes: Routes = services.routes.routes();
@@ -273,17 +242,13 @@ impl Application {
             async move {
                 shutdown.wait().await;
                 health.drain().await;
-                tracing::info!(
-                    drain_delay_ms = delay.as_millis() as u64,
-                    "shutdown: draining"
-                );
+                tracing::info!(drain_delay_ms = delay.as_millis() as u64, "shutdown: draining");
                 tokio::time::sleep(delay).await;
                 let _ = drained_tx.send(());
             }
         };
 
-        let serve =
-            server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), drain);
+        let serve = server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), drain);
         tokio::pin!(serve);
         let bound = settings.shutdown_timeout;
         let result = tokio::select! {
@@ -398,6 +363,10 @@ where
     crate::telemetry::init(&settings);
     let app = match build(settings).await {
         Ok(app) => app,
+        Err(err) if err.downcast_ref::<crate::config::ConfigError>().is_some() => {
+            eprintln!("agora-{}: {err}", spec.name);
+            return std::process::ExitCode::from(2);
+        }
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "start-up failed");
             return std::process::ExitCode::FAILURE;
@@ -405,12 +374,7 @@ where
     };
     // One line on stdout with the bound addresses, for scripts and tests
     // that start the binary on port 0.
-    println!(
-        "agora-{} listening grpc={} admin={}",
-        spec.name,
-        app.grpc_addr(),
-        app.admin_addr()
-    );
+    println!("agora-{} listening grpc={} admin={}", spec.name, app.grpc_addr(), app.admin_addr());
     match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -29,24 +29,13 @@ use crate::{
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A database a test owns; removed when dropped.
 pub enum TestDatabase {
-    Sqlite {
-        dir: PathBuf,
-        url: DatabaseUrl,
-    },
-    Postgres {
-        admin_url: String,
-        name: String,
-        url: DatabaseUrl,
-    },
+    Sqlite { dir: PathBuf, url: DatabaseUrl },
+    Postgres { admin_url: String, name: String, url: DatabaseUrl },
 }
 
 impl TestDatabase {
@@ -70,24 +59,18 @@ impl TestDatabase {
                 eprintln!("skipping a PostgreSQL test: {admin_url} is unreachable ({err})");
                 return None;
             }
-            Err(err) => panic!(
-                "PostgreSQL is required (AGORA_REQUIRE_POSTGRES=1) but {admin_url} failed: {err}"
-            ),
+            Err(err) => {
+                panic!("PostgreSQL is required (AGORA_REQUIRE_POSTGRES=1) but {admin_url} failed: {err}")
+            }
         };
         let name = unique("agora_test");
         admin
             .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("creating a test database");
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(base, _)| base);
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
         let url = DatabaseUrl::new(format!("{base}/{name}"));
-        Some(Self::Postgres {
-            admin_url,
-            name,
-            url,
-        })
+        Some(Self::Postgres { admin_url, name, url })
     }
 
     pub fn url(&self) -> DatabaseUrl {
@@ -99,10 +82,7 @@ impl TestDatabase {
     /// Drops a PostgreSQL database now, cutting every connection: the way
     /// a test makes the database "go away".
     pub async fn drop_now(&self) {
-        if let Self::Postgres {
-            admin_url, name, ..
-        } = self
-        {
+        if let Self::Postgres { admin_url, name, .. } = self {
             drop_postgres(admin_url, name).await;
         }
     }
@@ -110,13 +90,8 @@ impl TestDatabase {
     /// Creates a PostgreSQL database dropped by [`Self::drop_now`] again,
     /// empty: the way a test makes a database "come up".
     pub async fn create_now(&self) {
-        if let Self::Postgres {
-            admin_url, name, ..
-        } = self
-        {
-            let mut admin = sqlx::PgConnection::connect(admin_url)
-                .await
-                .expect("PostgreSQL answers");
+        if let Self::Postgres { admin_url, name, .. } = self {
+            let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("PostgreSQL answers");
             admin
                 .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .await
@@ -127,11 +102,7 @@ impl TestDatabase {
 
 async fn drop_postgres(admin_url: &str, name: &str) {
     if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = admin
-            .execute(AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .await;
+        let _ = admin.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
     }
 }
 
@@ -141,16 +112,11 @@ impl Drop for TestDatabase {
             Self::Sqlite { dir, .. } => {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            Self::Postgres {
-                admin_url, name, ..
-            } => {
+            Self::Postgres { admin_url, name, .. } => {
                 // Drop may run inside a runtime; a thread of its own can block.
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 let _ = std::thread::spawn(move || {
-                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
+                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         rt.block_on(drop_postgres(&admin_url, &name));
                     }
                 })
@@ -178,13 +144,7 @@ impl TestServer {
     /// Runs `app` and waits (bounded) until its health is SERVING.
     pub async fn start(app: Application) -> Self {
         let server = Self::start_unready(app).await;
-        wait_for_health(
-            &server.channel,
-            "",
-            ServingStatus::Serving,
-            Duration::from_secs(20),
-        )
-        .await;
+        wait_for_health(&server.channel, "", ServingStatus::Serving, Duration::from_secs(20)).await;
         server
     }
 
@@ -195,22 +155,14 @@ impl TestServer {
         let shutdown = app.shutdown();
         let task = tokio::spawn(app.run_until_stopped());
         let channel = channel(grpc_addr);
-        Self {
-            grpc_addr,
-            admin_addr,
-            shutdown,
-            channel,
-            task: Some(task),
-        }
+        Self { grpc_addr, admin_addr, shutdown, channel, task: Some(task) }
     }
 
     /// Triggers shutdown and waits for the server to stop (bounded).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.trigger();
         let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("server stops within 30 s")?
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stops within 30 s")?
     }
 }
 
@@ -234,10 +186,8 @@ pub fn channel(addr: SocketAddr) -> Channel {
 /// A plain HTTP/2 client without tonic's channel. A tonic `Channel` stops
 /// waiting at the request's own `grpc-timeout` and reports CANCELLED by
 /// itself; through this client a test sees what the server answers.
-pub type RawClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    tonic::body::Body,
->;
+pub type RawClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
 
 /// A [`RawClient`] and the origin to give a generated client's `with_origin`.
 pub fn raw_client(addr: SocketAddr) -> (RawClient, http::Uri) {
@@ -251,9 +201,7 @@ pub fn raw_client(addr: SocketAddr) -> (RawClient, http::Uri) {
 /// the server does not answer.
 pub async fn health_status(channel: &Channel, service: &str) -> Option<ServingStatus> {
     let mut client = HealthClient::new(channel.clone());
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: service.into(),
-    });
+    let mut request = tonic::Request::new(HealthCheckRequest { service: service.into() });
     request.set_timeout(Duration::from_secs(2));
     match client.check(request).await {
         Ok(resp) => ServingStatus::try_from(resp.into_inner().status).ok(),
@@ -262,16 +210,8 @@ pub async fn health_status(channel: &Channel, service: &str) -> Option<ServingSt
 }
 
 /// Polls health until it reports `want`; panics after `bound`.
-pub async fn wait_for_health(
-    channel: &Channel,
-    service: &str,
-    want: ServingStatus,
-    bound: Duration,
-) {
-    let reached = wait_until(bound, || async {
-        health_status(channel, service).await == Some(want)
-    })
-    .await;
+pub async fn wait_for_health(channel: &Channel, service: &str, want: ServingStatus, bound: Duration) {
+    let reached = wait_until(bound, || async { health_status(channel, service).await == Some(want) }).await;
     if !reached {
         let last = health_status(channel, service).await;
         panic!("health of {service:?} was {last:?}, not {want:?}, after {bound:?}");

@@ -102,7 +102,8 @@ impl UpstreamSettings {
     ) -> Self {
         let var = format!("AGORA_{}_ADDRS", name.to_ascii_uppercase());
         let raw = env.string(&var, default_addr);
-        let addrs: Vec<String> = raw.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+        let addrs: Vec<String> =
+            raw.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
         for addr in &addrs {
             if Endpoint::from_shared(addr.clone()).is_err() || !addr.starts_with("http://") {
                 env.problem(format!("{var}: {addr:?} is not an http://host:port address"));
@@ -186,8 +187,9 @@ pub fn channel(settings: &UpstreamSettings) -> anyhow::Result<UpstreamChannel> {
         .build()
         .map_err(|e| anyhow::anyhow!("circuit breaker of {name}: {e}"))?;
 
-    let mut backoff = ExponentialBackoffMaker::new(settings.backoff_min, settings.backoff_max, 0.5, HasherRng::default())
-        .map_err(|e| anyhow::anyhow!("backoff of {name}: {e:?}"))?;
+    let mut backoff =
+        ExponentialBackoffMaker::new(settings.backoff_min, settings.backoff_max, 0.5, HasherRng::default())
+            .map_err(|e| anyhow::anyhow!("backoff of {name}: {e:?}"))?;
     let policy = RetryUnavailable {
         upstream: name,
         attempts_left: settings.max_attempts.saturating_sub(1),
@@ -333,7 +335,8 @@ impl Policy<Request<Bytes>, Response<Body>, BoxError> for RetryUnavailable {
             return None;
         }
         if !self.budget.withdraw() {
-            metrics::counter!("agora_upstream_retries_refused_total", "upstream" => self.upstream).increment(1);
+            metrics::counter!("agora_upstream_retries_refused_total", "upstream" => self.upstream)
+                .increment(1);
             return None;
         }
         self.attempts_left -= 1;
@@ -431,14 +434,31 @@ where
             } else if state.until.is_none()
                 && pool
                     .ejected
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n + 1 < pool.total).then_some(n + 1))
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n + 1 < pool.total).then_some(n + 1)
+                    })
                     .is_ok()
             {
                 state.failures_in_a_row = (state.failures_in_a_row + 1).min(6);
-                let backoff = Duration::from_millis(50 << state.failures_in_a_row).min(Duration::from_secs(5));
+                let backoff =
+                    Duration::from_millis(50 << state.failures_in_a_row).min(Duration::from_secs(5));
                 state.until = Some(tokio::time::Instant::now() + backoff);
             }
             result
         })
+    }
+}
+
+/// What an upstream's failure means for the call being served: the one
+/// translation every anti-corruption layer shares. An upstream that is down,
+/// overloaded or too slow makes the call UNAVAILABLE, naming the upstream;
+/// anything else it answers is a bug between the two services.
+pub fn upstream_error(upstream: &str, status: Status) -> crate::Error {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled => {
+            crate::Error::Unavailable(format!("{upstream} is unavailable: {}", status.message()))
+        }
+        code => crate::Error::Internal(anyhow::anyhow!("{upstream} answered {code:?}: {}", status.message())),
     }
 }

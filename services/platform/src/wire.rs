@@ -24,9 +24,7 @@ pub fn micros_from_timestamp(ts: &prost_types::Timestamp) -> Option<i64> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return None;
     }
-    ts.seconds
-        .checked_mul(1_000_000)?
-        .checked_add(i64::from(ts.nanos / 1_000))
+    ts.seconds.checked_mul(1_000_000)?.checked_add(i64::from(ts.nanos / 1_000))
 }
 
 /// Default and largest page sizes of every List call.
@@ -67,9 +65,7 @@ impl PageToken {
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
         let text = String::from_utf8(raw).map_err(|_| malformed())?;
         let mut parts = text.splitn(3, '|');
-        let (Some("v1"), Some(after), Some(token_filter)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some("v1"), Some(after), Some(token_filter)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(malformed());
         };
         let after: i64 = after.parse().map_err(|_| malformed())?;
@@ -87,27 +83,14 @@ mod tests {
     #[test]
     fn timestamps_round_trip_through_micros() {
         for micros in [0, 1, 1_700_000_000_123_456, -1] {
-            assert_eq!(
-                micros_from_timestamp(&timestamp_from_micros(micros)),
-                Some(micros)
-            );
+            assert_eq!(micros_from_timestamp(&timestamp_from_micros(micros)), Some(micros));
         }
-        assert_eq!(
-            micros_from_timestamp(&prost_types::Timestamp {
-                seconds: 1,
-                nanos: -1
-            }),
-            None
-        );
+        assert_eq!(micros_from_timestamp(&prost_types::Timestamp { seconds: 1, nanos: -1 }), None);
     }
 
     #[test]
     fn page_tokens_are_bound_to_their_filter() {
-        let token = PageToken {
-            after: 42,
-            filter: "family=f1".into(),
-        }
-        .encode();
+        let token = PageToken { after: 42, filter: "family=f1".into() }.encode();
         assert_eq!(PageToken::decode(&token, "family=f1"), Ok(Some(42)));
         assert!(PageToken::decode(&token, "family=f2").is_err());
         assert!(PageToken::decode("not-a-token", "").is_err());

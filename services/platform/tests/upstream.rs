@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, AtomicU8, Ordering},
+        atomic::{AtomicU8, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -41,9 +41,14 @@ struct FakeService(Arc<Fake>);
 
 #[tonic::async_trait]
 impl Health for FakeService {
-    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
         let n = self.0.calls.fetch_add(1, Ordering::SeqCst);
-        if let Some(t) = request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout) {
+        if let Some(t) =
+            request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
+        {
             self.0.timeouts.lock().unwrap().push(t);
         }
         match self.0.mode.load(Ordering::SeqCst) {
@@ -67,7 +72,9 @@ async fn fake(mode: u8) -> (Arc<Fake>, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     let service = HealthServer::new(FakeService(state.clone()));
     tokio::spawn(
-        tonic::transport::Server::builder().add_service(service).serve_with_incoming(TcpListenerStream::new(listener)),
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     (state, addr)
 }

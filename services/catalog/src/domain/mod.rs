@@ -44,16 +44,10 @@ pub struct Money {
 
 impl Money {
     /// A price from its parts; each error names the part that is wrong.
-    pub fn parse(
-        currency_code: &str,
-        amount_minor: i64,
-    ) -> Result<Self, Vec<(&'static str, String)>> {
+    pub fn parse(currency_code: &str, amount_minor: i64) -> Result<Self, Vec<(&'static str, String)>> {
         let mut problems = Vec::new();
         if !is_known_currency(currency_code) {
-            problems.push((
-                "currency_code",
-                format!("{currency_code:?} is not an ISO 4217 currency code"),
-            ));
+            problems.push(("currency_code", format!("{currency_code:?} is not an ISO 4217 currency code")));
         }
         if amount_minor < 0 {
             problems.push(("amount_minor", "must not be negative".to_string()));
@@ -61,10 +55,7 @@ impl Money {
             problems.push(("amount_minor", format!("must be at most {MAX_PRICE_MINOR}")));
         }
         if problems.is_empty() {
-            Ok(Self {
-                currency_code: currency_code.to_owned(),
-                amount_minor,
-            })
+            Ok(Self { currency_code: currency_code.to_owned(), amount_minor })
         } else {
             Err(problems)
         }
@@ -189,11 +180,7 @@ pub enum Refusal {
 
 /// Checks an optional etag against the product's current one.
 pub fn check_etag(product: &Product, etag: &str) -> Result<(), Refusal> {
-    if etag.is_empty() || etag == product.etag() {
-        Ok(())
-    } else {
-        Err(Refusal::StaleEtag)
-    }
+    if etag.is_empty() || etag == product.etag() { Ok(()) } else { Err(Refusal::StaleEtag) }
 }
 
 /// A display name: trimmed, 1 to 200 characters, no control characters.
@@ -215,9 +202,7 @@ pub fn parse_display_name(raw: &str) -> Result<String, String> {
 pub fn parse_description(raw: &str) -> Result<String, String> {
     let text = raw.trim();
     if text.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(format!(
-            "must be at most {MAX_DESCRIPTION_CHARS} characters"
-        ));
+        return Err(format!("must be at most {MAX_DESCRIPTION_CHARS} characters"));
     }
     Ok(text.to_owned())
 }
@@ -263,10 +248,7 @@ mod tests {
             display_name: "Screen".into(),
             description: String::new(),
             family_id: "fam_1".into(),
-            price: Money {
-                currency_code: "EUR".into(),
-                amount_minor: 19_900,
-            },
+            price: Money { currency_code: "EUR".into(), amount_minor: 19_900 },
             state: ProductState::Active,
             revision: 3,
             create_time: 1,
@@ -279,10 +261,7 @@ mod tests {
         assert_eq!(parse_display_name("  Screen  "), Ok("Screen".into()));
         assert!(parse_display_name("   ").is_err());
         assert!(parse_display_name(&"x".repeat(201)).is_err());
-        assert!(
-            parse_display_name(&"é".repeat(200)).is_ok(),
-            "counts characters, not bytes"
-        );
+        assert!(parse_display_name(&"é".repeat(200)).is_ok(), "counts characters, not bytes");
         assert!(parse_display_name("a\u{0}b").is_err());
     }
 
@@ -292,10 +271,7 @@ mod tests {
         assert_eq!(Money::parse("eur", 1).unwrap_err()[0].0, "currency_code");
         assert_eq!(Money::parse("XYZ", 1).unwrap_err()[0].0, "currency_code");
         assert_eq!(Money::parse("EUR", -1).unwrap_err()[0].0, "amount_minor");
-        assert_eq!(
-            Money::parse("EUR", MAX_PRICE_MINOR + 1).unwrap_err()[0].0,
-            "amount_minor"
-        );
+        assert_eq!(Money::parse("EUR", MAX_PRICE_MINOR + 1).unwrap_err()[0].0, "amount_minor");
         assert_eq!(Money::parse("", -5).unwrap_err().len(), 2);
     }
 
@@ -310,10 +286,7 @@ mod tests {
     #[test]
     fn a_patch_changes_only_its_fields() {
         let p = product();
-        let patch = ProductPatch {
-            display_name: Some("Big screen".into()),
-            ..Default::default()
-        };
+        let patch = ProductPatch { display_name: Some("Big screen".into()), ..Default::default() };
         let next = patch.apply(&p);
         assert_eq!(next.display_name, "Big screen");
         assert_eq!(next.price, p.price);

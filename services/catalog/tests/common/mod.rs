@@ -43,9 +43,7 @@ pub async fn start(db: TestDatabase) -> Catalog {
 pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> Catalog {
     let mut settings = agora_platform::testing::settings(&db);
     tweak(&mut settings);
-    let app = agora_catalog::build(settings)
-        .await
-        .expect("catalog builds");
+    let app = agora_catalog::build(settings).await.expect("catalog builds");
     let server = TestServer::start(app).await;
     let client = CatalogServiceClient::new(server.channel.clone());
     Catalog { client, server, db }
@@ -54,10 +52,7 @@ pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> 
 pub async fn family(client: &mut CatalogServiceClient<Channel>, name: &str) -> pb::Family {
     client
         .create_family(pb::CreateFamilyRequest {
-            family: Some(pb::Family {
-                display_name: name.into(),
-                ..Default::default()
-            }),
+            family: Some(pb::Family { display_name: name.into(), ..Default::default() }),
         })
         .await
         .expect("family created")
@@ -71,10 +66,7 @@ pub fn new_product(family_id: &str, name: &str, amount_minor: i64) -> pb::Produc
         display_name: name.into(),
         description: format!("{name}, as sold"),
         family_id: family_id.into(),
-        price: Some(Money {
-            currency_code: "EUR".into(),
-            amount_minor,
-        }),
+        price: Some(Money { currency_code: "EUR".into(), amount_minor }),
         ..Default::default()
     }
 }

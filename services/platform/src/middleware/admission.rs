@@ -34,21 +34,14 @@ pub struct AdmissionLayer {
 
 impl AdmissionLayer {
     pub fn new(limit: usize, health: Health) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(limit)),
-            health,
-        }
+        Self { permits: Arc::new(Semaphore::new(limit)), health }
     }
 }
 
 impl<S> Layer<S> for AdmissionLayer {
     type Service = Admission<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Admission {
-            inner,
-            permits: self.permits.clone(),
-            health: self.health.clone(),
-        }
+        Admission { inner, permits: self.permits.clone(), health: self.health.clone() }
     }
 }
 
@@ -84,9 +77,8 @@ where
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics::counter!("agora_grpc_server_shed_total").increment(1);
-            let status = tonic::Status::resource_exhausted(
-                "the server is at its concurrency limit; retry later",
-            );
+            let status =
+                tonic::Status::resource_exhausted("the server is at its concurrency limit; retry later");
             return Box::pin(std::future::ready(Ok(status_response(status))));
         };
         let fut = self.inner.call(req);

@@ -85,10 +85,7 @@ pub struct DeadlineLayer {
 impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService {
-            inner,
-            server_limit: self.server_limit,
-        }
+        DeadlineService { inner, server_limit: self.server_limit }
     }
 }
 
@@ -113,11 +110,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let asked = req
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let asked =
+            req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let budget = asked.map_or(self.server_limit, |t| t.min(self.server_limit));
         let deadline = Instant::now() + budget;
         req.extensions_mut().insert(Deadline(deadline));
@@ -145,10 +139,7 @@ mod tests {
         assert_eq!(parse_grpc_timeout("1m"), Some(Duration::from_millis(1)));
         assert_eq!(parse_grpc_timeout("30S"), Some(Duration::from_secs(30)));
         assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(
-            parse_grpc_timeout("99999999u"),
-            Some(Duration::from_micros(99_999_999))
-        );
+        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
         assert_eq!(parse_grpc_timeout("123456789n"), None, "more than 8 digits");
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);

@@ -7,10 +7,12 @@
 mod admission;
 mod deadline;
 mod observe;
+mod trailers;
 
 pub use admission::AdmissionLayer;
 pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
 pub use observe::ObserveLayer;
+pub use trailers::{ExtraTrailers, TrailersLayer};
 
 use http::Response;
 use tower_http::catch_panic::ResponseForPanic;
@@ -58,10 +60,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(Response::new(tonic::body::Body::empty()))
         });
         let service = CatchPanicLayer::custom(PanicToInternal).layer(handler);
-        let response = service
-            .oneshot(http::Request::new(tonic::body::Body::empty()))
-            .await
-            .unwrap();
+        let response = service.oneshot(http::Request::new(tonic::body::Body::empty())).await.unwrap();
         assert_eq!(response.headers()["grpc-status"], "13");
         assert_eq!(response.headers()["grpc-message"], "internal%20error");
     }

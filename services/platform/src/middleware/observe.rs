@@ -62,19 +62,14 @@ pub struct ObserveLayer {
 
 impl ObserveLayer {
     pub fn new(services: impl IntoIterator<Item = String>) -> Self {
-        Self {
-            services: services.into_iter().collect(),
-        }
+        Self { services: services.into_iter().collect() }
     }
 }
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe {
-            inner,
-            services: self.services.clone(),
-        }
+        Observe { inner, services: self.services.clone() }
     }
 }
 
@@ -112,12 +107,8 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (service, method) = labels(&self.services, req.uri().path());
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let request_id =
+            req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let span = tracing::info_span!(
             "grpc",
             rpc.service = %service,
@@ -139,10 +130,7 @@ where
                 }
                 None => Some(guard),
             };
-            Ok(Response::from_parts(
-                parts,
-                ObservedBody { inner: body, guard },
-            ))
+            Ok(Response::from_parts(parts, ObservedBody { inner: body, guard }))
         })
     }
 }
@@ -158,18 +146,10 @@ struct CallGuard {
 
 impl CallGuard {
     fn start(service: String, method: String, span: Span) -> Self {
-        let labels = [
-            Label::new("grpc_service", service),
-            Label::new("grpc_method", method),
-        ];
+        let labels = [Label::new("grpc_service", service), Label::new("grpc_method", method)];
         counter!("grpc_server_started_total", labels.iter()).increment(1);
         gauge!("grpc_server_in_flight", labels.iter()).increment(1.0);
-        Self {
-            labels,
-            span,
-            start: Instant::now(),
-            done: false,
-        }
+        Self { labels, span, start: Instant::now(), done: false }
     }
 
     fn finish(mut self, code: usize) {
@@ -183,8 +163,7 @@ impl CallGuard {
         let elapsed = self.start.elapsed();
         let name = CODE_NAMES[code];
         gauge!("grpc_server_in_flight", self.labels.iter()).decrement(1.0);
-        histogram!("grpc_server_handling_seconds", self.labels.iter())
-            .record(elapsed.as_secs_f64());
+        histogram!("grpc_server_handling_seconds", self.labels.iter()).record(elapsed.as_secs_f64());
         let mut with_code = self.labels.to_vec();
         with_code.push(Label::from_static_parts("grpc_code", name));
         counter!("grpc_server_handled_total", with_code.iter()).increment(1);

@@ -1,0 +1,97 @@
+//! Trailers chosen by a handler. tonic sends a successful unary answer's
+//! trailers itself (`grpc-status: 0`) and offers no way to add to them; a
+//! handler that must say something in the trailers (offers' fallback marker)
+//! puts [`ExtraTrailers`] in its response's extensions, and this layer adds
+//! them to the trailers frame on the way out.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tower::{Layer, Service};
+
+/// Headers to add to the response's trailers.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraTrailers(pub HeaderMap);
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrailersLayer;
+
+impl<S> Layer<S> for TrailersLayer {
+    type Service = Trailers<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Trailers { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Trailers<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Trailers<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body,
+{
+    type Response = Response<WithTrailers<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = fut.await?;
+            let extra = response.extensions_mut().remove::<ExtraTrailers>().map(|t| t.0);
+            Ok(response.map(|inner| WithTrailers { inner, extra }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct WithTrailers<B> {
+        #[pin]
+        inner: B,
+        extra: Option<HeaderMap>,
+    }
+}
+
+impl<B: Body> Body for WithTrailers<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        Poll::Ready(match frame {
+            Some(Ok(frame)) if frame.is_trailers() => match (frame.into_trailers(), this.extra.take()) {
+                (Ok(mut trailers), Some(extra)) => {
+                    trailers.extend(extra);
+                    Some(Ok(Frame::trailers(trailers)))
+                }
+                (Ok(trailers), None) => Some(Ok(Frame::trailers(trailers))),
+                (Err(frame), _) => Some(Ok(frame)),
+            },
+            other => other,
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
