@@ -14,6 +14,7 @@ target_dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 # name grpc-port admin-port
 SERVICES=(
   "catalog 50051 9101"
+  "customers 50052 9102"
 )
 
 cargo build --profile "$PROFILE" $(for s in "${SERVICES[@]}"; do set -- $s; echo "-p agora-$1"; done)
@@ -56,12 +57,15 @@ cat <<TXT
 
 Agora is running (logs in data/logs/, data in data/*.db):
   catalog    gRPC 127.0.0.1:50051   metrics http://127.0.0.1:9101/metrics
+  customers  gRPC 127.0.0.1:50052   metrics http://127.0.0.1:9102/metrics
 
 Try:
   $GRPCURL -plaintext 127.0.0.1:50051 list
   $GRPCURL -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
   $GRPCURL -plaintext 127.0.0.1:50051 agora.catalog.v1.CatalogService/ListFamilies
   $GRPCURL -plaintext -d '{"page_size": 2}' 127.0.0.1:50051 agora.catalog.v1.CatalogService/ListProducts
+  $GRPCURL -plaintext -d '{"customer": {"given_name": "Ana", "family_name": "Lima", "email": "ana@example.com"}}' 127.0.0.1:50052 agora.customers.v1.CustomerService/CreateCustomer
+  $GRPCURL -plaintext -d '{"page_size": 10}' 127.0.0.1:50052 agora.customers.v1.CustomerService/ListCustomers
   curl -s http://127.0.0.1:9101/metrics | grep grpc_server_handled_total
 
 Ctrl-C stops every service.

@@ -1,7 +1,10 @@
 //! The catalog's own database: families, products and idempotency keys.
 //! Returns domain types; the same SQL serves SQLite and PostgreSQL.
 
-use agora_platform::{Database, Error, idempotency, wire::now_micros};
+use agora_platform::{
+    Database, Error, idempotency,
+    wire::{new_id, now_micros},
+};
 use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
 
 use crate::domain::{
@@ -105,7 +108,7 @@ impl CatalogStore {
 
     pub async fn create_family(&self, new: NewFamily) -> Result<Family, Error> {
         let family = Family {
-            id: domain::new_id("fam"),
+            id: new_id("fam"),
             display_name: new.display_name,
             description: new.description,
             create_time: now_micros(),
@@ -152,7 +155,7 @@ impl CatalogStore {
     pub async fn create_product(&self, request_id: Option<&str>, new: NewProduct) -> Result<Created, Error> {
         let now = now_micros();
         let product = Product {
-            id: domain::new_id("prd"),
+            id: new_id("prd"),
             display_name: new.display_name.clone(),
             description: new.description.clone(),
             family_id: new.family_id.clone(),

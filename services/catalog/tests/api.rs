@@ -8,7 +8,7 @@ use prost_types::FieldMask;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-on_both_backends!(
+agora_platform::on_both_backends!(
     families_are_created_read_and_listed_in_pages,
     a_product_is_created_and_read_back,
     a_retried_create_returns_the_same_product,

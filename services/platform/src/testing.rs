@@ -26,6 +26,27 @@ use crate::{
     server::{Application, Shutdown},
 };
 
+/// Declares, for each async test function `name(db: TestDatabase)`, a
+/// module `name` with two tests: `sqlite` and `postgres` (skipped with a
+/// printed reason where PostgreSQL is unreachable and not required).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::testing::TestDatabase::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = $crate::testing::TestDatabase::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {

@@ -63,7 +63,9 @@ use crate::{
 
 /// The channel an anti-corruption layer wraps in a generated client:
 /// `CatalogServiceClient::new(channel)`.
-pub type UpstreamChannel = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+/// Its error is a concrete `Status` rather than a boxed error: generated
+/// clients stay `Send` inside `async_trait` handlers that way.
+pub type UpstreamChannel = BoxCloneSyncService<Request<Body>, Response<Body>, Status>;
 
 /// How one upstream is reached and how hard to try.
 #[derive(Debug, Clone)]
@@ -203,7 +205,7 @@ pub fn channel(settings: &UpstreamSettings) -> anyhow::Result<UpstreamChannel> {
 
     let stack = ServiceBuilder::new()
         // Every failure leaves as a gRPC status that names the upstream.
-        .map_err(move |e: CircuitBreakerError<BoxError>| -> BoxError { Box::new(to_status(name, e)) })
+        .map_err(move |e: CircuitBreakerError<BoxError>| to_status(name, e))
         // Fail fast while the upstream is known to be down.
         .layer(breaker)
         // Bound the call by the caller's deadline and our own timeout.

@@ -27,6 +27,12 @@ pub fn micros_from_timestamp(ts: &prost_types::Timestamp) -> Option<i64> {
     ts.seconds.checked_mul(1_000_000)?.checked_add(i64::from(ts.nanos / 1_000))
 }
 
+/// A new opaque id with a readable prefix (`prd_…`): time-ordered (UUIDv7),
+/// so ids created together sort and index together.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
 /// Default and largest page sizes of every List call.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;

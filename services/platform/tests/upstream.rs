@@ -52,7 +52,7 @@ impl Health for FakeService {
             self.0.timeouts.lock().unwrap().push(t);
         }
         match self.0.mode.load(Ordering::SeqCst) {
-            EVERY_OTHER_FAILS if n % 2 == 0 => Err(Status::unavailable("flaky")),
+            EVERY_OTHER_FAILS if n.is_multiple_of(2) => Err(Status::unavailable("flaky")),
             ALWAYS_FAILS => Err(Status::unavailable("down")),
             _ => Ok(Response::new(HealthCheckResponse { status: 1 })),
         }

@@ -232,12 +232,6 @@ pub fn parse_request_id(raw: &str) -> Result<Option<String>, String> {
     Ok(Some(raw.to_owned()))
 }
 
-/// A new id with a readable prefix; time-ordered (UUIDv7), so ids created
-/// together sort together.
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

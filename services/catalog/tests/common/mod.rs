@@ -9,26 +9,6 @@ use pb::catalog_service_client::CatalogServiceClient;
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt as _;
 
-/// Runs `$name(db)` once on SQLite and once on PostgreSQL (skipped with a
-/// printed reason where PostgreSQL is unreachable and not required).
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(agora_platform::testing::TestDatabase::sqlite()).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(db) = agora_platform::testing::TestDatabase::postgres().await {
-                    super::$name(db).await
-                }
-            }
-        }
-    )*};
-}
-
 /// A running catalog, its client and its database (dropped last).
 pub struct Catalog {
     pub client: CatalogServiceClient<Channel>,

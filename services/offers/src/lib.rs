@@ -1,0 +1,97 @@
+//! The offers service: timed offers on products (the timed-offer family:
+//! SPEED and LAST_DAY). A downstream context: it keeps product and customer
+//! ids only, asks catalog and customers through its anti-corruption layer,
+//! and answers "which offers can this customer have now?", with a fallback
+//! when its own database fails.
+//!
+//! # Layout
+//! - [`domain`]: offers, their kinds, windows and availability.
+//! - [`store`]: the offers database (SQLite or PostgreSQL).
+//! - [`upstream`]: the anti-corruption layer: catalog and customers clients.
+//! - [`fallback`]: the default offers served when the database fails.
+//! - [`api`]: the `agora.offers.v1.OfferService` gRPC adapter.
+//! - [`build`]: wires them into a runnable [`Application`].
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod domain;
+pub mod fallback;
+pub mod store;
+pub mod upstream;
+
+use agora_contracts::{FILE_DESCRIPTOR_SET, agora::offers::v1::offer_service_server::OfferServiceServer};
+use agora_platform::{
+    Application, Database, Migrations, ServiceSpec, Services, Settings,
+    config::{ConfigError, EnvReader},
+    upstream::{UpstreamSettings, channel},
+};
+
+pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, admin_port: 9103 };
+
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[(1, "offers", include_str!("../migrations/sqlite/0001_offers.sql"))],
+    postgres: &[(1, "offers", include_str!("../migrations/postgres/0001_offers.sql"))],
+};
+
+/// What offers needs beyond the shared settings.
+#[derive(Debug, Clone)]
+pub struct OffersSettings {
+    /// The catalog (`AGORA_CATALOG_ADDRS`, default `http://127.0.0.1:50051`).
+    pub catalog: UpstreamSettings,
+    /// Customers (`AGORA_CUSTOMERS_ADDRS`, default `http://127.0.0.1:50052`).
+    pub customers: UpstreamSettings,
+    /// The default offers of a database failure.
+    pub fallback: fallback::Fallback,
+}
+
+impl OffersSettings {
+    /// From the process environment: `AGORA_CATALOG_ADDRS`,
+    /// `AGORA_CUSTOMERS_ADDRS`, `AGORA_UPSTREAM_*`, and the fallback set from
+    /// `AGORA_OFFERS_FALLBACK` (JSON) or `AGORA_OFFERS_FALLBACK_FILE`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut env = EnvReader::new(|name| std::env::var(name).ok());
+        let catalog = UpstreamSettings::read(&mut env, "catalog", "http://127.0.0.1:50051");
+        let customers = UpstreamSettings::read(&mut env, "customers", "http://127.0.0.1:50052");
+        let json = match (env.optional("AGORA_OFFERS_FALLBACK"), env.optional("AGORA_OFFERS_FALLBACK_FILE")) {
+            (Some(inline), _) => Some(("AGORA_OFFERS_FALLBACK".to_owned(), Ok(inline))),
+            (None, Some(path)) => {
+                Some((format!("AGORA_OFFERS_FALLBACK_FILE={path}"), std::fs::read_to_string(&path)))
+            }
+            (None, None) => None,
+        };
+        let fallback = match json {
+            None => fallback::Fallback::default(),
+            Some((source, Err(e))) => {
+                env.problem(format!("{source}: {e}"));
+                fallback::Fallback::default()
+            }
+            Some((source, Ok(text))) => fallback::Fallback::parse(&text).unwrap_or_else(|e| {
+                env.problem(format!("{source}: {e}"));
+                fallback::Fallback::default()
+            }),
+        };
+        env.finish()?;
+        Ok(Self { catalog, customers, fallback })
+    }
+}
+
+/// The offers service from the environment.
+pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    build_with(settings, OffersSettings::from_env()?).await
+}
+
+/// The offers service, bound to its ports and ready to run.
+pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::Result<Application> {
+    let database = Database::connect_lazy(&settings)?;
+    let api = api::OffersApi {
+        store: store::OfferStore::new(database.clone()),
+        catalog: upstream::catalog::Catalog::new(channel(&offers.catalog)?),
+        customers: upstream::customers::Customers::new(channel(&offers.customers)?),
+        fallback: offers.fallback,
+    };
+    let server = OfferServiceServer::new(api)
+        .max_decoding_message_size(settings.max_message_bytes)
+        .max_encoding_message_size(settings.max_message_bytes);
+    let services = Services::new(FILE_DESCRIPTOR_SET).with(server);
+    Application::build(SPEC, settings, database, MIGRATIONS, services).await
+}
