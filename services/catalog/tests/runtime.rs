@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use agora_platform::testing::{channel, health_status, wait_for_health, wait_until};
+use agora_platform::testing::{channel, health_status, http_get, wait_for_health, wait_until};
 use common::*;
 use sqlx::{Connection as _, Executor as _};
 use tokio_stream::StreamExt as _;
@@ -212,19 +212,6 @@ async fn metrics_count_calls_by_code() {
     );
     assert!(text.contains("grpc_server_handling_seconds_bucket"));
     assert!(text.contains("agora_health_serving"));
-}
-
-/// A minimal HTTP/1.1 GET: enough for the admin port, without an HTTP client crate.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body)).await.unwrap().unwrap();
-    body
 }
 
 /// The service binary, started on free ports; its first stdout line names them.

@@ -10,7 +10,10 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -94,6 +97,17 @@ impl TestDatabase {
         Some(Self::Postgres { admin_url, name, url })
     }
 
+    /// Another fresh database on the same backend: one for each service of
+    /// a test that runs several.
+    pub async fn another(&self) -> Self {
+        match self {
+            Self::Sqlite { .. } => Self::sqlite(),
+            Self::Postgres { .. } => {
+                Box::pin(Self::postgres()).await.expect("PostgreSQL answered a moment ago")
+            }
+        }
+    }
+
     pub fn url(&self) -> DatabaseUrl {
         match self {
             Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url.clone(),
@@ -147,9 +161,15 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Settings for a test server on `database`.
+/// Settings for a test server on `database`. With `AGORA_TEST_LOG` set (a
+/// tracing filter such as `debug`), the servers of a test log to stderr.
 pub fn settings(database: &TestDatabase) -> Settings {
-    Settings::for_tests(database.url())
+    let mut settings = Settings::for_tests(database.url());
+    if let Ok(filter) = std::env::var("AGORA_TEST_LOG") {
+        settings.log_filter = filter;
+        crate::telemetry::init(&settings);
+    }
+    settings
 }
 
 /// A server running in this process.
@@ -255,5 +275,112 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough to scrape an admin port's `/metrics`
+/// without an HTTP client crate.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin port answers");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sending the request");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+        .await
+        .expect("the admin port answers within 10 s")
+        .expect("reading the answer");
+    text
+}
+
+/// What a [`Proxy`] does with the calls it receives.
+pub mod proxy_mode {
+    /// Pass every call on.
+    pub const FORWARD: u8 = 0;
+    /// Answer every other call UNAVAILABLE, pass the rest on.
+    pub const FAIL_EVERY_OTHER: u8 = 1;
+    /// Answer every call UNAVAILABLE.
+    pub const FAIL_ALL: u8 = 2;
+}
+
+/// A gRPC proxy in front of a real upstream, for tests of the client stack
+/// through real services: it counts the calls, records the `grpc-timeout`
+/// each carried, and fails calls with UNAVAILABLE on demand.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub mode: Arc<std::sync::atomic::AtomicU8>,
+    pub calls: Arc<AtomicU32>,
+    pub timeouts: Arc<std::sync::Mutex<Vec<Duration>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let addr = listener.local_addr().expect("bound");
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(proxy_mode::FORWARD));
+        let calls = Arc::new(AtomicU32::new(0));
+        let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (client, _) = raw_client(target);
+        let origin = format!("http://{target}");
+        let (m, c, t) = (mode.clone(), calls.clone(), timeouts.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (client, origin, m, c, t) =
+                    (client.clone(), origin.clone(), m.clone(), c.clone(), t.clone());
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let n = c.fetch_add(1, Ordering::SeqCst);
+                    if let Some(timeout) = req
+                        .headers()
+                        .get("grpc-timeout")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(crate::middleware::parse_grpc_timeout)
+                    {
+                        t.lock().expect("timeouts").push(timeout);
+                    }
+                    let fail = match m.load(Ordering::SeqCst) {
+                        proxy_mode::FAIL_ALL => true,
+                        proxy_mode::FAIL_EVERY_OTHER => n % 2 == 0,
+                        _ => false,
+                    };
+                    let (client, origin) = (client.clone(), origin.clone());
+                    async move {
+                        if fail {
+                            return Ok::<_, hyper_util::client::legacy::Error>(
+                                tonic::Status::unavailable("injected by the test proxy")
+                                    .into_http::<tonic::body::Body>(),
+                            );
+                        }
+                        let (mut parts, body) = req.into_parts();
+                        parts.uri = format!("{origin}{}", parts.uri.path()).parse().expect("valid URI");
+                        let response = client
+                            .request(http::Request::from_parts(parts, tonic::body::Body::new(body)))
+                            .await?;
+                        Ok(response.map(tonic::body::Body::new))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                });
+            }
+        });
+        Self { addr, mode, calls, timeouts, task }
+    }
+
+    pub fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
