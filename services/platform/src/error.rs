@@ -35,6 +35,10 @@ pub enum Error {
     /// discontinued product). `kind` names the precondition (e.g. `ETAG`).
     #[error("{description}")]
     FailedPrecondition { kind: &'static str, subject: String, description: String },
+    /// The request asks for a range the service no longer has (a change
+    /// feed cursor older than the retention).
+    #[error("{0}")]
+    OutOfRange(String),
     /// A dependency (the database, an upstream service) cannot answer now;
     /// the call may succeed if retried later.
     #[error("{0}")]
@@ -134,6 +138,7 @@ impl From<Error> for Status {
                     ErrorDetails::with_precondition_failure_violation(kind, subject, description.clone());
                 Status::with_error_details(Code::FailedPrecondition, description, details)
             }
+            Error::OutOfRange(message) => Status::out_of_range(message),
             Error::Unavailable(message) => Status::unavailable(message),
             Error::Internal(err) => {
                 tracing::error!(error = format!("{err:#}"), "internal error");

@@ -10,6 +10,8 @@
 //! - [`idempotency`]: idempotency keys of create calls.
 //! - [`health`]: `grpc.health.v1` driven by migrations, a database probe and shutdown.
 //! - [`middleware`]: request id, observe (span + metrics), panic, deadline, admission.
+//! - [`feed`]: consuming an upstream's change feed, exactly once in effect.
+//! - [`outbox`]: the transactional outbox and its change-feed stream.
 //! - [`metrics`]: the Prometheus recorder and the admin HTTP server.
 //! - [`error`]: the error vocabulary and its one mapping to gRPC statuses.
 //! - [`wire`]: timestamps, page sizes and page tokens at the gRPC edge.
@@ -20,10 +22,12 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
+pub mod outbox;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

@@ -64,13 +64,25 @@ pub struct Services {
     routes: RoutesBuilder,
     names: Vec<String>,
     descriptor_sets: Vec<&'static [u8]>,
+    shutdown: Shutdown,
 }
 
 impl Services {
     /// `descriptor_set` is the encoded descriptor set that describes the
     /// services added here, for reflection.
     pub fn new(descriptor_set: &'static [u8]) -> Self {
-        Self { routes: RoutesBuilder::default(), names: Vec::new(), descriptor_sets: vec![descriptor_set] }
+        Self {
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            descriptor_sets: vec![descriptor_set],
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// The server's shutdown signal, for handlers with long-lived streams
+    /// and for background tasks: they end when it fires.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
     }
 
     /// Adds a generated tonic server.
@@ -113,16 +125,8 @@ impl Application {
         let admin_listener = TcpListener::bind(settings.admin_addr)
             .await
             .with_context(|| format!("binding the admin address {}", settings.admin_addr))?;
-        Ok(Self {
-            spec,
-            settings,
-            database,
-            migrations,
-            grpc_listener,
-            admin_listener,
-            services,
-            shutdown: Shutdown::new(),
-        })
+        let shutdown = services.shutdown();
+        Ok(Self { spec, settings, database, migrations, grpc_listener, admin_listener, services, shutdown })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
