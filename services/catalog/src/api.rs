@@ -10,29 +10,63 @@ use agora_contracts::agora::{
     common::v1::Money as PbMoney,
 };
 use agora_platform::{
-    Error, Violations,
+    Error, Shutdown, Violations,
+    outbox::{Outbox, StoredEvent},
     wire::{PageToken, page_size, timestamp_from_micros},
 };
-use tokio_stream::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{self, Family, MAX_BATCH, Money, NewFamily, NewProduct, Product, ProductPatch, ProductState},
+    domain::{
+        self, CatalogEvent, Family, MAX_BATCH, Money, NewFamily, NewProduct, Product, ProductPatch,
+        ProductState,
+    },
     store::{CatalogStore, Created, ProductFilter},
 };
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Products per StreamProducts message: big enough to amortise a message,
+/// small enough that a slow reader holds little in flight.
+const STREAM_BATCH: u32 = 200;
+
 /// The catalog's `CatalogService` implementation.
 #[derive(Debug, Clone)]
 pub struct CatalogApi {
     store: CatalogStore,
+    outbox: Outbox,
+    /// Ends open streams when the server shuts down.
+    shutdown: Shutdown,
 }
 
 impl CatalogApi {
-    pub fn new(store: CatalogStore) -> Self {
-        Self { store }
+    pub fn new(store: CatalogStore, outbox: Outbox, shutdown: Shutdown) -> Self {
+        Self { store, outbox, shutdown }
     }
+}
+
+/// A stored outbox event as the published language tells it.
+fn event_to_pb(stored: StoredEvent) -> Result<pb::CatalogEvent, Status> {
+    let event: CatalogEvent = serde_json::from_str(&stored.payload).map_err(|e| {
+        Status::from(Error::Internal(anyhow::Error::new(e).context("decoding an outbox event")))
+    })?;
+    let kind = match event {
+        CatalogEvent::ProductCreated(p) => {
+            pb::catalog_event::Kind::ProductCreated(pb::ProductCreated { product: Some(product_to_pb(p)) })
+        }
+        CatalogEvent::ProductUpdated(p) => {
+            pb::catalog_event::Kind::ProductUpdated(pb::ProductUpdated { product: Some(product_to_pb(p)) })
+        }
+        CatalogEvent::ProductDiscontinued { product_id } => {
+            pb::catalog_event::Kind::ProductDiscontinued(pb::ProductDiscontinued { product_id })
+        }
+    };
+    Ok(pb::CatalogEvent {
+        sequence: stored.sequence,
+        occur_time: Some(timestamp_from_micros(stored.occur_time)),
+        kind: Some(kind),
+    })
 }
 
 fn family_to_pb(f: Family) -> pb::Family {
@@ -338,17 +372,36 @@ impl CatalogService for CatalogApi {
 
     async fn stream_products(
         &self,
-        _request: Request<pb::StreamProductsRequest>,
+        request: Request<pb::StreamProductsRequest>,
     ) -> Result<Response<Self::StreamProductsStream>, Status> {
-        Err(Status::unimplemented("StreamProducts is not implemented yet"))
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let filter = ProductFilter {
+            family_id: (!req.family_id.is_empty()).then_some(req.family_id),
+            state: parse_state_filter(&mut v, "state", req.state),
+        };
+        v.finish()?;
+        let stream = self.store.stream_products(filter, STREAM_BATCH).map(|batch| match batch {
+            Ok(products) => {
+                Ok(pb::StreamProductsResponse { products: products.into_iter().map(product_to_pb).collect() })
+            }
+            Err(err) => Err(Status::from(err)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type WatchCatalogEventsStream = ResponseStream<pb::WatchCatalogEventsResponse>;
 
     async fn watch_catalog_events(
         &self,
-        _request: Request<pb::WatchCatalogEventsRequest>,
+        request: Request<pb::WatchCatalogEventsRequest>,
     ) -> Result<Response<Self::WatchCatalogEventsStream>, Status> {
-        Err(Status::unimplemented("WatchCatalogEvents is not implemented yet"))
+        let after = request.into_inner().after_sequence;
+        self.outbox.check_cursor(after).await?;
+        let stream = self.outbox.watch(after, self.shutdown.clone()).map(|item| {
+            let (stored, head) = item?;
+            Ok(pb::WatchCatalogEventsResponse { event: Some(event_to_pb(stored)?), head_sequence: head })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -16,7 +16,7 @@ pub mod store;
 use agora_contracts::{
     FILE_DESCRIPTOR_SET, agora::catalog::v1::catalog_service_server::CatalogServiceServer,
 };
-use agora_platform::{Application, Database, Migrations, ServiceSpec, Services, Settings};
+use agora_platform::{Application, Database, Migrations, ServiceSpec, Services, Settings, outbox::Outbox};
 
 /// Name and default ports of the catalog.
 pub const SPEC: ServiceSpec = ServiceSpec { name: "catalog", grpc_port: 50051, admin_port: 9101 };
@@ -26,20 +26,26 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &[
         (1, "catalog", include_str!("../migrations/sqlite/0001_catalog.sql")),
         (2, "idempotency keys", include_str!("../migrations/sqlite/0002_idempotency_keys.sql")),
+        (3, "outbox", include_str!("../migrations/sqlite/0003_outbox.sql")),
     ],
     postgres: &[
         (1, "catalog", include_str!("../migrations/postgres/0001_catalog.sql")),
         (2, "idempotency keys", include_str!("../migrations/postgres/0002_idempotency_keys.sql")),
+        (3, "outbox", include_str!("../migrations/postgres/0003_outbox.sql")),
     ],
 };
 
 /// The catalog service, bound to its ports and ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let api = api::CatalogApi::new(store::CatalogStore::new(database.clone()));
+    let services = Services::new(FILE_DESCRIPTOR_SET);
+    let outbox = Outbox::new(database.clone(), settings.outbox_poll_interval);
+    outbox.spawn_pruning(settings.outbox_retention, services.shutdown());
+    let store = store::CatalogStore::new(database.clone(), outbox.clone());
+    let api = api::CatalogApi::new(store, outbox, services.shutdown());
     let catalog = CatalogServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET).with(catalog);
+    let services = services.with(catalog);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

@@ -3,12 +3,14 @@
 
 use agora_platform::{
     Database, Error, idempotency,
+    outbox::Outbox,
     wire::{new_id, now_micros},
 };
-use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
+use futures_util::Stream;
+use sqlx::{Any, AssertSqlSafe, Row as _, Transaction, any::AnyRow};
 
 use crate::domain::{
-    self, Family, Money, NewFamily, NewProduct, Product, ProductPatch, ProductState, Refusal,
+    self, CatalogEvent, Family, Money, NewFamily, NewProduct, Product, ProductPatch, ProductState, Refusal,
 };
 
 /// Columns of a product row, in the order `product_from_row` reads them.
@@ -54,6 +56,8 @@ pub enum Created {
 #[derive(Debug, Clone)]
 pub struct CatalogStore {
     db: Database,
+    /// Every change leaves an event here, in the change's transaction.
+    outbox: Outbox,
 }
 
 fn family_from_row(row: &AnyRow) -> Result<Family, sqlx::Error> {
@@ -102,8 +106,48 @@ fn paginate<T>(
 }
 
 impl CatalogStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, outbox: Outbox) -> Self {
+        Self { db, outbox }
+    }
+
+    /// Records `event` in the transaction of its change; returns its
+    /// sequence, to announce once the transaction committed.
+    async fn record(&self, tx: &mut Transaction<'static, Any>, event: &CatalogEvent) -> Result<i64, Error> {
+        let payload = serde_json::to_string(event).map_err(|e| Error::Internal(e.into()))?;
+        self.outbox.append(tx, event.kind(), &payload).await
+    }
+
+    /// Commits and wakes the change-feed watchers.
+    async fn commit(&self, tx: Transaction<'static, Any>, sequence: i64) -> Result<(), Error> {
+        tx.commit().await?;
+        self.outbox.committed(sequence);
+        Ok(())
+    }
+
+    /// Every product matching `filter`, in creation order, as batches read
+    /// one at a time when the consumer wants the next: a slow reader slows
+    /// the reading, and memory holds one batch.
+    pub fn stream_products(
+        &self,
+        filter: ProductFilter,
+        batch: u32,
+    ) -> impl Stream<Item = Result<Vec<Product>, Error>> + Send + 'static {
+        let store = self.clone();
+        futures_util::stream::unfold(Some(0), move |after| {
+            let (store, filter) = (store.clone(), filter.clone());
+            async move {
+                let after = after?;
+                match store.list_products(&filter, Some(after), batch).await {
+                    Ok(page) if page.items.is_empty() => None,
+                    Ok(page) => {
+                        metrics::counter!("agora_catalog_stream_rows_read_total")
+                            .increment(page.items.len() as u64);
+                        Some((Ok(page.items), page.next_after))
+                    }
+                    Err(err) => Some((Err(err), None)),
+                }
+            }
+        })
     }
 
     pub async fn create_family(&self, new: NewFamily) -> Result<Family, Error> {
@@ -193,7 +237,8 @@ impl CatalogStore {
         .bind(product.update_time)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        let sequence = self.record(&mut tx, &CatalogEvent::ProductCreated(product.clone())).await?;
+        self.commit(tx, sequence).await?;
         Ok(Created::New(product))
     }
 
@@ -295,7 +340,8 @@ impl CatalogStore {
             // Another writer got in between the read and the write.
             return Err(Error::stale_etag("product", id));
         }
-        tx.commit().await?;
+        let sequence = self.record(&mut tx, &CatalogEvent::ProductUpdated(next.clone())).await?;
+        self.commit(tx, sequence).await?;
         Ok(next)
     }
 
@@ -326,7 +372,9 @@ impl CatalogStore {
         if changed == 0 {
             return Err(Error::stale_etag("product", id));
         }
-        tx.commit().await?;
+        let event = CatalogEvent::ProductDiscontinued { product_id: id.to_owned() };
+        let sequence = self.record(&mut tx, &event).await?;
+        self.commit(tx, sequence).await?;
         Ok(next)
     }
 }

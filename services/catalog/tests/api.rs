@@ -26,7 +26,6 @@ agora_platform::on_both_backends!(
     an_empty_mask_updates_the_fields_that_are_set,
     discontinuing_twice_is_harmless_and_freezes_the_product,
     missing_and_empty_ids_get_their_codes,
-    streaming_rpcs_are_not_implemented_yet,
 );
 
 /// Families: create, get, list page by page, and validation.
@@ -577,12 +576,4 @@ async fn missing_and_empty_ids_get_their_codes(db: TestDatabase) {
     assert_eq!(bad_fields(&err), ["family_id"]);
     let err = c.client.update_product(pb::UpdateProductRequest::default()).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["product"]);
-}
-
-async fn streaming_rpcs_are_not_implemented_yet(db: TestDatabase) {
-    let mut c = start(db).await;
-    let err = c.client.stream_products(pb::StreamProductsRequest::default()).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    let err = c.client.watch_catalog_events(pb::WatchCatalogEventsRequest::default()).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
 }

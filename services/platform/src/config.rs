@@ -99,6 +99,11 @@ pub struct Settings {
     pub drain_delay: Duration,
     /// Bound on graceful shutdown after the drain (`AGORA_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
+    /// How often a change-feed stream looks for events committed by other
+    /// replicas (`AGORA_OUTBOX_POLL_MS`); this process's own wake it at once.
+    pub outbox_poll_interval: Duration,
+    /// How long change-feed events are kept (`AGORA_OUTBOX_RETENTION_HOURS`).
+    pub outbox_retention: Duration,
     /// Text or JSON logs (`AGORA_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// tracing filter directives (`AGORA_LOG`, else `RUST_LOG`, else `info`).
@@ -234,6 +239,10 @@ impl Settings {
             max_message_bytes: env.number("AGORA_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024..=(256 << 20)),
             drain_delay: env.millis("AGORA_DRAIN_DELAY_MS", 5_000, 0..=600_000),
             shutdown_timeout: env.millis("AGORA_SHUTDOWN_TIMEOUT_MS", 10_000, 0..=600_000),
+            outbox_poll_interval: env.millis("AGORA_OUTBOX_POLL_MS", 500, 10..=60_000),
+            outbox_retention: Duration::from_secs(
+                3600 * env.number("AGORA_OUTBOX_RETENTION_HOURS", 168u64, 1..=24 * 365),
+            ),
             log_format: env.parse("AGORA_LOG_FORMAT", LogFormat::Text),
             log_filter,
         }
@@ -253,6 +262,8 @@ impl Settings {
             max_message_bytes: 4 * 1024 * 1024,
             drain_delay: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(5),
+            outbox_poll_interval: Duration::from_millis(200),
+            outbox_retention: Duration::from_secs(168 * 3600),
             log_format: LogFormat::Text,
             log_filter: "warn".into(),
         }

@@ -70,8 +70,10 @@ pub fn spawn_consumer<H: FeedHandler>(handler: H, db: Database, shutdown: Shutdo
 
 /// The cursor of `feed`: the last sequence applied, 0 before the first.
 pub async fn cursor(db: &Database, feed: &str) -> Result<i64, Error> {
-    let row =
-        sqlx::query("SELECT sequence FROM feed_cursors WHERE feed = $1").bind(feed).fetch_optional(db.pool()).await?;
+    let row = sqlx::query("SELECT sequence FROM feed_cursors WHERE feed = $1")
+        .bind(feed)
+        .fetch_optional(db.pool())
+        .await?;
     Ok(match row {
         Some(row) => row.try_get("sequence")?,
         None => 0,
@@ -164,7 +166,11 @@ async fn follow<H: FeedHandler>(handler: &H, db: &Database) -> Result<(), String
     Ok(())
 }
 
-async fn apply_one<H: FeedHandler>(handler: &H, db: &Database, item: FeedItem<H::Event>) -> Result<(), Error> {
+async fn apply_one<H: FeedHandler>(
+    handler: &H,
+    db: &Database,
+    item: FeedItem<H::Event>,
+) -> Result<(), Error> {
     let mut tx = db.begin_write().await?;
     handler.apply(&mut tx, item.event).await?;
     // Only ever forward: a replica that lost its lock mid-way cannot move

@@ -30,7 +30,7 @@ use crate::{
 
 /// Starts shutdown from outside (a test, or the signal handler): health goes
 /// NOT_SERVING, the drain delay passes, then the server stops.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Shutdown {
     tx: watch::Sender<bool>,
 }

@@ -6,6 +6,7 @@
 mod currency;
 
 pub use currency::is_known_currency;
+use serde::{Deserialize, Serialize};
 
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -36,7 +37,7 @@ pub struct NewFamily {
 }
 
 /// A price: ISO 4217 currency and an amount in its minor units.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Money {
     pub currency_code: String,
     pub amount_minor: i64,
@@ -63,7 +64,7 @@ impl Money {
 }
 
 /// Where a product is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProductState {
     Active,
     Discontinued,
@@ -87,7 +88,7 @@ impl ProductState {
 }
 
 /// A product as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     pub id: String,
     pub display_name: String,
@@ -166,6 +167,27 @@ impl ProductPatch {
             next.price = v.clone();
         }
         next
+    }
+}
+
+/// What happened in the catalog, as told to other contexts through the
+/// change feed. Stored as JSON in the outbox, in the transaction of the
+/// change itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data")]
+pub enum CatalogEvent {
+    ProductCreated(Product),
+    ProductUpdated(Product),
+    ProductDiscontinued { product_id: String },
+}
+
+impl CatalogEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ProductCreated(_) => "ProductCreated",
+            Self::ProductUpdated(_) => "ProductUpdated",
+            Self::ProductDiscontinued { .. } => "ProductDiscontinued",
+        }
     }
 }
 
