@@ -10,14 +10,15 @@ use std::pin::Pin;
 
 use agora_contracts::agora::customers::v1::{self as pb, customer_service_server::CustomerService};
 use agora_platform::{
-    Error, Violations,
+    Error, Shutdown, Violations,
+    outbox::{Outbox, StoredEvent},
     wire::{PageToken, page_size, timestamp_from_micros},
 };
-use tokio_stream::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{self, Customer, CustomerPatch, Email, NewCustomer},
+    domain::{self, Customer, CustomerEvent, CustomerPatch, Email, NewCustomer},
     store::CustomerStore,
 };
 
@@ -31,12 +32,35 @@ const LIST_FILTER: &str = "customers";
 #[derive(Debug, Clone)]
 pub struct CustomersApi {
     store: CustomerStore,
+    outbox: Outbox,
+    /// Ends open Watch streams when the server shuts down.
+    shutdown: Shutdown,
 }
 
 impl CustomersApi {
-    pub fn new(store: CustomerStore) -> Self {
-        Self { store }
+    pub fn new(store: CustomerStore, outbox: Outbox, shutdown: Shutdown) -> Self {
+        Self { store, outbox, shutdown }
     }
+}
+
+/// A stored outbox event as the published language tells it.
+fn event_to_pb(stored: StoredEvent) -> Result<pb::CustomerEvent, Status> {
+    let event: CustomerEvent = serde_json::from_str(&stored.payload).map_err(|e| {
+        Status::from(Error::Internal(anyhow::Error::new(e).context("decoding an outbox event")))
+    })?;
+    let kind = match event {
+        CustomerEvent::CustomerRegistered { customer_id } => {
+            pb::customer_event::Kind::CustomerRegistered(pb::CustomerRegistered { customer_id })
+        }
+        CustomerEvent::CustomerDeleted { customer_id } => {
+            pb::customer_event::Kind::CustomerDeleted(pb::CustomerDeleted { customer_id })
+        }
+    };
+    Ok(pb::CustomerEvent {
+        sequence: stored.sequence,
+        occur_time: Some(timestamp_from_micros(stored.occur_time)),
+        kind: Some(kind),
+    })
 }
 
 fn customer_to_pb(c: Customer) -> pb::Customer {
@@ -198,8 +222,14 @@ impl CustomerService for CustomersApi {
 
     async fn watch_customer_events(
         &self,
-        _request: Request<pb::WatchCustomerEventsRequest>,
+        request: Request<pb::WatchCustomerEventsRequest>,
     ) -> Result<Response<Self::WatchCustomerEventsStream>, Status> {
-        Err(Status::unimplemented("WatchCustomerEvents is not implemented yet"))
+        let after = request.into_inner().after_sequence;
+        self.outbox.check_cursor(after).await?;
+        let stream = self.outbox.watch(after, self.shutdown.clone()).map(|item| {
+            let (stored, head) = item?;
+            Ok(pb::WatchCustomerEventsResponse { event: Some(event_to_pb(stored)?), head_sequence: head })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -6,10 +6,10 @@
 //! with a SELECT first would let two concurrent registrations of one address
 //! both pass.
 
-use agora_platform::{Database, Error, wire::now_micros};
-use sqlx::{Row as _, any::AnyRow};
+use agora_platform::{Database, Error, outbox::Outbox, wire::now_micros};
+use sqlx::{Any, Row as _, Transaction, any::AnyRow};
 
-use crate::domain::{self, Customer, CustomerPatch, Email, NewCustomer, StaleEtag};
+use crate::domain::{self, Customer, CustomerEvent, CustomerPatch, Email, NewCustomer, StaleEtag};
 
 /// Columns of a customer row, in the order `customer_from_row` reads them.
 macro_rules! customer_columns {
@@ -31,6 +31,8 @@ pub struct Page<T> {
 #[derive(Debug, Clone)]
 pub struct CustomerStore {
     db: Database,
+    /// Registrations and deletions leave an event here, in their transaction.
+    outbox: Outbox,
 }
 
 fn customer_from_row(row: &AnyRow) -> Result<Customer, sqlx::Error> {
@@ -96,8 +98,22 @@ fn not_found(id: &str) -> Error {
 }
 
 impl CustomerStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, outbox: Outbox) -> Self {
+        Self { db, outbox }
+    }
+
+    /// Records `event` in the transaction of its change and commits, then
+    /// wakes the change-feed watchers.
+    async fn commit_with(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        event: CustomerEvent,
+    ) -> Result<(), Error> {
+        let payload = serde_json::to_string(&event).map_err(|e| Error::Internal(e.into()))?;
+        let sequence = self.outbox.append(&mut tx, event.kind(), &payload).await?;
+        tx.commit().await?;
+        self.outbox.committed(sequence);
+        Ok(())
     }
 
     /// Registers a customer; ALREADY_EXISTS when the email is taken.
@@ -112,6 +128,7 @@ impl CustomerStore {
             create_time: now,
             update_time: now,
         };
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(concat!(
             "INSERT INTO customers (customer_id, given_name, family_name, email, email_key, ",
             "revision, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -124,9 +141,10 @@ impl CustomerStore {
         .bind(customer.revision)
         .bind(customer.create_time)
         .bind(customer.update_time)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await
         .map_err(write_error)?;
+        self.commit_with(tx, CustomerEvent::CustomerRegistered { customer_id: customer.id.clone() }).await?;
         Ok(customer)
     }
 
@@ -188,8 +206,7 @@ impl CustomerStore {
 
     /// Deletes the customer for good if `etag` (when given) is current.
     pub async fn delete_customer(&self, id: &str, etag: &str) -> Result<(), Error> {
-        // A transaction although one DELETE would do without an etag: the
-        // outbox event of a deletion will be written beside it.
+        // One transaction for the deletion and its outbox event.
         let mut tx = self.db.begin_write().await?;
         let deleted = if etag.is_empty() {
             sqlx::query("DELETE FROM customers WHERE customer_id = $1")
@@ -215,8 +232,7 @@ impl CustomerStore {
         if deleted == 0 {
             return Err(not_found(id));
         }
-        tx.commit().await?;
-        Ok(())
+        self.commit_with(tx, CustomerEvent::CustomerDeleted { customer_id: id.to_owned() }).await
     }
 }
 

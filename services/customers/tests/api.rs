@@ -25,7 +25,7 @@ agora_platform::on_both_backends!(
     a_stale_etag_is_refused_on_update_and_delete,
     a_deleted_customer_is_gone_and_frees_the_email,
     missing_and_empty_ids_get_their_codes,
-    watching_events_is_not_implemented_yet,
+    registrations_and_deletions_are_watched_in_order,
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -590,9 +590,50 @@ async fn missing_and_empty_ids_get_their_codes(db: TestDatabase) {
     assert_eq!(bad_fields(&err), ["customer"]);
 }
 
-/// Events arrive with the outbox; until then the RPC says so plainly.
-async fn watching_events_is_not_implemented_yet(db: TestDatabase) {
+/// Registrations and deletions reach the change feed, ids only, in order;
+/// a consumer resuming from a sequence gets only what came after.
+async fn registrations_and_deletions_are_watched_in_order(db: TestDatabase) {
+    use pb::customer_event::Kind;
+    use tokio_stream::StreamExt as _;
     let mut c = start(db).await;
-    let err = c.client.watch_customer_events(pb::WatchCustomerEventsRequest::default()).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    let ada = customer(&mut c.client, "Ada", "Lovelace", "ada@example.com").await.customer_id;
+    let bob = customer(&mut c.client, "Bob", "Babbage", "bob@example.com").await.customer_id;
+    c.client
+        .delete_customer(pb::DeleteCustomerRequest { customer_id: ada.clone(), etag: String::new() })
+        .await
+        .unwrap();
+    let next = async |stream: &mut tonic::Streaming<pb::WatchCustomerEventsResponse>| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap()
+    };
+    let mut all =
+        c.client.watch_customer_events(pb::WatchCustomerEventsRequest::default()).await.unwrap().into_inner();
+    let mut kinds = Vec::new();
+    let mut sequences = Vec::new();
+    for _ in 0..3 {
+        let response = next(&mut all).await;
+        let event = response.event.unwrap();
+        assert!(response.head_sequence >= event.sequence);
+        sequences.push(event.sequence);
+        kinds.push(event.kind.unwrap());
+    }
+    assert_eq!(
+        kinds,
+        [
+            Kind::CustomerRegistered(pb::CustomerRegistered { customer_id: ada.clone() }),
+            Kind::CustomerRegistered(pb::CustomerRegistered { customer_id: bob.clone() }),
+            Kind::CustomerDeleted(pb::CustomerDeleted { customer_id: ada }),
+        ]
+    );
+    assert!(sequences.is_sorted());
+    let mut resumed = c
+        .client
+        .watch_customer_events(pb::WatchCustomerEventsRequest { after_sequence: sequences[1] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut resumed).await.event.unwrap().sequence, sequences[2]);
 }

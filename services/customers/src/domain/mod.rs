@@ -112,6 +112,24 @@ pub fn parse_id(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+/// What happened to customers, as told to other contexts through the change
+/// feed. Ids only: names and emails are personal data and stay here.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind")]
+pub enum CustomerEvent {
+    CustomerRegistered { customer_id: String },
+    CustomerDeleted { customer_id: String },
+}
+
+impl CustomerEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CustomerRegistered { .. } => "CustomerRegistered",
+            Self::CustomerDeleted { .. } => "CustomerDeleted",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
