@@ -19,18 +19,29 @@ pub mod fallback;
 pub mod store;
 pub mod upstream;
 
+use agora_contracts::agora::{
+    catalog::v1::catalog_service_client::CatalogServiceClient,
+    customers::v1::customer_service_client::CustomerServiceClient,
+};
 use agora_contracts::{FILE_DESCRIPTOR_SET, agora::offers::v1::offer_service_server::OfferServiceServer};
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
-    upstream::{UpstreamSettings, channel},
+    feed,
+    upstream::{UpstreamSettings, channel, feed_channel},
 };
 
 pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, admin_port: 9103 };
 
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "offers", include_str!("../migrations/sqlite/0001_offers.sql"))],
-    postgres: &[(1, "offers", include_str!("../migrations/postgres/0001_offers.sql"))],
+    sqlite: &[
+        (1, "offers", include_str!("../migrations/sqlite/0001_offers.sql")),
+        (2, "feed cursors", include_str!("../migrations/sqlite/0002_feed_cursors.sql")),
+    ],
+    postgres: &[
+        (1, "offers", include_str!("../migrations/postgres/0001_offers.sql")),
+        (2, "feed cursors", include_str!("../migrations/postgres/0002_feed_cursors.sql")),
+    ],
 };
 
 /// What offers needs beyond the shared settings.
@@ -92,6 +103,15 @@ pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::R
     let server = OfferServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET).with(server);
+    let services = Services::new(FILE_DESCRIPTOR_SET);
+    // Follow the upstreams' change feeds in the background.
+    let catalog_feed =
+        upstream::feeds::CatalogFeed { client: CatalogServiceClient::new(feed_channel(&offers.catalog)?) };
+    feed::spawn_consumer(catalog_feed, database.clone(), services.shutdown());
+    let customers_feed = upstream::feeds::CustomersFeed {
+        client: CustomerServiceClient::new(feed_channel(&offers.customers)?),
+    };
+    feed::spawn_consumer(customers_feed, database.clone(), services.shutdown());
+    let services = services.with(server);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

@@ -5,7 +5,7 @@ use agora_platform::{
     Database, Error, idempotency,
     wire::{new_id, now_micros},
 };
-use sqlx::{Row as _, any::AnyRow};
+use sqlx::{Any, Row as _, Transaction, any::AnyRow};
 
 use crate::domain::{NewOffer, Offer, OfferKind, OfferState};
 
@@ -198,6 +198,28 @@ impl OfferStore {
             .await?;
         tx.commit().await?;
         Ok(next)
+    }
+
+    /// Withdraws, inside a feed consumer's transaction, every active offer
+    /// whose `column` (product_id or customer_id) is `id`. Withdrawn offers
+    /// are left alone, so applying the same event twice changes nothing.
+    pub async fn withdraw_where(
+        tx: &mut Transaction<'static, Any>,
+        column: &'static str,
+        id: &str,
+    ) -> Result<u64, Error> {
+        let sql = match column {
+            "product_id" => {
+                "UPDATE offers SET state = 'WITHDRAWN', revision = revision + 1, update_time = $2 \
+                 WHERE product_id = $1 AND state = 'ACTIVE'"
+            }
+            "customer_id" => {
+                "UPDATE offers SET state = 'WITHDRAWN', revision = revision + 1, update_time = $2 \
+                 WHERE customer_id = $1 AND state = 'ACTIVE'"
+            }
+            other => return Err(Error::Internal(anyhow::anyhow!("offers cannot be withdrawn by {other}"))),
+        };
+        Ok(sqlx::query(sql).bind(id).bind(now_micros()).execute(&mut **tx).await?.rows_affected())
     }
 
     /// The core query: offers a customer can use at `now` (their personal

@@ -464,3 +464,21 @@ pub fn upstream_error(upstream: &str, status: Status) -> crate::Error {
         code => crate::Error::Internal(anyhow::anyhow!("{upstream} answered {code:?}: {}", status.message())),
     }
 }
+
+/// A channel for an upstream's change feed: balanced over its addresses,
+/// connecting lazily, without the call stack's deadline and retries. A feed
+/// is one long stream; its consumer reconnects with its own backoff.
+pub fn feed_channel(settings: &UpstreamSettings) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoints = settings
+        .addrs
+        .iter()
+        .map(|addr| {
+            Ok(Endpoint::from_shared(addr.clone())?
+                .connect_timeout(settings.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(tonic::transport::Channel::balance_list(endpoints.into_iter()))
+}

@@ -80,7 +80,51 @@ pub async fn start_with(
     }
 }
 
+/// Offers' settings for a catalog and a customers service at these addresses.
+pub fn offers_settings(catalog: std::net::SocketAddr, customers: std::net::SocketAddr) -> OffersSettings {
+    OffersSettings {
+        catalog: UpstreamSettings::for_tests("catalog", vec![format!("http://{catalog}")]),
+        customers: UpstreamSettings::for_tests("customers", vec![format!("http://{customers}")]),
+        fallback: Fallback::parse(FALLBACK).unwrap(),
+    }
+}
+
 impl System {
+    /// Stops the offers service and starts a new one on the same database,
+    /// as a crash and a restart would.
+    pub async fn restart_offers(&mut self) {
+        let settings = agora_platform::testing::settings(&self.offers_db);
+        let offers = offers_settings(self.catalog_proxy.addr, self.customers_server.grpc_addr);
+        let fresh = TestServer::start(agora_offers::build_with(settings, offers).await.unwrap()).await;
+        let old = std::mem::replace(&mut self.offers_server, fresh);
+        drop(old);
+        self.offers = OfferServiceClient::new(self.offers_server.channel.clone());
+    }
+
+    /// Stops the catalog and starts a new one on the same address and
+    /// database: the upstream went away and came back.
+    pub async fn restart_catalog(&mut self) {
+        let old = self.catalog_server.take().expect("the catalog runs");
+        let addr = old.grpc_addr;
+        old.stop().await.unwrap();
+        let mut settings = agora_platform::testing::settings(&self.catalog_db);
+        settings.grpc_addr = addr;
+        let fresh = TestServer::start(agora_catalog::build(settings).await.unwrap()).await;
+        self.catalog = CatalogServiceClient::new(fresh.channel.clone());
+        self.catalog_server = Some(fresh);
+    }
+
+    /// The offers of `product_id` in `state`.
+    pub async fn offers_of(&mut self, product_id: &str, state: pb::OfferState) -> Vec<pb::Offer> {
+        let request = pb::ListOffersRequest {
+            product_id: product_id.into(),
+            state: state.into(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        self.offers.list_offers(request).await.unwrap().into_inner().offers
+    }
+
     /// A product on sale in a new family.
     pub async fn product(&mut self) -> String {
         let family = self
