@@ -18,8 +18,9 @@ help: ## List the targets
 run: tools ## Start every service locally (SQLite under data/), wait for SERVING, load sample data
 	@tools/run.sh
 
-test: ## Run every test of the workspace (PostgreSQL tests skip when it is unreachable)
+test: ## Every test: the workspace's (nextest), then the Python client and grpcurl (pytest)
 	cargo nextest run --workspace --no-fail-fast
+	tools/test-clients.sh
 
 lint: $(BUF) ## rustfmt, clippy (warnings are errors), buf lint and buf breaking
 	cargo fmt --all --check

@@ -15,6 +15,7 @@ target_dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 SERVICES=(
   "catalog 50051 9101"
   "customers 50052 9102"
+  "offers 50053 9103"
   "shopping 50054 9104"
 )
 
@@ -59,19 +60,25 @@ cat <<TXT
 Agora is running (logs in data/logs/, data in data/*.db):
   catalog    gRPC 127.0.0.1:50051   metrics http://127.0.0.1:9101/metrics
   customers  gRPC 127.0.0.1:50052   metrics http://127.0.0.1:9102/metrics
+  offers     gRPC 127.0.0.1:50053   metrics http://127.0.0.1:9103/metrics
   shopping   gRPC 127.0.0.1:50054   metrics http://127.0.0.1:9104/metrics
 
-Try:
-  $GRPCURL -plaintext 127.0.0.1:50051 list
-  $GRPCURL -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
-  $GRPCURL -plaintext 127.0.0.1:50051 agora.catalog.v1.CatalogService/ListFamilies
-  $GRPCURL -plaintext -d '{"page_size": 2}' 127.0.0.1:50051 agora.catalog.v1.CatalogService/ListProducts
-  $GRPCURL -plaintext -d '{"customer": {"given_name": "Ana", "family_name": "Lima", "email": "ana@example.com"}}' 127.0.0.1:50052 agora.customers.v1.CustomerService/CreateCustomer
-  $GRPCURL -plaintext -d '{"page_size": 10}' 127.0.0.1:50052 agora.customers.v1.CustomerService/ListCustomers
-  $GRPCURL -plaintext -d '{"shopping_list": {"customer_id": "<a customer_id>", "title": "Groceries"}}' 127.0.0.1:50054 agora.shopping.v1.ShoppingListService/CreateShoppingList
-  $GRPCURL -plaintext -d '{"list_id": "<a list_id>", "product_id": "<a product_id>", "quantity": 2}' 127.0.0.1:50054 agora.shopping.v1.ShoppingListService/AddItem
-  $GRPCURL -plaintext -d '{"customer_id": "<a customer_id>"}' 127.0.0.1:50054 agora.shopping.v1.ShoppingListService/ListShoppingLists
-  curl -s http://127.0.0.1:9101/metrics | grep grpc_server_handled_total
+The story, one call at a time (or all of it with real ids: make story):
+  G=$GRPCURL
+  \$G -plaintext 127.0.0.1:50051 list
+  \$G -plaintext -d '{"customer": {"given_name": "Ada", "family_name": "Lovelace", "email": "ada@example.com"}}' \\
+     127.0.0.1:50052 agora.customers.v1.CustomerService/CreateCustomer
+  \$G -plaintext -d '{"page_size": 2}' 127.0.0.1:50051 agora.catalog.v1.CatalogService/ListProducts
+  \$G -plaintext -d '{"offer": {"product_id": "<product_id>", "customer_id": "<customer_id>", "kind": "OFFER_KIND_SPEED",
+     "discount_percent": 15, "start_time": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "end_time": "$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)"}}' \\
+     127.0.0.1:50053 agora.offers.v1.OfferService/CreateOffer
+  \$G -plaintext -d '{"customer_id": "<customer_id>"}' 127.0.0.1:50053 agora.offers.v1.OfferService/ListAvailableOffers
+  \$G -plaintext -d '{"shopping_list": {"customer_id": "<customer_id>", "title": "Study"}}' \\
+     127.0.0.1:50054 agora.shopping.v1.ShoppingListService/CreateShoppingList
+  \$G -plaintext -d '{"list_id": "<list_id>", "product_id": "<product_id>", "quantity": 2}' \\
+     127.0.0.1:50054 agora.shopping.v1.ShoppingListService/AddItem
+  \$G -plaintext 127.0.0.1:50053 grpc.health.v1.Health/Check
+  curl -s http://127.0.0.1:9103/metrics | grep -E 'grpc_server_handled_total|agora_feed_lag'
 
 Ctrl-C stops every service.
 TXT
