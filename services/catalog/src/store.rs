@@ -3,6 +3,7 @@
 
 use agora_platform::{
     Database, Error, idempotency,
+    db::{Page, paginate},
     outbox::Outbox,
     wire::{new_id, now_micros},
 };
@@ -36,13 +37,6 @@ impl ProductFilter {
             self.state.map_or("", ProductState::as_str)
         )
     }
-}
-
-/// One page of a keyset listing: the rows and the cursor of the next page.
-#[derive(Debug)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_after: Option<i64>,
 }
 
 /// What CreateProduct did.
@@ -86,23 +80,6 @@ fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
     })
-}
-
-/// Rows of a keyset query asked with `limit + 1`: the extra row only says
-/// that another page exists.
-fn paginate<T>(
-    rows: Vec<AnyRow>,
-    limit: u32,
-    map: impl Fn(&AnyRow) -> Result<T, sqlx::Error>,
-) -> Result<Page<T>, Error> {
-    let more = rows.len() > limit as usize;
-    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-    let mut last_seq = None;
-    for row in rows.iter().take(limit as usize) {
-        items.push(map(row)?);
-        last_seq = Some(row.try_get::<i64, _>("seq")?);
-    }
-    Ok(Page { items, next_after: if more { last_seq } else { None } })
 }
 
 impl CatalogStore {

@@ -6,7 +6,12 @@
 //! with a SELECT first would let two concurrent registrations of one address
 //! both pass.
 
-use agora_platform::{Database, Error, outbox::Outbox, wire::now_micros};
+use agora_platform::{
+    Database, Error,
+    db::{Page, paginate},
+    outbox::Outbox,
+    wire::now_micros,
+};
 use sqlx::{Any, Row as _, Transaction, any::AnyRow};
 
 use crate::domain::{self, Customer, CustomerEvent, CustomerPatch, Email, NewCustomer, StaleEtag};
@@ -20,13 +25,6 @@ macro_rules! customer_columns {
 
 /// The constraint that keeps emails unique, as the migrations name it.
 const EMAIL_CONSTRAINT: &str = "customers_email_key_unique";
-
-/// One page of a keyset listing: the rows and the cursor of the next page.
-#[derive(Debug)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_after: Option<i64>,
-}
 
 #[derive(Debug, Clone)]
 pub struct CustomerStore {
@@ -45,23 +43,6 @@ fn customer_from_row(row: &AnyRow) -> Result<Customer, sqlx::Error> {
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
     })
-}
-
-/// Rows of a keyset query asked with `limit + 1`: the extra row only says
-/// that another page exists.
-fn paginate<T>(
-    rows: Vec<AnyRow>,
-    limit: u32,
-    map: impl Fn(&AnyRow) -> Result<T, sqlx::Error>,
-) -> Result<Page<T>, Error> {
-    let more = rows.len() > limit as usize;
-    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-    let mut last_seq = None;
-    for row in rows.iter().take(limit as usize) {
-        items.push(map(row)?);
-        last_seq = Some(row.try_get::<i64, _>("seq")?);
-    }
-    Ok(Page { items, next_after: if more { last_seq } else { None } })
 }
 
 /// Whether the database refused a write because another customer has the

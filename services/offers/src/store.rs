@@ -2,7 +2,9 @@
 //! serves SQLite and PostgreSQL.
 
 use agora_platform::{
-    Database, Error, idempotency,
+    Database, Error,
+    db::{Page, paginate},
+    idempotency,
     wire::{new_id, now_micros},
 };
 use sqlx::{Any, Row as _, Transaction, any::AnyRow};
@@ -32,12 +34,6 @@ impl OfferFilter {
             self.state.map_or("", OfferState::as_str)
         )
     }
-}
-
-#[derive(Debug)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_after: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,14 +158,7 @@ impl OfferStore {
             query = query.bind(state.as_str());
         }
         let rows = query.fetch_all(self.db.pool()).await?;
-        let more = rows.len() > limit as usize;
-        let mut items = Vec::with_capacity(rows.len());
-        let mut last = None;
-        for row in rows.iter().take(limit as usize) {
-            items.push(offer_from_row(row)?);
-            last = Some(row.try_get::<i64, _>("seq")?);
-        }
-        Ok(Page { items, next_after: if more { last } else { None } })
+        paginate(rows, limit, offer_from_row)
     }
 
     /// Withdraws an offer; withdrawing twice changes nothing.

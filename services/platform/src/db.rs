@@ -136,6 +136,33 @@ impl Database {
     }
 }
 
+/// One page of a keyset listing: the rows and the cursor of the next page.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The `seq` to continue after; None on the last page.
+    pub next_after: Option<i64>,
+}
+
+/// Rows of a keyset query over a `seq` column, asked with `LIMIT limit + 1`:
+/// the extra row only says that another page exists. A deep page costs what
+/// the first does: the query seeks to `seq > cursor` on the index.
+pub fn paginate<T>(
+    rows: Vec<sqlx::any::AnyRow>,
+    limit: u32,
+    map: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Page<T>, crate::Error> {
+    use sqlx::Row as _;
+    let more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last_seq = None;
+    for row in rows.iter().take(limit as usize) {
+        items.push(map(row)?);
+        last_seq = Some(row.try_get::<i64, _>("seq")?);
+    }
+    Ok(Page { items, next_after: if more { last_seq } else { None } })
+}
+
 /// The URL handed to the driver, and its dialect. For SQLite the file's
 /// folder is created and the file is created when missing (`mode=rwc`).
 fn prepare_url(url: &DatabaseUrl) -> anyhow::Result<(String, Backend)> {
