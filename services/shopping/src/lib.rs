@@ -2,12 +2,15 @@
 //! it keeps customer and product ids only, and asks customers ("does this
 //! customer exist?") and the catalog ("can this product go on a list?")
 //! through its anti-corruption layer. Reads and removals need neither, so
-//! they keep working while an upstream is down.
+//! they keep working while an upstream is down. It follows both upstreams'
+//! change feeds: a discontinued product is marked unavailable on every list
+//! that holds it, and a deleted customer's lists are deleted.
 //!
 //! # Layout
 //! - [`domain`]: lists, their items and the rules of quantities and etags.
 //! - [`store`]: the shopping database (SQLite or PostgreSQL).
-//! - [`upstream`]: the anti-corruption layer: catalog and customers clients.
+//! - [`upstream`]: the anti-corruption layer: catalog and customers clients
+//!   and the handlers of their change feeds.
 //! - [`api`]: the `agora.shopping.v1.ShoppingListService` gRPC adapter.
 //! - [`build`]: wires them into a runnable [`Application`].
 #![forbid(unsafe_code)]
@@ -23,6 +26,7 @@ use agora_contracts::{
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
+    feed,
     upstream::{UpstreamSettings, channel},
 };
 
@@ -31,18 +35,28 @@ pub const SPEC: ServiceSpec = ServiceSpec { name: "shopping", grpc_port: 50054, 
 
 /// The shopping schema, per dialect.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "shopping", include_str!("../migrations/sqlite/0001_shopping.sql"))],
-    postgres: &[(1, "shopping", include_str!("../migrations/postgres/0001_shopping.sql"))],
+    sqlite: &[
+        (1, "shopping", include_str!("../migrations/sqlite/0001_shopping.sql")),
+        (2, "feed cursors", include_str!("../migrations/sqlite/0002_feed_cursors.sql")),
+        (3, "items by product", include_str!("../migrations/sqlite/0003_items_by_product.sql")),
+    ],
+    postgres: &[
+        (1, "shopping", include_str!("../migrations/postgres/0001_shopping.sql")),
+        (2, "feed cursors", include_str!("../migrations/postgres/0002_feed_cursors.sql")),
+        (3, "items by product", include_str!("../migrations/postgres/0003_items_by_product.sql")),
+    ],
 };
 
 /// What shopping needs beyond the shared settings: where its upstreams are.
 #[derive(Debug, Clone)]
 pub struct ShoppingSettings {
     /// The catalog (`AGORA_CATALOG_ADDRS`, default `http://127.0.0.1:50051`),
-    /// asked whether a product can go on a list.
+    /// asked whether a product can go on a list, and followed for
+    /// discontinued products.
     pub catalog: UpstreamSettings,
     /// Customers (`AGORA_CUSTOMERS_ADDRS`, default `http://127.0.0.1:50052`),
-    /// asked whether a list's owner exists.
+    /// asked whether a list's owner exists, and followed for deleted
+    /// customers.
     pub customers: UpstreamSettings,
 }
 
@@ -72,18 +86,26 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 
 /// The shopping service, bound to its ports and ready to run. The upstream
 /// channels connect on first use: shopping starts, and serves what needs no
-/// upstream, while catalog or customers are still down.
+/// upstream, while catalog or customers are still down; their feeds are
+/// followed in the background and caught up with when they return.
 pub async fn build_with(settings: Settings, shopping: ShoppingSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
+    let store = store::ShoppingStore::new(database.clone());
     let api = api::ShoppingApi {
-        store: store::ShoppingStore::new(database.clone()),
+        store: store.clone(),
         catalog: upstream::catalog::Catalog::new(channel(&shopping.catalog)?),
         customers: upstream::customers::Customers::new(channel(&shopping.customers)?),
     };
     let server = ShoppingListServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET).with(server);
+    let services = Services::new(FILE_DESCRIPTOR_SET);
+    // Follow the upstreams' change feeds in the background.
+    let catalog_feed = upstream::feeds::CatalogFeed::new(&shopping.catalog, store.clone())?;
+    feed::spawn_consumer(catalog_feed, database.clone(), services.shutdown());
+    let customers_feed = upstream::feeds::CustomersFeed::new(&shopping.customers, store)?;
+    feed::spawn_consumer(customers_feed, database.clone(), services.shutdown());
+    let services = services.with(server);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }
 

@@ -1,6 +1,7 @@
 //! The shopping context's own database. Returns domain types; the same SQL
-//! serves SQLite and PostgreSQL, save the row lock a write takes
-//! (`lock_sql`).
+//! serves SQLite and PostgreSQL, save the row locks a write takes
+//! (`lock_sql`, and `lock_affected_sql` for the changes the upstreams'
+//! feeds bring).
 //!
 //! A list and its items are read together in one statement (the list left
 //! joined to its items), so they always come from one snapshot, and a page
@@ -55,6 +56,34 @@ fn lock_sql(backend: Backend) -> Option<&'static str> {
     match backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some("SELECT list_id FROM shopping_lists WHERE list_id = $1 FOR UPDATE"),
+    }
+}
+
+/// Which lists a feed event is about to change.
+#[derive(Debug, Clone, Copy)]
+enum Affected {
+    /// The lists holding a product that is still available (`$1`).
+    Holding,
+    /// A customer's lists (`$1`).
+    OwnedBy,
+}
+
+/// The statement that locks the lists a feed event changes, where one is
+/// needed: on PostgreSQL, before any of their items is touched, so the
+/// consumer takes its locks in the order the API does (the list, then its
+/// items) and neither waits for the other in a circle. Both lock in list id
+/// order, so the two feeds' consumers do not either.
+fn lock_affected_sql(backend: Backend, affected: Affected) -> Option<&'static str> {
+    match (backend, affected) {
+        (Backend::Sqlite, _) => None,
+        (Backend::Postgres, Affected::Holding) => Some(
+            "SELECT list_id FROM shopping_lists WHERE list_id IN \
+             (SELECT list_id FROM list_items WHERE product_id = $1 AND available = 1) \
+             ORDER BY list_id FOR UPDATE",
+        ),
+        (Backend::Postgres, Affected::OwnedBy) => {
+            Some("SELECT list_id FROM shopping_lists WHERE customer_id = $1 ORDER BY list_id FOR UPDATE")
+        }
     }
 }
 
@@ -284,6 +313,63 @@ impl ShoppingStore {
         sqlx::query("DELETE FROM shopping_lists WHERE list_id = $1").bind(list_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Marks a discontinued product unavailable on every list that holds it
+    /// available, in the feed consumer's transaction `tx`. The items stay,
+    /// product id and quantity included; each list changed gets a new
+    /// revision (so a new etag) and update time. Returns how many lists
+    /// changed: none when the product was already marked, so applying the
+    /// event twice changes nothing.
+    pub async fn mark_unavailable(&self, tx: &mut Tx, product_id: &str) -> Result<u64, Error> {
+        if let Some(sql) = lock_affected_sql(self.db.backend(), Affected::Holding) {
+            sqlx::query(sql).bind(product_id).execute(&mut **tx).await?;
+        }
+        // The lists bumped are exactly those whose item this statement
+        // changed, even if a list took the product in the meantime.
+        let changed = sqlx::query(
+            "UPDATE list_items SET available = 0 WHERE product_id = $1 AND available = 1 RETURNING list_id",
+        )
+        .bind(product_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let now = now_micros();
+        for row in &changed {
+            let list_id: String = row.try_get("list_id")?;
+            // As `ShoppingList::touch`: one revision more, and an update
+            // time that never goes backwards.
+            sqlx::query(
+                "UPDATE shopping_lists SET revision = revision + 1, \
+                 update_time = CASE WHEN update_time < $2 THEN $2 ELSE update_time END \
+                 WHERE list_id = $1",
+            )
+            .bind(&list_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(changed.len() as u64)
+    }
+
+    /// Deletes a deleted customer's lists, their items first, in the feed
+    /// consumer's transaction `tx`. Returns how many lists went: none the
+    /// second time, so applying the event twice changes nothing.
+    pub async fn delete_lists_of(&self, tx: &mut Tx, customer_id: &str) -> Result<u64, Error> {
+        if let Some(sql) = lock_affected_sql(self.db.backend(), Affected::OwnedBy) {
+            sqlx::query(sql).bind(customer_id).execute(&mut **tx).await?;
+        }
+        // By hand, as `delete`: no reliance on the foreign key's cascade.
+        sqlx::query(
+            "DELETE FROM list_items WHERE list_id IN (SELECT list_id FROM shopping_lists WHERE customer_id = $1)",
+        )
+        .bind(customer_id)
+        .execute(&mut **tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM shopping_lists WHERE customer_id = $1")
+            .bind(customer_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(deleted.rows_affected())
     }
 
     /// Opens a write transaction and reads the list in it, locked against

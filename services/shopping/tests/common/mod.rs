@@ -9,7 +9,7 @@ pub use agora_contracts::agora::{
     catalog::v1 as catalog_pb, common::v1::Money, customers::v1 as customers_pb, shopping::v1 as pb,
 };
 pub use agora_platform::testing::{TestDatabase, TestServer};
-use agora_platform::upstream::UpstreamSettings;
+use agora_platform::{Database, upstream::UpstreamSettings};
 use agora_shopping::ShoppingSettings;
 use catalog_pb::catalog_service_client::CatalogServiceClient;
 use customers_pb::customer_service_client::CustomerServiceClient;
@@ -34,6 +34,8 @@ pub struct Shop {
     pub shopping_db: TestDatabase,
     pub catalog_db: TestDatabase,
     pub customers_db: TestDatabase,
+    /// Where shopping finds its upstreams, for a restarted shopping.
+    pub upstreams: ShoppingSettings,
 }
 
 async fn start_catalog(db: &TestDatabase, addr: Option<SocketAddr>) -> TestServer {
@@ -52,6 +54,11 @@ async fn start_customers(db: &TestDatabase, addr: Option<SocketAddr>) -> TestSer
     TestServer::start(agora_customers::build(settings).await.expect("customers builds")).await
 }
 
+async fn start_shopping(db: &TestDatabase, upstreams: ShoppingSettings) -> TestServer {
+    let settings = agora_platform::testing::settings(db);
+    TestServer::start(agora_shopping::build_with(settings, upstreams).await.expect("shopping builds")).await
+}
+
 /// Shopping on `shopping_db`, with catalog and customers on fresh databases
 /// of the same backend.
 pub async fn start(shopping_db: TestDatabase) -> Shop {
@@ -66,10 +73,7 @@ pub async fn start(shopping_db: TestDatabase) -> Shop {
             vec![format!("http://{}", customers_server.grpc_addr)],
         ),
     };
-    let settings = agora_platform::testing::settings(&shopping_db);
-    let shopping_server =
-        TestServer::start(agora_shopping::build_with(settings, upstreams).await.expect("shopping builds"))
-            .await;
+    let shopping_server = start_shopping(&shopping_db, upstreams.clone()).await;
     Shop {
         shopping: ShoppingListServiceClient::new(shopping_server.channel.clone()),
         catalog: CatalogServiceClient::new(catalog_server.channel.clone()),
@@ -80,10 +84,36 @@ pub async fn start(shopping_db: TestDatabase) -> Shop {
         shopping_db,
         catalog_db,
         customers_db,
+        upstreams,
     }
 }
 
 impl Shop {
+    /// Stops shopping at once, as a crash would, and starts a new process
+    /// on the same database.
+    pub async fn restart_shopping(&mut self) {
+        self.restart_shopping_after(async |_| {}).await;
+    }
+
+    /// Stops shopping at once, runs `while_down` on its database, and
+    /// starts a new process on that database.
+    pub async fn restart_shopping_after(&mut self, while_down: impl AsyncFnOnce(&TestDatabase)) {
+        // Its feed consumers stop on this signal, before the new process
+        // starts its own; its server is dropped, not drained.
+        self.shopping_server.shutdown.trigger();
+        while_down(&self.shopping_db).await;
+        let fresh = start_shopping(&self.shopping_db, self.upstreams.clone()).await;
+        drop(std::mem::replace(&mut self.shopping_server, fresh));
+        self.shopping = ShoppingListServiceClient::new(self.shopping_server.channel.clone());
+    }
+
+    /// Where shopping's consumer of `feed` ("catalog" or "customers") has
+    /// read up to, from shopping's database.
+    pub async fn cursor(&self, feed: &str) -> i64 {
+        let db = shopping_database(&self.shopping_db);
+        agora_platform::feed::cursor(&db, feed).await.expect("the cursor reads")
+    }
+
     /// A product on sale, in a family of its own.
     pub async fn product(&mut self, name: &str) -> String {
         let family = self
@@ -248,6 +278,22 @@ impl Shop {
         self.customers = CustomerServiceClient::new(server.channel.clone());
         self.customers_server = Some(server);
     }
+}
+
+/// Shopping's own database, opened from outside the service.
+pub fn shopping_database(db: &TestDatabase) -> Database {
+    Database::connect_lazy(&agora_platform::testing::settings(db)).expect("the database URL is valid")
+}
+
+/// The revision a list's etag is made of (`r<revision>`): how many writes
+/// the list has had, the service's own included.
+pub fn revision(list: &pb::ShoppingList) -> i64 {
+    list.etag.strip_prefix('r').and_then(|n| n.parse().ok()).expect("an etag is r<revision>")
+}
+
+/// The products of a list with their availability, in list order.
+pub fn availability(list: &pb::ShoppingList) -> Vec<(String, bool)> {
+    list.items.iter().map(|i| (i.product_id.clone(), i.available)).collect()
 }
 
 /// AddItem through any client, for calls made from spawned tasks.
