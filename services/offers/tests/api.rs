@@ -79,7 +79,7 @@ async fn an_offer_for_a_discontinued_product_is_refused(db: TestDatabase) {
 /// Validation happens before any upstream is asked, and names every bad field.
 async fn an_invalid_offer_names_every_bad_field(db: TestDatabase) {
     let mut s = start(db).await;
-    let before = s.catalog_proxy.calls();
+    let before = s.catalog_proxy.calls_of("GetProduct");
     let cases: Vec<(pb::Offer, Vec<&str>)> = vec![
         (
             pb::Offer { discount_percent: 0, ..Default::default() },
@@ -118,7 +118,7 @@ async fn an_invalid_offer_names_every_bad_field(db: TestDatabase) {
     }
     let err = s.offers.create_offer(pb::CreateOfferRequest::default()).await.unwrap_err();
     assert_eq!(bad_fields(&err), ["offer"]);
-    assert_eq!(s.catalog_proxy.calls(), before, "invalid requests never reach the catalog");
+    assert_eq!(s.catalog_proxy.calls_of("GetProduct"), before, "invalid requests never reach the catalog");
 }
 
 async fn a_retried_create_returns_the_same_offer(db: TestDatabase) {

@@ -102,11 +102,11 @@ async fn retries_hide_a_flaky_catalog() {
     let mut s = start(TestDatabase::sqlite()).await;
     let product = s.product().await;
     s.catalog_proxy.set_mode(proxy_mode::FAIL_EVERY_OTHER);
-    let before = s.catalog_proxy.calls();
+    let before = s.catalog_proxy.calls_of("GetProduct");
     for _ in 0..10 {
         s.offers.create_offer(create(offer(&product, "", 10))).await.expect("retried into success");
     }
-    assert_eq!(s.catalog_proxy.calls() - before, 20, "one failure and one success per creation");
+    assert_eq!(s.catalog_proxy.calls_of("GetProduct") - before, 20, "one failure and one success per creation");
 }
 
 /// During an outage the retry budget caps the extra attempts far below
@@ -121,7 +121,7 @@ async fn the_retry_budget_caps_the_attempts_of_an_outage() {
         let err = s.offers.create_offer(create(offer("prd_any", "", 10))).await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
     }
-    let attempts = s.catalog_proxy.calls();
+    let attempts = s.catalog_proxy.calls_of("GetProduct");
     let ceiling = calls + 50 + calls / 5 + 5;
     assert!(
         attempts > calls && attempts <= ceiling,

@@ -310,6 +310,9 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub mode: Arc<std::sync::atomic::AtomicU8>,
     pub calls: Arc<AtomicU32>,
+    /// Calls by gRPC method name (`GetProduct`), to tell a client's calls
+    /// from the change-feed streams that share the proxy.
+    pub by_method: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
     pub timeouts: Arc<std::sync::Mutex<Vec<Duration>>>,
     task: JoinHandle<()>,
 }
@@ -320,16 +323,26 @@ impl Proxy {
         let addr = listener.local_addr().expect("bound");
         let mode = Arc::new(std::sync::atomic::AtomicU8::new(proxy_mode::FORWARD));
         let calls = Arc::new(AtomicU32::new(0));
+        let by_method = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (client, _) = raw_client(target);
         let origin = format!("http://{target}");
-        let (m, c, t) = (mode.clone(), calls.clone(), timeouts.clone());
+        let (m, c, t, b) = (mode.clone(), calls.clone(), timeouts.clone(), by_method.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (client, origin, m, c, t) =
-                    (client.clone(), origin.clone(), m.clone(), c.clone(), t.clone());
+                let (client, origin, m, c, t, b) =
+                    (client.clone(), origin.clone(), m.clone(), c.clone(), t.clone(), b.clone());
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let n = c.fetch_add(1, Ordering::SeqCst);
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+                    // Every other call of each method fails, so streams that
+                    // share the proxy do not shift a client's pattern.
+                    let n = {
+                        let mut counts = b.lock().expect("by method");
+                        let count = counts.entry(method).or_default();
+                        *count += 1;
+                        *count - 1
+                    };
                     if let Some(timeout) = req
                         .headers()
                         .get("grpc-timeout")
@@ -367,7 +380,7 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, mode, calls, timeouts, task }
+        Self { addr, mode, calls, by_method, timeouts, task }
     }
 
     pub fn set_mode(&self, mode: u8) {
@@ -376,6 +389,11 @@ impl Proxy {
 
     pub fn calls(&self) -> u32 {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls of one gRPC method (`GetProduct`).
+    pub fn calls_of(&self, method: &str) -> u32 {
+        self.by_method.lock().expect("by method").get(method).copied().unwrap_or(0)
     }
 }
 
