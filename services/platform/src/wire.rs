@@ -33,6 +33,32 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// A reference to an id, this context's or another's: not empty, at most
+/// 100 bytes (the bound every Agora service puts on its ids).
+pub fn parse_id(raw: &str) -> Result<String, String> {
+    match raw.len() {
+        0 => Err("is required".into()),
+        1..=100 => Ok(raw.to_owned()),
+        _ => Err("is too long to be an id".into()),
+    }
+}
+
+/// One line of text a person typed (a name, a title): surrounding blanks
+/// removed, 1 to `max_chars` characters (not bytes), no control characters.
+pub fn parse_line(raw: &str, max_chars: usize) -> Result<String, String> {
+    let line = raw.trim();
+    if line.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if line.chars().count() > max_chars {
+        return Err(format!("must be at most {max_chars} characters"));
+    }
+    if line.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(line.to_owned())
+}
+
 /// Default and largest page sizes of every List call.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;

@@ -207,17 +207,7 @@ pub fn check_etag(product: &Product, etag: &str) -> Result<(), Refusal> {
 
 /// A display name: trimmed, 1 to 200 characters, no control characters.
 pub fn parse_display_name(raw: &str) -> Result<String, String> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(format!("must be at most {MAX_NAME_CHARS} characters"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(name.to_owned())
+    agora_platform::wire::parse_line(raw, MAX_NAME_CHARS)
 }
 
 /// A description: at most 2000 characters, surrounding blanks removed.
@@ -229,16 +219,7 @@ pub fn parse_description(raw: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// A reference to an id of this service: not empty, at most 100 characters.
-pub fn parse_id(raw: &str) -> Result<String, String> {
-    if raw.is_empty() {
-        return Err("is required".into());
-    }
-    if raw.len() > 100 {
-        return Err("is too long to be an id".into());
-    }
-    Ok(raw.to_owned())
-}
+pub use agora_platform::wire::parse_id;
 
 /// An idempotency key: empty (none) or up to 100 printable characters.
 pub fn parse_request_id(raw: &str) -> Result<Option<String>, String> {

@@ -88,29 +88,10 @@ pub fn check_etag(customer: &Customer, etag: &str) -> Result<(), StaleEtag> {
 /// characters. Written as the customer writes it: no case folding, no
 /// assumption about scripts or the number of words.
 pub fn parse_name(raw: &str) -> Result<String, String> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(format!("must be at most {MAX_NAME_CHARS} characters"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(name.to_owned())
+    agora_platform::wire::parse_line(raw, MAX_NAME_CHARS)
 }
 
-/// A reference to an id of this service: not empty, at most 100 characters.
-pub fn parse_id(raw: &str) -> Result<String, String> {
-    if raw.is_empty() {
-        return Err("is required".into());
-    }
-    if raw.len() > 100 {
-        return Err("is too long to be an id".into());
-    }
-    Ok(raw.to_owned())
-}
+pub use agora_platform::wire::parse_id;
 
 /// What happened to customers, as told to other contexts through the change
 /// feed. Ids only: names and emails are personal data and stay here.

@@ -153,14 +153,7 @@ pub fn check_window(kind: OfferKind, start: i64, end: i64, now: i64) -> Result<(
     Ok(())
 }
 
-/// A reference to an id: not empty, at most 100 characters.
-pub fn parse_id(raw: &str) -> Result<String, String> {
-    match raw.len() {
-        0 => Err("is required".into()),
-        1..=100 => Ok(raw.to_owned()),
-        _ => Err("is too long to be an id".into()),
-    }
-}
+pub use agora_platform::wire::parse_id;
 
 #[cfg(test)]
 mod tests {

@@ -110,17 +110,7 @@ impl ShoppingList {
 
 /// A title: trimmed, 1 to 200 characters, no control characters.
 pub fn parse_title(raw: &str) -> Result<String, String> {
-    let title = raw.trim();
-    if title.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if title.chars().count() > MAX_TITLE_CHARS {
-        return Err(format!("must be at most {MAX_TITLE_CHARS} characters"));
-    }
-    if title.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(title.to_owned())
+    agora_platform::wire::parse_line(raw, MAX_TITLE_CHARS)
 }
 
 /// A quantity to add: 1 to 1000.
@@ -132,15 +122,7 @@ pub fn parse_quantity(quantity: i32) -> Result<i32, String> {
     }
 }
 
-/// A reference to an id, this context's or another's: not empty, at most
-/// 100 bytes (the bound every Agora service puts on its ids).
-pub fn parse_id(raw: &str) -> Result<String, String> {
-    match raw.len() {
-        0 => Err("is required".into()),
-        1..=100 => Ok(raw.to_owned()),
-        _ => Err("is too long to be an id".into()),
-    }
-}
+pub use agora_platform::wire::parse_id;
 
 #[cfg(test)]
 mod tests {
