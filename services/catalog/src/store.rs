@@ -2,8 +2,9 @@
 //! Returns domain types; the same SQL serves SQLite and PostgreSQL.
 
 use agora_platform::{
-    Database, Error, idempotency,
+    Database, Error,
     db::{Page, paginate},
+    idempotency,
     outbox::Outbox,
     wire::{new_id, now_micros},
 };

@@ -106,7 +106,11 @@ async fn retries_hide_a_flaky_catalog() {
     for _ in 0..10 {
         s.offers.create_offer(create(offer(&product, "", 10))).await.expect("retried into success");
     }
-    assert_eq!(s.catalog_proxy.calls_of("GetProduct") - before, 20, "one failure and one success per creation");
+    assert_eq!(
+        s.catalog_proxy.calls_of("GetProduct") - before,
+        20,
+        "one failure and one success per creation"
+    );
 }
 
 /// During an outage the retry budget caps the extra attempts far below
