@@ -206,6 +206,7 @@ async fn on_postgres_one_replica_applies_a_feed_and_another_takes_over() {
         sqlx::query(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND l.objid = (hashtext('agora-feed:catalog')::bigint & 4294967295)::oid",
         )
         .fetch_all(admin)
