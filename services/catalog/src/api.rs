@@ -29,7 +29,7 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Products per StreamProducts message: big enough to amortise a message,
 /// small enough that a slow reader holds little in flight.
-const STREAM_BATCH: u32 = 200;
+const STREAM_BATCH: u32 = 500;
 
 /// The catalog's `CatalogService` implementation.
 #[derive(Debug, Clone)]

@@ -33,10 +33,12 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &[
         (1, "offers", include_str!("../migrations/sqlite/0001_offers.sql")),
         (2, "feed cursors", include_str!("../migrations/sqlite/0002_feed_cursors.sql")),
+        (3, "available by product", include_str!("../migrations/sqlite/0003_available_by_product.sql")),
     ],
     postgres: &[
         (1, "offers", include_str!("../migrations/postgres/0001_offers.sql")),
         (2, "feed cursors", include_str!("../migrations/postgres/0002_feed_cursors.sql")),
+        (3, "available by product", include_str!("../migrations/postgres/0003_available_by_product.sql")),
     ],
 };
 

@@ -79,6 +79,10 @@ impl Database {
             // A connection unused for a while is closed, so a pool that grew
             // under load shrinks back.
             .idle_timeout(Duration::from_secs(300))
+            // No ping before each use: it is a round trip per query (a
+            // thread hop on SQLite), and health probes the database anyway;
+            // a dead connection fails its query and is dropped.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

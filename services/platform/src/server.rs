@@ -7,17 +7,16 @@ use std::{convert::Infallible, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use http::Request;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     body::Body,
     server::NamedService,
     service::{Routes, RoutesBuilder},
-    transport::Server,
+    transport::{Server, server::TcpIncoming},
 };
 use tower::{Service, ServiceBuilder};
 use tower_http::{
     catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
 };
 
 use crate::{
@@ -25,7 +24,9 @@ use crate::{
     db::{Database, Migrations},
     health::Health,
     metrics,
-    middleware::{AdmissionLayer, DeadlineLayer, ObserveLayer, PanicToInternal, TrailersLayer},
+    middleware::{
+        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, TrailersLayer,
+    },
 };
 
 /// Starts shutdown from outside (a test, or the signal handler): health goes
@@ -184,19 +185,20 @@ impl Application {
         let stack = ServiceBuilder::new()
             // Take the caller's x-request-id or make one, so every log line
             // of a call can be found from the id the client sees.
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(SetRequestIdLayer::x_request_id(FastRequestId::default()))
             // Send the request id back in the response headers.
             .layer(PropagateRequestIdLayer::x_request_id())
             // A span and the Prometheus metrics for every call, by gRPC code.
             .layer(ObserveLayer::new(advertised))
+            // Shed load instead of queueing when saturated; wait for start-up.
+            // Early in the stack, so a refusal costs little of a busy core.
+            .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
             // Trailers a handler asked for (ExtraTrailers) join grpc-status.
             .layer(TrailersLayer)
             // A panicking handler answers INTERNAL instead of resetting the stream.
             .layer(CatchPanicLayer::custom(PanicToInternal))
             // Honour grpc-timeout (capped by the server's own limit): DEADLINE_EXCEEDED.
             .layer(DeadlineLayer { server_limit: settings.request_timeout })
-            // Shed load instead of queueing when saturated; wait for start-up.
-            .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
             .into_inner();
 
         let routes: Routes = services.routes.routes();
@@ -252,7 +254,11 @@ impl Application {
             }
         };
 
-        let serve = server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), drain);
+        // TCP_NODELAY on every accepted connection: without it the end of an
+        // answer waits for the client's delayed ACK (tonic applies its own
+        // `tcp_nodelay` only to listeners it binds itself).
+        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let serve = server.serve_with_incoming_shutdown(incoming, drain);
         tokio::pin!(serve);
         let bound = settings.shutdown_timeout;
         let result = tokio::select! {

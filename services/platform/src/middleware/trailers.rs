@@ -64,6 +64,12 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<B: Default> Default for WithTrailers<B> {
+    fn default() -> Self {
+        Self { inner: B::default(), extra: None }
+    }
+}
+
 impl<B: Body> Body for WithTrailers<B> {
     type Data = B::Data;
     type Error = B::Error;
