@@ -185,7 +185,7 @@ impl Application {
         let stack = ServiceBuilder::new()
             // Take the caller's x-request-id or make one, so every log line
             // of a call can be found from the id the client sees.
-            .layer(SetRequestIdLayer::x_request_id(FastRequestId::default()))
+            .layer(SetRequestIdLayer::x_request_id(FastRequestId))
             // Send the request id back in the response headers.
             .layer(PropagateRequestIdLayer::x_request_id())
             // A span and the Prometheus metrics for every call, by gRPC code.
