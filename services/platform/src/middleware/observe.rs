@@ -173,11 +173,13 @@ impl CallGuard {
         self.span.record("elapsed_ms", ms);
         let _entered = self.span.enter();
         match code {
-            0 => tracing::debug!("call finished"),
             // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS:
             // the server's side of the story, worth a look.
             2 | 4 | 13 | 14 | 15 => tracing::warn!("call failed"),
-            _ => tracing::info!("call refused"),
+            // Successes and the caller's mistakes (refusals, shed calls) at
+            // debug: the metrics count them, and a flood of bad or excess
+            // calls must not become a flood of log lines.
+            _ => tracing::debug!("call finished"),
         }
     }
 }

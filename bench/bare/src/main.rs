@@ -1,0 +1,194 @@
+//! `agora-bench-bare`: the physical limit that `make bench` measures the
+//! catalog against. A tonic server with no middleware, no health, no
+//! reflection and no database on the request path: `GetProduct` answers
+//! from a `HashMap` filled once at start from the catalog's SQLite file.
+//! Every other RPC is UNIMPLEMENTED.
+//!
+//! Configured like the services: `AGORA_GRPC_ADDR` (default
+//! `127.0.0.1:0`) and `AGORA_DATABASE_URL` (`sqlite:<path>`, required).
+//! The first stdout line is `agora-bench-bare listening grpc=<addr>`.
+
+use std::{collections::HashMap, io::Write as _, pin::Pin, str::FromStr as _, sync::Arc};
+
+use agora_contracts::agora::{
+    catalog::v1::{
+        self as pb,
+        catalog_service_server::{CatalogService, CatalogServiceServer},
+    },
+    common::v1::Money,
+};
+use anyhow::Context as _;
+use futures_util::{Stream, TryStreamExt as _};
+use sqlx::{
+    Connection as _, Row as _,
+    sqlite::{SqliteConnectOptions, SqliteConnection},
+};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+/// Every product of the catalog file, as the wire tells it.
+async fn load(url: &str) -> anyhow::Result<HashMap<String, pb::Product>> {
+    let options =
+        SqliteConnectOptions::from_str(url).with_context(|| format!("parsing {url}"))?.read_only(true);
+    let mut conn =
+        SqliteConnection::connect_with(&options).await.with_context(|| format!("opening {url}"))?;
+    let mut products = HashMap::new();
+    let mut rows = sqlx::query(
+        "SELECT product_id, display_name, description, family_id, currency_code, amount_minor, state, \
+         revision, create_time, update_time FROM products",
+    )
+    .fetch(&mut conn);
+    while let Some(row) = rows.try_next().await? {
+        let state: String = row.try_get("state")?;
+        let revision: i64 = row.try_get("revision")?;
+        let product = pb::Product {
+            product_id: row.try_get("product_id")?,
+            display_name: row.try_get("display_name")?,
+            description: row.try_get("description")?,
+            family_id: row.try_get("family_id")?,
+            price: Some(Money {
+                currency_code: row.try_get("currency_code")?,
+                amount_minor: row.try_get("amount_minor")?,
+            }),
+            state: if state == "ACTIVE" { pb::ProductState::Active } else { pb::ProductState::Discontinued }
+                .into(),
+            etag: format!("r{revision}"),
+            create_time: Some(timestamp(row.try_get("create_time")?)),
+            update_time: Some(timestamp(row.try_get("update_time")?)),
+        };
+        products.insert(product.product_id.clone(), product);
+    }
+    drop(rows);
+    conn.close().await?;
+    Ok(products)
+}
+
+struct Bare {
+    products: Arc<HashMap<String, pb::Product>>,
+}
+
+fn unimplemented<T>() -> Result<T, Status> {
+    Err(Status::unimplemented("the bare benchmark server answers GetProduct only"))
+}
+
+#[tonic::async_trait]
+impl CatalogService for Bare {
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        let id = request.into_inner().product_id;
+        match self.products.get(&id) {
+            Some(product) => Ok(Response::new(pb::GetProductResponse { product: Some(product.clone()) })),
+            None => Err(Status::not_found(format!("product {id} not found"))),
+        }
+    }
+
+    async fn create_family(
+        &self,
+        _: Request<pb::CreateFamilyRequest>,
+    ) -> Result<Response<pb::CreateFamilyResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn get_family(
+        &self,
+        _: Request<pb::GetFamilyRequest>,
+    ) -> Result<Response<pb::GetFamilyResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_families(
+        &self,
+        _: Request<pb::ListFamiliesRequest>,
+    ) -> Result<Response<pb::ListFamiliesResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn create_product(
+        &self,
+        _: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn batch_get_products(
+        &self,
+        _: Request<pb::BatchGetProductsRequest>,
+    ) -> Result<Response<pb::BatchGetProductsResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_products(
+        &self,
+        _: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn update_product(
+        &self,
+        _: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn discontinue_product(
+        &self,
+        _: Request<pb::DiscontinueProductRequest>,
+    ) -> Result<Response<pb::DiscontinueProductResponse>, Status> {
+        unimplemented()
+    }
+
+    type StreamProductsStream = ResponseStream<pb::StreamProductsResponse>;
+
+    async fn stream_products(
+        &self,
+        _: Request<pb::StreamProductsRequest>,
+    ) -> Result<Response<Self::StreamProductsStream>, Status> {
+        unimplemented()
+    }
+
+    type WatchCatalogEventsStream = ResponseStream<pb::WatchCatalogEventsResponse>;
+
+    async fn watch_catalog_events(
+        &self,
+        _: Request<pb::WatchCatalogEventsRequest>,
+    ) -> Result<Response<Self::WatchCatalogEventsStream>, Status> {
+        unimplemented()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::var("AGORA_GRPC_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let url =
+        std::env::var("AGORA_DATABASE_URL").context("AGORA_DATABASE_URL (sqlite:<path>) is required")?;
+    let products = Arc::new(load(&url).await?);
+    let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    println!("agora-bench-bare listening grpc={} products={}", listener.local_addr()?, products.len());
+    std::io::stdout().flush()?;
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(CatalogServiceServer::new(Bare { products }))
+        // TCP_NODELAY as tonic's own `serve` sets it: a response is not held back by Nagle's algorithm.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
+        .await?;
+    Ok(())
+}
