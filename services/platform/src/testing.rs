@@ -402,3 +402,32 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// Asks a server's reflection service (v1) what `grpcurl list` would: the
+/// services it advertises, sorted, and the number of file descriptors it
+/// returns for `symbol` (a method, `pkg.Service.Method`).
+pub async fn reflect(channel: &Channel, symbol: &str) -> (Vec<String>, usize) {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let requests =
+        [MessageRequest::ListServices(String::new()), MessageRequest::FileContainingSymbol(symbol.into())]
+            .map(|m| ServerReflectionRequest { host: String::new(), message_request: Some(m) });
+    let mut responses = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let mut next = async || responses.next().await.expect("an answer").expect("no error").message_response;
+    let Some(MessageResponse::ListServicesResponse(list)) = next().await else {
+        panic!("expected a service list");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = next().await else {
+        panic!("expected the file descriptors of {symbol}");
+    };
+    (names, files.file_descriptor_proto.len())
+}
