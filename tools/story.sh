@@ -13,7 +13,7 @@ SHOPPING=${SHOPPING_ADDR:-127.0.0.1:50054}
 
 call() { # addr method json
   echo "\$ grpcurl -plaintext -d '$3' $1 $2" >&2
-  "$G" -plaintext -max-time 5 -d "$3" "$1" "$2" | tee /dev/stderr
+  "$G" -plaintext -max-time 5 -d "$3" "$1" "$2" | tee -a /dev/stderr
 }
 field() { sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" | head -n 1; }
 rfc3339() { date -u -d "@$(( $(date +%s) + $1 ))" +%Y-%m-%dT%H:%M:%SZ; }
