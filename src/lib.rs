@@ -10,6 +10,7 @@
 //! - [`agora::shopping::v1`]: shopping lists (downstream).
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus the well-known types
 //!   they import, for `tonic-reflection`.
+//! - [`feed`]: the envelope every change feed's Watch message shares.
 #![forbid(unsafe_code)]
 
 /// Generated code, one module per protobuf package.
@@ -44,3 +45,54 @@ pub mod agora {
 /// The encoded `google.protobuf.FileDescriptorSet` of every contract, with
 /// imports included, as server reflection needs it.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agora_descriptor");
+
+/// The envelope of the change feeds. Every upstream's Watch RPC answers
+/// with messages of one shape (an event with its sequence, time and kind,
+/// and the feed's head), so a consumer reads any feed the same way; only
+/// what an event's kind means is the consumer's own business.
+pub mod feed {
+    use crate::agora::{catalog::v1 as catalog, customers::v1 as customers};
+
+    /// One event of a feed, as every Watch message carries it.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Envelope<K> {
+        /// The event's place in the feed: strictly increasing.
+        pub sequence: i64,
+        /// When the change committed.
+        pub occur_time: Option<prost_types::Timestamp>,
+        /// The newest sequence the upstream had when it sent this one.
+        pub head_sequence: i64,
+        /// What happened; None for a kind this build does not know yet.
+        pub kind: Option<K>,
+    }
+
+    /// A message of a Watch stream.
+    pub trait ChangeFeedMessage: Send + 'static {
+        /// The contract's `oneof kind` of its events.
+        type Kind: Send + 'static;
+
+        /// The envelope; None when the message carries no event at all.
+        fn envelope(self) -> Option<Envelope<Self::Kind>>;
+    }
+
+    macro_rules! change_feed_message {
+        ($message:ty, $kind:ty) => {
+            impl ChangeFeedMessage for $message {
+                type Kind = $kind;
+
+                fn envelope(self) -> Option<Envelope<$kind>> {
+                    let event = self.event?;
+                    Some(Envelope {
+                        sequence: event.sequence,
+                        occur_time: event.occur_time,
+                        head_sequence: self.head_sequence,
+                        kind: event.kind,
+                    })
+                }
+            }
+        };
+    }
+
+    change_feed_message!(catalog::WatchCatalogEventsResponse, catalog::catalog_event::Kind);
+    change_feed_message!(customers::WatchCustomerEventsResponse, customers::customer_event::Kind);
+}

@@ -1,28 +1,24 @@
 //! The gRPC adapter of the customers service: each handler converts the
-//! request into domain values (every invalid field reported at once), asks
-//! the store, and converts the answer back. Handlers stay short; the rules
-//! live in `domain`, the SQL in `store`.
+//! request into domain values (every invalid field reported at once), runs
+//! the use case (a read, or a unit of work around the aggregate's own
+//! method), and converts the answer back. The rules live in `domain`, the
+//! SQL in `store`.
 //!
 //! The email is personal data: handlers log customer ids only, and no
 //! answer but the customer's own record carries the address.
 
-use std::pin::Pin;
-
 use agora_contracts::agora::customers::v1::{self as pb, customer_service_server::CustomerService};
 use agora_platform::{
-    Error, Shutdown, Violations,
-    outbox::{Outbox, StoredEvent},
-    wire::{PageToken, page_size, timestamp_from_micros},
+    Database, Error, Shutdown, Violations,
+    outbox::{Outbox, Published, ResponseStream},
+    wire::{Paging, new_id, now_micros, required_id, timestamp_from_micros},
 };
-use futures_util::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{self, Customer, CustomerEvent, CustomerPatch, Email, NewCustomer},
-    store::CustomerStore,
+    store,
 };
-
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// What page tokens of ListCustomers are bound to: it has no filter, but a
 /// token of another list must still be refused.
@@ -31,47 +27,50 @@ const LIST_FILTER: &str = "customers";
 /// The customers' `CustomerService` implementation.
 #[derive(Debug, Clone)]
 pub struct CustomersApi {
-    store: CustomerStore,
+    db: Database,
     outbox: Outbox,
     /// Ends open Watch streams when the server shuts down.
     shutdown: Shutdown,
 }
 
 impl CustomersApi {
-    pub fn new(store: CustomerStore, outbox: Outbox, shutdown: Shutdown) -> Self {
-        Self { store, outbox, shutdown }
+    pub fn new(db: Database, outbox: Outbox, shutdown: Shutdown) -> Self {
+        Self { db, outbox, shutdown }
     }
 }
 
-/// A stored outbox event as the published language tells it.
-fn event_to_pb(stored: StoredEvent) -> Result<pb::CustomerEvent, Status> {
-    let event: CustomerEvent = serde_json::from_str(&stored.payload).map_err(|e| {
-        Status::from(Error::Internal(anyhow::Error::new(e).context("decoding an outbox event")))
-    })?;
-    let kind = match event {
+/// An event of the outbox as the change feed tells it.
+fn event_message(published: Published<CustomerEvent>) -> pb::WatchCustomerEventsResponse {
+    use pb::customer_event::Kind;
+    let kind = match published.event {
         CustomerEvent::CustomerRegistered { customer_id } => {
-            pb::customer_event::Kind::CustomerRegistered(pb::CustomerRegistered { customer_id })
+            Kind::CustomerRegistered(pb::CustomerRegistered { customer_id })
         }
         CustomerEvent::CustomerDeleted { customer_id } => {
-            pb::customer_event::Kind::CustomerDeleted(pb::CustomerDeleted { customer_id })
+            Kind::CustomerDeleted(pb::CustomerDeleted { customer_id })
         }
     };
-    Ok(pb::CustomerEvent {
-        sequence: stored.sequence,
-        occur_time: Some(timestamp_from_micros(stored.occur_time)),
-        kind: Some(kind),
-    })
+    pb::WatchCustomerEventsResponse {
+        event: Some(pb::CustomerEvent {
+            sequence: published.sequence,
+            occur_time: Some(timestamp_from_micros(published.occur_time)),
+            kind: Some(kind),
+        }),
+        head_sequence: published.head,
+    }
 }
 
-fn customer_to_pb(c: Customer) -> pb::Customer {
-    pb::Customer {
-        etag: c.etag(),
-        customer_id: c.id,
-        given_name: c.given_name,
-        family_name: c.family_name,
-        email: c.email.as_str().to_owned(),
-        create_time: Some(timestamp_from_micros(c.create_time)),
-        update_time: Some(timestamp_from_micros(c.update_time)),
+impl From<Customer> for pb::Customer {
+    fn from(c: Customer) -> Self {
+        Self {
+            etag: c.etag(),
+            customer_id: c.id,
+            given_name: c.given_name,
+            family_name: c.family_name,
+            email: c.email.as_str().to_owned(),
+            create_time: Some(timestamp_from_micros(c.create_time)),
+            update_time: Some(timestamp_from_micros(c.update_time)),
+        }
     }
 }
 
@@ -153,10 +152,6 @@ impl TryFrom<pb::UpdateCustomerRequest> for Update {
     }
 }
 
-fn required_id(field: &str, raw: &str) -> Result<String, Error> {
-    domain::parse_id(raw).map_err(|d| Error::invalid(field, d))
-}
-
 #[tonic::async_trait]
 impl CustomerService for CustomersApi {
     async fn create_customer(
@@ -164,9 +159,13 @@ impl CustomerService for CustomersApi {
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
         let new = NewCustomer::try_from(request.into_inner())?;
-        let customer = self.store.create_customer(new).await?;
+        let (customer, registered) = Customer::register(new_id("cus"), new, now_micros());
+        let mut uow = self.db.begin().await?;
+        store::insert(&mut uow, &customer).await?;
+        uow.record(&registered).await?;
+        uow.commit().await?;
         tracing::info!(customer_id = %customer.id, "customer registered");
-        Ok(Response::new(pb::CreateCustomerResponse { customer: Some(customer_to_pb(customer)) }))
+        Ok(Response::new(pb::CreateCustomerResponse { customer: Some(customer.into()) }))
     }
 
     async fn get_customer(
@@ -174,8 +173,8 @@ impl CustomerService for CustomersApi {
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         let id = required_id("customer_id", &request.into_inner().customer_id)?;
-        let customer = self.store.get_customer(&id).await?;
-        Ok(Response::new(pb::GetCustomerResponse { customer: Some(customer_to_pb(customer)) }))
+        let customer = store::customer(&self.db, &id).await?;
+        Ok(Response::new(pb::GetCustomerResponse { customer: Some(customer.into()) }))
     }
 
     async fn list_customers(
@@ -184,16 +183,12 @@ impl CustomerService for CustomersApi {
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let limit = v.check("page_size", page_size(req.page_size));
-        let after = v.check("page_token", PageToken::decode(&req.page_token, LIST_FILTER));
+        let paging = Paging::read(&mut v, req.page_size, &req.page_token, LIST_FILTER);
         v.finish()?;
-        let page = self.store.list_customers(after.flatten(), limit.unwrap_or_default()).await?;
+        let page = store::list(&self.db, paging.after, paging.size).await?;
         Ok(Response::new(pb::ListCustomersResponse {
-            customers: page.items.into_iter().map(customer_to_pb).collect(),
-            next_page_token: page
-                .next_after
-                .map(|after| PageToken { after, filter: LIST_FILTER.into() }.encode())
-                .unwrap_or_default(),
+            next_page_token: paging.next_page_token(&page),
+            customers: page.map(Into::into).items,
         }))
     }
 
@@ -201,10 +196,14 @@ impl CustomerService for CustomersApi {
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
-        let update = Update::try_from(request.into_inner())?;
-        let customer = self.store.update_customer(&update.id, &update.etag, &update.patch).await?;
+        let Update { id, etag, patch } = Update::try_from(request.into_inner())?;
+        let mut uow = self.db.begin().await?;
+        let mut customer = store::customer(&mut uow, &id).await?;
+        customer.update(patch, &etag, now_micros())?;
+        store::save(&mut uow, &customer).await?;
+        uow.commit().await?;
         tracing::info!(customer_id = %customer.id, "customer updated");
-        Ok(Response::new(pb::UpdateCustomerResponse { customer: Some(customer_to_pb(customer)) }))
+        Ok(Response::new(pb::UpdateCustomerResponse { customer: Some(customer.into()) }))
     }
 
     async fn delete_customer(
@@ -213,7 +212,14 @@ impl CustomerService for CustomersApi {
     ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
         let req = request.into_inner();
         let id = required_id("customer_id", &req.customer_id)?;
-        self.store.delete_customer(&id, &req.etag).await?;
+        let mut uow = self.db.begin().await?;
+        let customer = store::customer(&mut uow, &id).await?;
+        let deleted = customer.delete(&req.etag)?;
+        // Without an etag the caller deletes whatever the customer is now.
+        let at = (!req.etag.is_empty()).then_some(customer.revision);
+        store::delete(&mut uow, &id, at).await?;
+        uow.record(&deleted).await?;
+        uow.commit().await?;
         tracing::info!(customer_id = %id, "customer deleted");
         Ok(Response::new(pb::DeleteCustomerResponse {}))
     }
@@ -225,11 +231,7 @@ impl CustomerService for CustomersApi {
         request: Request<pb::WatchCustomerEventsRequest>,
     ) -> Result<Response<Self::WatchCustomerEventsStream>, Status> {
         let after = request.into_inner().after_sequence;
-        self.outbox.check_cursor(after).await?;
-        let stream = self.outbox.watch(after, self.shutdown.clone()).map(|item| {
-            let (stored, head) = item?;
-            Ok(pb::WatchCustomerEventsResponse { event: Some(event_to_pb(stored)?), head_sequence: head })
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let stream = self.outbox.serve(after, self.shutdown.clone(), event_message).await?;
+        Ok(Response::new(stream))
     }
 }

@@ -1,19 +1,23 @@
 //! The gRPC adapter of the offers context: convert → domain (asking the
-//! upstreams through the anti-corruption layer where the rules need them)
-//! → convert.
+//! upstreams through the anti-corruption layer where the rules need them,
+//! within the caller's deadline) → convert.
 
 use agora_contracts::agora::offers::v1::{self as pb, offer_service_server::OfferService};
 use agora_platform::{
-    Error, Violations,
-    middleware::ExtraTrailers,
-    wire::{PageToken, micros_from_timestamp, now_micros, page_size, timestamp_from_micros},
+    Database, Error, Precondition, Violations,
+    db::IdempotencyKey,
+    middleware::{Deadline, ExtraTrailers},
+    wire::{
+        Paging, micros_from_timestamp, new_id, now_micros, optional_id, parse_request_id, required_id,
+        timestamp_from_micros,
+    },
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{self, MAX_AVAILABLE, NewOffer, Offer, OfferKind, OfferState, WindowProblem},
     fallback::Fallback,
-    store::{OfferFilter, OfferStore},
+    store::{self, OfferFilter},
     upstream::{
         catalog::{Catalog, Offerable},
         customers::Customers,
@@ -23,48 +27,51 @@ use crate::{
 /// The offers context's `OfferService` implementation.
 #[derive(Debug, Clone)]
 pub struct OffersApi {
-    pub(crate) store: OfferStore,
+    pub(crate) db: Database,
     pub(crate) catalog: Catalog,
     pub(crate) customers: Customers,
     pub(crate) fallback: Fallback,
 }
 
-fn offer_to_pb(o: Offer) -> pb::Offer {
-    let kind = match o.kind {
-        OfferKind::Speed => pb::OfferKind::Speed,
-        OfferKind::LastDay => pb::OfferKind::LastDay,
-    };
-    let state = match o.state {
-        OfferState::Active => pb::OfferState::Active,
-        OfferState::Withdrawn => pb::OfferState::Withdrawn,
-    };
-    // Fallback offers have no window and no history: their times stay unset.
-    let time = |micros: i64| (micros != 0).then(|| timestamp_from_micros(micros));
-    pb::Offer {
-        etag: if o.revision == 0 { String::new() } else { o.etag() },
-        offer_id: o.id,
-        product_id: o.product_id,
-        customer_id: o.customer_id.unwrap_or_default(),
-        kind: kind.into(),
-        discount_percent: o.discount_percent,
-        start_time: time(o.start_time),
-        end_time: time(o.end_time),
-        state: state.into(),
-        create_time: time(o.create_time),
+impl From<Offer> for pb::Offer {
+    fn from(o: Offer) -> Self {
+        let kind = match o.kind {
+            OfferKind::Speed => pb::OfferKind::Speed,
+            OfferKind::LastDay => pb::OfferKind::LastDay,
+        };
+        let state = match o.state {
+            OfferState::Active => pb::OfferState::Active,
+            OfferState::Withdrawn => pb::OfferState::Withdrawn,
+        };
+        // Fallback offers have no window and no history: their times stay unset.
+        let time = |micros: i64| (micros != 0).then(|| timestamp_from_micros(micros));
+        Self {
+            etag: if o.revision == 0 { String::new() } else { o.etag() },
+            offer_id: o.id,
+            product_id: o.product_id,
+            customer_id: o.customer_id.unwrap_or_default(),
+            kind: kind.into(),
+            discount_percent: o.discount_percent,
+            start_time: time(o.start_time),
+            end_time: time(o.end_time),
+            state: state.into(),
+            create_time: time(o.create_time),
+        }
     }
 }
 
-fn parse_new_offer(offer: Option<pb::Offer>, now: i64) -> Result<NewOffer, Error> {
-    let Some(o) = offer else {
+/// The offer to create and its idempotency key.
+fn parse_new_offer(
+    request: pb::CreateOfferRequest,
+    now: i64,
+) -> Result<(Option<IdempotencyKey>, NewOffer), Error> {
+    let request_id = parse_request_id(&request.request_id).map_err(|d| Error::invalid("request_id", d))?;
+    let Some(o) = request.offer else {
         return Err(Error::invalid("offer", "is required"));
     };
     let mut v = Violations::new();
     let product_id = v.check("offer.product_id", domain::parse_id(&o.product_id));
-    let customer_id = if o.customer_id.is_empty() {
-        None
-    } else {
-        v.check("offer.customer_id", domain::parse_id(&o.customer_id))
-    };
+    let customer_id = optional_id(&mut v, "offer.customer_id", &o.customer_id);
     let kind = match pb::OfferKind::try_from(o.kind) {
         Ok(pb::OfferKind::Speed) => Some(OfferKind::Speed),
         Ok(pb::OfferKind::LastDay) => Some(OfferKind::LastDay),
@@ -93,47 +100,41 @@ fn parse_new_offer(offer: Option<pb::Offer>, now: i64) -> Result<NewOffer, Error
         }
     }
     v.finish()?;
-    Ok(NewOffer {
+    let new = NewOffer {
         product_id: product_id.unwrap_or_default(),
         customer_id,
         kind: kind.expect("checked"),
         discount_percent: discount.expect("checked"),
         start_time: start.expect("checked"),
         end_time: end.expect("checked"),
-    })
-}
-
-fn parse_request_id(raw: &str) -> Result<Option<String>, Error> {
-    match raw.chars().count() {
-        0 => Ok(None),
-        1..=100 if !raw.chars().any(char::is_control) => Ok(Some(raw.to_owned())),
-        _ => Err(Error::invalid("request_id", "must be 1 to 100 printable characters")),
-    }
-}
-
-fn required_id(field: &str, raw: &str) -> Result<String, Error> {
-    domain::parse_id(raw).map_err(|d| Error::invalid(field, d))
+    };
+    let key = request_id.map(|request_id| IdempotencyKey {
+        request_id,
+        fingerprint: new.fingerprint(),
+        resource: "offer",
+    });
+    Ok((key, new))
 }
 
 impl OffersApi {
     /// The upstream checks of a new offer: the product is on sale, and a
     /// personal offer's customer exists.
-    async fn check_references(&self, new: &NewOffer) -> Result<(), Error> {
-        match self.catalog.offerable(&new.product_id).await? {
+    async fn check_references(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<(), Error> {
+        match self.catalog.offerable(&new.product_id, deadline).await? {
             Offerable::Yes => {}
             Offerable::Unknown => {
                 return Err(Error::NotFound { resource: "product", id: new.product_id.clone() });
             }
             Offerable::Discontinued => {
                 return Err(Error::FailedPrecondition {
-                    kind: "PRODUCT_STATE",
+                    kind: Precondition::ProductState,
                     subject: format!("product/{}", new.product_id),
                     description: "the product is discontinued; offers need a product on sale".into(),
                 });
             }
         }
         if let Some(customer_id) = &new.customer_id
-            && !self.customers.exists(customer_id).await?
+            && !self.customers.exists(customer_id, deadline).await?
         {
             return Err(Error::NotFound { resource: "customer", id: customer_id.clone() });
         }
@@ -147,13 +148,23 @@ impl OfferService for OffersApi {
         &self,
         request: Request<pb::CreateOfferRequest>,
     ) -> Result<Response<pb::CreateOfferResponse>, Status> {
-        let req = request.into_inner();
-        let request_id = parse_request_id(&req.request_id)?;
-        let new = parse_new_offer(req.offer, now_micros())?;
-        self.check_references(&new).await?;
-        let offer = self.store.create(request_id.as_deref(), new).await?;
+        let deadline = Deadline::of(&request);
+        let now = now_micros();
+        let (key, new) = parse_new_offer(request.into_inner(), now)?;
+        // Asked before the unit of work: no transaction stays open while
+        // another service is waited for.
+        self.check_references(&new, deadline).await?;
+        let offer = Offer::create(new_id("off"), new, now);
+        let mut uow = self.db.begin().await?;
+        if let Some(earlier) = uow.claim(key.as_ref(), &offer.id).await? {
+            drop(uow);
+            let offer = store::offer(&self.db, &earlier).await?;
+            return Ok(Response::new(pb::CreateOfferResponse { offer: Some(offer.into()) }));
+        }
+        store::insert(&mut uow, &offer).await?;
+        uow.commit().await?;
         tracing::info!(offer_id = %offer.id, product_id = %offer.product_id, "offer created");
-        Ok(Response::new(pb::CreateOfferResponse { offer: Some(offer_to_pb(offer)) }))
+        Ok(Response::new(pb::CreateOfferResponse { offer: Some(offer.into()) }))
     }
 
     async fn get_offer(
@@ -161,8 +172,8 @@ impl OfferService for OffersApi {
         request: Request<pb::GetOfferRequest>,
     ) -> Result<Response<pb::GetOfferResponse>, Status> {
         let id = required_id("offer_id", &request.into_inner().offer_id)?;
-        let offer = self.store.get(&id).await?;
-        Ok(Response::new(pb::GetOfferResponse { offer: Some(offer_to_pb(offer)) }))
+        let offer = store::offer(&self.db, &id).await?;
+        Ok(Response::new(pb::GetOfferResponse { offer: Some(offer.into()) }))
     }
 
     async fn list_offers(
@@ -171,7 +182,7 @@ impl OfferService for OffersApi {
     ) -> Result<Response<pb::ListOffersResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let limit = v.check("page_size", page_size(req.page_size));
+        let size = Paging::size(&mut v, req.page_size);
         let state = match pb::OfferState::try_from(req.state) {
             Ok(pb::OfferState::Unspecified) => None,
             Ok(pb::OfferState::Active) => Some(OfferState::Active),
@@ -183,16 +194,12 @@ impl OfferService for OffersApi {
         };
         let filter =
             OfferFilter { product_id: (!req.product_id.is_empty()).then_some(req.product_id), state };
-        let fingerprint = filter.fingerprint();
-        let after = v.check("page_token", PageToken::decode(&req.page_token, &fingerprint));
+        let paging = size.token(&mut v, &req.page_token, filter.fingerprint());
         v.finish()?;
-        let page = self.store.list(&filter, after.flatten(), limit.unwrap_or_default()).await?;
+        let page = store::list(&self.db, &filter, paging.after, paging.size).await?;
         Ok(Response::new(pb::ListOffersResponse {
-            offers: page.items.into_iter().map(offer_to_pb).collect(),
-            next_page_token: page
-                .next_after
-                .map(|after| PageToken { after, filter: fingerprint }.encode())
-                .unwrap_or_default(),
+            next_page_token: paging.next_page_token(&page),
+            offers: page.map(Into::into).items,
         }))
     }
 
@@ -202,8 +209,13 @@ impl OfferService for OffersApi {
     ) -> Result<Response<pb::WithdrawOfferResponse>, Status> {
         let req = request.into_inner();
         let id = required_id("offer_id", &req.offer_id)?;
-        let offer = self.store.withdraw(&id, &req.etag).await?;
-        Ok(Response::new(pb::WithdrawOfferResponse { offer: Some(offer_to_pb(offer)) }))
+        let mut uow = self.db.begin().await?;
+        let mut offer = store::offer(&mut uow, &id).await?;
+        if offer.withdraw(&req.etag, now_micros())? {
+            store::save(&mut uow, &offer).await?;
+            uow.commit().await?;
+        }
+        Ok(Response::new(pb::WithdrawOfferResponse { offer: Some(offer.into()) }))
     }
 
     async fn list_available_offers(
@@ -212,24 +224,20 @@ impl OfferService for OffersApi {
     ) -> Result<Response<pb::ListAvailableOffersResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let customer_id = if req.customer_id.is_empty() {
-            None
-        } else {
-            v.check("customer_id", domain::parse_id(&req.customer_id))
-        };
-        let product_id = if req.product_id.is_empty() {
-            None
-        } else {
-            v.check("product_id", domain::parse_id(&req.product_id))
-        };
+        let customer_id = optional_id(&mut v, "customer_id", &req.customer_id);
+        let product_id = optional_id(&mut v, "product_id", &req.product_id);
         v.finish()?;
-        let found = self
-            .store
-            .available(customer_id.as_deref(), product_id.as_deref(), now_micros(), MAX_AVAILABLE)
-            .await;
+        let found = store::available(
+            &self.db,
+            customer_id.as_deref(),
+            product_id.as_deref(),
+            now_micros(),
+            MAX_AVAILABLE,
+        )
+        .await;
         match found {
             Ok(offers) => Ok(Response::new(pb::ListAvailableOffersResponse {
-                offers: offers.into_iter().map(offer_to_pb).collect(),
+                offers: offers.into_iter().map(Into::into).collect(),
                 fallback: false,
             })),
             Err(err) => {
@@ -239,7 +247,7 @@ impl OfferService for OffersApi {
                 metrics::counter!("agora_offers_fallback_total").increment(1);
                 let offers = self.fallback.offers(product_id.as_deref());
                 let mut response = Response::new(pb::ListAvailableOffersResponse {
-                    offers: offers.into_iter().map(offer_to_pb).collect(),
+                    offers: offers.into_iter().map(Into::into).collect(),
                     fallback: true,
                 });
                 let mut trailers = http::HeaderMap::new();

@@ -53,6 +53,7 @@ impl Fallback {
                 state: OfferState::Active,
                 revision: 0,
                 create_time: 0,
+                update_time: 0,
             });
         }
         Ok(Self { offers })

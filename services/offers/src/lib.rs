@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`domain`]: offers, their kinds, windows and availability.
-//! - [`store`]: the offers database (SQLite or PostgreSQL).
+//! - [`store`]: the repository: the offers database (SQLite or PostgreSQL).
 //! - [`upstream`]: the anti-corruption layer: catalog and customers clients.
 //! - [`fallback`]: the default offers served when the database fails.
 //! - [`api`]: the `agora.offers.v1.OfferService` gRPC adapter.
@@ -23,23 +23,38 @@ use agora_contracts::{FILE_DESCRIPTOR_SET, agora::offers::v1::offer_service_serv
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
+    db::LegacyHistory,
     feed,
-    upstream::{UpstreamSettings, channel},
+    upstream::UpstreamSettings,
 };
 
 pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, admin_port: 9103 };
 
+/// The offers table, per dialect (the platform adds its own).
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[
-        (1, "offers", include_str!("../migrations/sqlite/0001_offers.sql")),
-        (2, "feed cursors", include_str!("../migrations/sqlite/0002_feed_cursors.sql")),
-        (3, "available by product", include_str!("../migrations/sqlite/0003_available_by_product.sql")),
-    ],
-    postgres: &[
-        (1, "offers", include_str!("../migrations/postgres/0001_offers.sql")),
-        (2, "feed cursors", include_str!("../migrations/postgres/0002_feed_cursors.sql")),
-        (3, "available by product", include_str!("../migrations/postgres/0003_available_by_product.sql")),
-    ],
+    sqlite: &[(1, "offers", include_str!("../migrations/sqlite/0001_offers.sql"))],
+    postgres: &[(1, "offers", include_str!("../migrations/postgres/0001_offers.sql"))],
+    legacy: Some(LegacyHistory {
+        sqlite: &[
+            (1, "offers", include_str!("../migrations/legacy/sqlite/0001_offers.sql")),
+            (2, "feed cursors", include_str!("../migrations/legacy/sqlite/0002_feed_cursors.sql")),
+            (
+                3,
+                "available by product",
+                include_str!("../migrations/legacy/sqlite/0003_available_by_product.sql"),
+            ),
+        ],
+        postgres: &[
+            (1, "offers", include_str!("../migrations/legacy/postgres/0001_offers.sql")),
+            (2, "feed cursors", include_str!("../migrations/legacy/postgres/0002_feed_cursors.sql")),
+            (
+                3,
+                "available by product",
+                include_str!("../migrations/legacy/postgres/0003_available_by_product.sql"),
+            ),
+        ],
+        replaced_through: 1,
+    }),
 };
 
 /// What offers needs beyond the shared settings.
@@ -93,20 +108,20 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
     let api = api::OffersApi {
-        store: store::OfferStore::new(database.clone()),
-        catalog: upstream::catalog::Catalog::new(channel(&offers.catalog)?),
-        customers: upstream::customers::Customers::new(channel(&offers.customers)?),
+        db: database.clone(),
+        catalog: upstream::catalog::Catalog::connect(&offers.catalog)?,
+        customers: upstream::customers::Customers::connect(&offers.customers)?,
         fallback: offers.fallback,
     };
     let server = OfferServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET);
     // Follow the upstreams' change feeds in the background.
-    let catalog_feed = upstream::feeds::CatalogFeed::new(&offers.catalog)?;
-    feed::spawn_consumer(catalog_feed, database.clone(), services.shutdown());
-    let customers_feed = upstream::feeds::CustomersFeed::new(&offers.customers)?;
-    feed::spawn_consumer(customers_feed, database.clone(), services.shutdown());
-    let services = services.with(server);
+    let catalog_feed = upstream::feeds::CatalogFeed::connect(&offers.catalog)?;
+    let customers_feed = upstream::feeds::CustomersFeed::connect(&offers.customers)?;
+    let services = Services::new(FILE_DESCRIPTOR_SET)
+        .with(server)
+        .task(feed::consumer(catalog_feed, database.clone()))
+        .task(feed::consumer(customers_feed, database.clone()));
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

@@ -1,20 +1,20 @@
-//! The offers context's own database. Returns domain types; the same SQL
-//! serves SQLite and PostgreSQL.
+//! The offers context's repository: offers in its own database. It loads
+//! and saves the domain's types and knows no rule, but one: the available
+//! offers are asked of an index, so "available" is said here in SQL too
+//! ([`available`]), held to [`Offer::is_available`] by a test that runs
+//! both on the same rows. The same SQL serves SQLite and PostgreSQL.
 
 use agora_platform::{
-    Database, Error,
-    db::{Page, paginate},
-    idempotency,
-    wire::{new_id, now_micros},
+    Database, Error, UnitOfWork,
+    db::{Executor, Page, Row, keyset},
 };
-use sqlx::{Any, Row as _, Transaction, any::AnyRow};
 
-use crate::domain::{NewOffer, Offer, OfferKind, OfferState};
+use crate::domain::{Offer, OfferKind, OfferState};
 
 macro_rules! offer_columns {
     () => {
         "seq, offer_id, product_id, customer_id, kind, discount_percent, start_time, end_time, state, \
-         revision, create_time"
+         revision, create_time, update_time"
     };
 }
 
@@ -36,209 +36,179 @@ impl OfferFilter {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct OfferStore {
-    db: Database,
-}
-
-fn offer_from_row(row: &AnyRow) -> Result<Offer, sqlx::Error> {
-    let decode = |what: &str, value: String| sqlx::Error::Decode(format!("unknown {what} {value:?}").into());
-    let kind: String = row.try_get("kind")?;
-    let state: String = row.try_get("state")?;
-    let customer_id: String = row.try_get("customer_id")?;
+fn offer_from_row(row: &Row) -> Result<Offer, Error> {
+    let unknown = |what: &str, value: String| Error::Internal(anyhow::anyhow!("unknown {what} {value:?}"));
+    let kind: String = row.get("kind")?;
+    let state: String = row.get("state")?;
+    let customer_id: String = row.get("customer_id")?;
+    let discount: i64 = row.get("discount_percent")?;
     Ok(Offer {
-        id: row.try_get("offer_id")?,
-        product_id: row.try_get("product_id")?,
+        id: row.get("offer_id")?,
+        product_id: row.get("product_id")?,
         customer_id: (!customer_id.is_empty()).then_some(customer_id),
-        kind: OfferKind::parse(&kind).ok_or_else(|| decode("offer kind", kind))?,
-        discount_percent: i32::try_from(row.try_get::<i64, _>("discount_percent")?)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-        start_time: row.try_get("start_time")?,
-        end_time: row.try_get("end_time")?,
-        state: OfferState::parse(&state).ok_or_else(|| decode("offer state", state))?,
-        revision: row.try_get("revision")?,
-        create_time: row.try_get("create_time")?,
+        kind: OfferKind::parse(&kind).ok_or_else(|| unknown("offer kind", kind))?,
+        discount_percent: i32::try_from(discount).map_err(|e| Error::Internal(e.into()))?,
+        start_time: row.get("start_time")?,
+        end_time: row.get("end_time")?,
+        state: OfferState::parse(&state).ok_or_else(|| unknown("offer state", state))?,
+        revision: row.get("revision")?,
+        create_time: row.get("create_time")?,
+        update_time: row.get("update_time")?,
     })
 }
 
-impl OfferStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
-    }
+pub async fn insert(uow: &mut UnitOfWork, offer: &Offer) -> Result<(), Error> {
+    uow.query(
+        "INSERT INTO offers (offer_id, product_id, customer_id, kind, discount_percent, start_time, \
+         end_time, state, revision, create_time, update_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&offer.id)
+    .bind(&offer.product_id)
+    .bind(offer.customer_id.as_deref().unwrap_or(""))
+    .bind(offer.kind.as_str())
+    .bind(i64::from(offer.discount_percent))
+    .bind(offer.start_time)
+    .bind(offer.end_time)
+    .bind(offer.state.as_str())
+    .bind(offer.revision)
+    .bind(offer.create_time)
+    .bind(offer.update_time)
+    .execute()
+    .await
+    .map(drop)
+}
 
-    /// Creates an offer, or returns the one an earlier call with the same
-    /// idempotency key created.
-    pub async fn create(&self, request_id: Option<&str>, new: NewOffer) -> Result<Offer, Error> {
-        let now = now_micros();
-        let offer = Offer {
-            id: new_id("off"),
-            product_id: new.product_id.clone(),
-            customer_id: new.customer_id.clone(),
-            kind: new.kind,
-            discount_percent: new.discount_percent,
-            start_time: new.start_time,
-            end_time: new.end_time,
-            state: OfferState::Active,
-            revision: 1,
-            create_time: now,
-        };
-        let mut tx = self.db.begin_write().await?;
-        if let Some(request_id) = request_id
-            && !idempotency::claim(&mut tx, request_id, &new.fingerprint(), &offer.id).await?
-        {
-            tx.rollback().await?;
-            let id = idempotency::replay(&self.db, request_id, &new.fingerprint(), "offer").await?;
-            return self.get(&id).await;
-        }
-        sqlx::query(
-            "INSERT INTO offers (offer_id, product_id, customer_id, kind, discount_percent, start_time, \
-             end_time, state, revision, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+/// One offer, through the pool or inside a unit of work.
+pub async fn offer(on: impl Executor<'_>, id: &str) -> Result<Offer, Error> {
+    let row = on
+        .query(concat!("SELECT ", offer_columns!(), " FROM offers WHERE offer_id = $1"))
+        .bind(id)
+        .fetch_optional()
+        .await?;
+    match row {
+        Some(row) => offer_from_row(&row),
+        None => Err(Error::NotFound { resource: "offer", id: id.to_owned() }),
+    }
+}
+
+/// Saves a changed offer over the revision it was loaded at.
+pub async fn save(uow: &mut UnitOfWork, offer: &Offer) -> Result<(), Error> {
+    let changed = uow
+        .query(
+            "UPDATE offers SET state = $1, revision = $2, update_time = $3 WHERE offer_id = $4 AND revision = $5",
         )
-        .bind(&offer.id)
-        .bind(&offer.product_id)
-        .bind(offer.customer_id.as_deref().unwrap_or(""))
-        .bind(offer.kind.as_str())
-        .bind(i64::from(offer.discount_percent))
-        .bind(offer.start_time)
-        .bind(offer.end_time)
         .bind(offer.state.as_str())
         .bind(offer.revision)
-        .bind(offer.create_time)
-        .execute(&mut *tx)
+        .bind(offer.update_time)
+        .bind(&offer.id)
+        .bind(offer.revision - 1)
+        .execute()
         .await?;
-        tx.commit().await?;
-        Ok(offer)
+    if changed == 0 {
+        return Err(Error::stale_etag("offer", &offer.id));
     }
+    Ok(())
+}
 
-    pub async fn get(&self, id: &str) -> Result<Offer, Error> {
-        let row = sqlx::query(concat!("SELECT ", offer_columns!(), " FROM offers WHERE offer_id = $1"))
-            .bind(id)
-            .fetch_optional(self.db.pool())
-            .await?;
-        match row {
-            Some(row) => Ok(offer_from_row(&row)?),
-            None => Err(Error::NotFound { resource: "offer", id: id.to_owned() }),
+/// One page of offers after the cursor `after`, in creation order.
+pub async fn list(
+    db: &Database,
+    filter: &OfferFilter,
+    after: Option<i64>,
+    limit: u32,
+) -> Result<Page<Offer>, Error> {
+    // One statement per filter shape, so each can use its index.
+    let sql = match (&filter.product_id, &filter.state) {
+        (None, None) => {
+            concat!("SELECT ", offer_columns!(), " FROM offers WHERE seq > $1 ORDER BY seq LIMIT $2")
         }
-    }
-
-    /// One page of offers after the cursor `after`, in creation order.
-    pub async fn list(
-        &self,
-        filter: &OfferFilter,
-        after: Option<i64>,
-        limit: u32,
-    ) -> Result<Page<Offer>, Error> {
-        // One statement per filter shape, so each can use its index.
-        let sql = match (&filter.product_id, &filter.state) {
-            (None, None) => {
-                concat!("SELECT ", offer_columns!(), " FROM offers WHERE seq > $1 ORDER BY seq LIMIT $2")
-            }
-            (Some(_), None) => concat!(
-                "SELECT ",
-                offer_columns!(),
-                " FROM offers WHERE seq > $1 AND product_id = $3 ORDER BY seq LIMIT $2"
-            ),
-            (None, Some(_)) => concat!(
+        (Some(_), None) => concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM offers WHERE seq > $1 AND product_id = $3 ORDER BY seq LIMIT $2"
+        ),
+        (None, Some(_)) => {
+            concat!(
                 "SELECT ",
                 offer_columns!(),
                 " FROM offers WHERE seq > $1 AND state = $3 ORDER BY seq LIMIT $2"
-            ),
-            (Some(_), Some(_)) => concat!(
-                "SELECT ",
-                offer_columns!(),
-                " FROM offers WHERE seq > $1 AND product_id = $3 AND state = $4 ORDER BY seq LIMIT $2"
-            ),
-        };
-        let mut query = sqlx::query(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
-        if let Some(product) = &filter.product_id {
-            query = query.bind(product.clone());
+            )
         }
-        if let Some(state) = filter.state {
-            query = query.bind(state.as_str());
-        }
-        let rows = query.fetch_all(self.db.pool()).await?;
-        paginate(rows, limit, offer_from_row)
+        (Some(_), Some(_)) => concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM offers WHERE seq > $1 AND product_id = $3 AND state = $4 ORDER BY seq LIMIT $2"
+        ),
+    };
+    let mut query = db.query(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
+    if let Some(product) = &filter.product_id {
+        query = query.bind(product);
     }
+    if let Some(state) = filter.state {
+        query = query.bind(state.as_str());
+    }
+    keyset(query.fetch_all().await?, limit, offer_from_row)
+}
 
-    /// Withdraws an offer; withdrawing twice changes nothing.
-    pub async fn withdraw(&self, id: &str, etag: &str) -> Result<Offer, Error> {
-        let mut tx = self.db.begin_write().await?;
-        let row = sqlx::query(concat!("SELECT ", offer_columns!(), " FROM offers WHERE offer_id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(current) = row.as_ref().map(offer_from_row).transpose()? else {
-            return Err(Error::NotFound { resource: "offer", id: id.to_owned() });
-        };
-        if !etag.is_empty() && etag != current.etag() {
-            return Err(Error::stale_etag("offer", id));
-        }
-        if current.state == OfferState::Withdrawn {
-            return Ok(current);
-        }
-        let next = Offer { state: OfferState::Withdrawn, revision: current.revision + 1, ..current };
-        sqlx::query("UPDATE offers SET state = $1, revision = $2, update_time = $3 WHERE offer_id = $4")
-            .bind(next.state.as_str())
-            .bind(next.revision)
-            .bind(now_micros())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(next)
-    }
+/// Which offers a feed event withdraws.
+#[derive(Debug, Clone, Copy)]
+pub enum Withdrawn<'a> {
+    /// Every active offer on a product.
+    OfProduct(&'a str),
+    /// Every active offer of one customer's.
+    OfCustomer(&'a str),
+}
 
-    /// Withdraws, inside a feed consumer's transaction, every active offer
-    /// whose `column` (product_id or customer_id) is `id`. Withdrawn offers
-    /// are left alone, so applying the same event twice changes nothing.
-    pub async fn withdraw_where(
-        tx: &mut Transaction<'static, Any>,
-        column: &'static str,
-        id: &str,
-    ) -> Result<u64, Error> {
-        let sql = match column {
-            "product_id" => {
-                "UPDATE offers SET state = 'WITHDRAWN', revision = revision + 1, update_time = $2 \
-                 WHERE product_id = $1 AND state = 'ACTIVE'"
-            }
-            "customer_id" => {
-                "UPDATE offers SET state = 'WITHDRAWN', revision = revision + 1, update_time = $2 \
-                 WHERE customer_id = $1 AND state = 'ACTIVE'"
-            }
-            other => return Err(Error::Internal(anyhow::anyhow!("offers cannot be withdrawn by {other}"))),
-        };
-        Ok(sqlx::query(sql).bind(id).bind(now_micros()).execute(&mut **tx).await?.rows_affected())
-    }
+/// Withdraws, inside a feed consumer's unit of work, every active offer a
+/// feed event takes away, as [`Offer::withdraw`] would one by one: a new
+/// revision and update time each. Withdrawn offers are left alone, so
+/// applying the same event twice changes nothing. Returns how many went.
+pub async fn withdraw_all(uow: &mut UnitOfWork, which: Withdrawn<'_>, now: i64) -> Result<u64, Error> {
+    let (sql, id) = match which {
+        Withdrawn::OfProduct(id) => (
+            "UPDATE offers SET state = 'WITHDRAWN', revision = revision + 1, \
+             update_time = CASE WHEN update_time < $2 THEN $2 ELSE update_time END \
+             WHERE product_id = $1 AND state = 'ACTIVE'",
+            id,
+        ),
+        Withdrawn::OfCustomer(id) => (
+            "UPDATE offers SET state = 'WITHDRAWN', revision = revision + 1, \
+             update_time = CASE WHEN update_time < $2 THEN $2 ELSE update_time END \
+             WHERE customer_id = $1 AND state = 'ACTIVE'",
+            id,
+        ),
+    };
+    uow.query(sql).bind(id).bind(now).execute().await
+}
 
-    /// The core query: offers a customer can use at `now` (their personal
-    /// ones and those for everyone), soonest ending first.
-    pub async fn available(
-        &self,
-        customer_id: Option<&str>,
-        product_id: Option<&str>,
-        now: i64,
-        limit: u32,
-    ) -> Result<Vec<Offer>, Error> {
-        let sql = match product_id {
-            None => concat!(
-                "SELECT ",
-                offer_columns!(),
-                " FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
-                 AND start_time <= $2 AND end_time > $2 ORDER BY end_time, seq LIMIT $3"
-            ),
-            Some(_) => concat!(
-                "SELECT ",
-                offer_columns!(),
-                " FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
-                 AND start_time <= $2 AND end_time > $2 AND product_id = $4 ORDER BY end_time, seq LIMIT $3"
-            ),
-        };
-        let mut query = sqlx::query(sql).bind(customer_id.unwrap_or("")).bind(now).bind(i64::from(limit));
-        if let Some(product) = product_id {
-            query = query.bind(product.to_owned());
-        }
-        let rows = query.fetch_all(self.db.pool()).await?;
-        Ok(rows.iter().map(offer_from_row).collect::<Result<_, _>>()?)
+/// The core query: offers a customer can use at `now` (their personal
+/// ones and those for everyone), soonest ending first. The SQL form of
+/// [`Offer::is_available`], for the index.
+pub async fn available(
+    db: &Database,
+    customer_id: Option<&str>,
+    product_id: Option<&str>,
+    now: i64,
+    limit: u32,
+) -> Result<Vec<Offer>, Error> {
+    let sql = match product_id {
+        None => concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
+             AND start_time <= $2 AND end_time > $2 ORDER BY end_time, seq LIMIT $3"
+        ),
+        Some(_) => concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
+             AND start_time <= $2 AND end_time > $2 AND product_id = $4 ORDER BY end_time, seq LIMIT $3"
+        ),
+    };
+    let mut query = db.query(sql).bind(customer_id.unwrap_or("")).bind(now).bind(i64::from(limit));
+    if let Some(product) = product_id {
+        query = query.bind(product);
     }
+    query.fetch_all().await?.iter().map(offer_from_row).collect()
 }

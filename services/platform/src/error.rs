@@ -6,6 +6,9 @@
 //! `google.rpc.BadRequest`, a stale etag as `google.rpc.PreconditionFailure`,
 //! and an internal error is logged with its whole chain but answered with no
 //! detail at all.
+//!
+//! Errors are logged once, here, where they are answered: making an error
+//! (from a database failure, say) logs nothing.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -32,20 +35,45 @@ pub enum Error {
     #[error("{0}")]
     AlreadyExists(String),
     /// The system is not in the state the call needs (a stale etag, a
-    /// discontinued product). `kind` names the precondition (e.g. `ETAG`).
+    /// discontinued product).
     #[error("{description}")]
-    FailedPrecondition { kind: &'static str, subject: String, description: String },
+    FailedPrecondition { kind: Precondition, subject: String, description: String },
     /// The request asks for a range the service no longer has (a change
     /// feed cursor older than the retention).
     #[error("{0}")]
     OutOfRange(String),
     /// A dependency (the database, an upstream service) cannot answer now;
-    /// the call may succeed if retried later.
-    #[error("{0}")]
-    Unavailable(String),
+    /// the call may succeed if retried later. `cause` is logged, never sent.
+    #[error("{message}{}", .cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Unavailable { message: String, cause: Option<String> },
     /// A bug or an unexpected failure. Logged, never shown to the caller.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// Which precondition failed: the `type` of a `google.rpc.PreconditionFailure`
+/// violation, so a client can tell the cases apart without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The caller's etag is not the resource's current one.
+    Etag,
+    /// The resource's state forbids the change (a discontinued product).
+    State,
+    /// A product the call refers to is not in the state it needs.
+    ProductState,
+    /// A quantity would pass its bound.
+    Quantity,
+}
+
+impl Precondition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Etag => "ETAG",
+            Self::State => "STATE",
+            Self::ProductState => "PRODUCT_STATE",
+            Self::Quantity => "QUANTITY",
+        }
+    }
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
@@ -58,10 +86,21 @@ impl Error {
         Self::InvalidArgument(vec![FieldViolation { field: field.into(), description: description.into() }])
     }
 
+    /// A dependency cannot answer now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable { message: message.into(), cause: None }
+    }
+
+    /// A dependency cannot answer now, for a reason worth logging (never
+    /// sent to the caller).
+    pub fn unavailable_because(message: impl Into<String>, cause: impl std::fmt::Display) -> Self {
+        Self::Unavailable { message: message.into(), cause: Some(cause.to_string()) }
+    }
+
     /// The request's etag is not the resource's current one.
     pub fn stale_etag(resource: &'static str, id: &str) -> Self {
         Self::FailedPrecondition {
-            kind: "ETAG",
+            kind: Precondition::Etag,
             subject: format!("{resource}/{id}"),
             description: format!("the {resource} changed since it was read (stale etag); read it again"),
         }
@@ -103,19 +142,6 @@ impl Violations {
     }
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(err: sqlx::Error) -> Self {
-        match err {
-            // The database is out of reach or saturated: a retry may work.
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Self::Unavailable("the database is unavailable".into())
-            }
-            other => Self::Internal(anyhow::Error::new(other).context("database")),
-        }
-    }
-}
-
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
@@ -134,12 +160,20 @@ impl From<Error> for Status {
             }
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition { kind, subject, description } => {
-                let details =
-                    ErrorDetails::with_precondition_failure_violation(kind, subject, description.clone());
+                let details = ErrorDetails::with_precondition_failure_violation(
+                    kind.as_str(),
+                    subject,
+                    description.clone(),
+                );
                 Status::with_error_details(Code::FailedPrecondition, description, details)
             }
             Error::OutOfRange(message) => Status::out_of_range(message),
-            Error::Unavailable(message) => Status::unavailable(message),
+            Error::Unavailable { message, cause } => {
+                if let Some(cause) = &cause {
+                    tracing::warn!(error = %cause, "{message}");
+                }
+                Status::unavailable(message)
+            }
             Error::Internal(err) => {
                 tracing::error!(error = format!("{err:#}"), "internal error");
                 Status::internal("internal error")

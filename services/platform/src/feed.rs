@@ -2,6 +2,11 @@
 //! upstream's Watch stream and applies each event to this service's own
 //! database.
 //!
+//! A consumer service brings a [`Follower`]: how to open the feed and what
+//! an event does here. Everything else is this module's: reading the
+//! envelope every Agora feed shares, applying each event and storing the
+//! cursor in one unit of work, reconnecting, leadership, metrics.
+//!
 //! Each event is applied and the consumer's cursor stored in one
 //! transaction, so after a crash the consumer resumes exactly after the
 //! last event it applied, and an event delivered twice (it is skipped when
@@ -16,92 +21,87 @@
 //! feed on a connection of its own, and a replica whose lock holder died
 //! takes over at its next try (the lock goes with the dead connection).
 //! SQLite is one process's file, so there is nobody to share with.
-//!
-//! Each consumer service's migrations create `feed_cursors (feed, sequence)`.
 
-use std::{pin::Pin, time::Duration};
+use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt as _};
-use sqlx::{Any, Connection as _, Row as _, Transaction};
+use agora_contracts::feed::{ChangeFeedMessage, Envelope};
+use futures_util::StreamExt as _;
 use tonic::Status;
 
-use crate::{Backend, Database, Error, Shutdown, wire::now_micros};
+use crate::{
+    Database, Error,
+    db::{Executor, UnitOfWork},
+    server::Task,
+    wire::{micros_from_timestamp, now_micros},
+};
 
-/// One event of a feed, as a consumer needs it.
-#[derive(Debug)]
-pub struct FeedItem<E> {
-    pub sequence: i64,
-    /// When the upstream committed it (microseconds).
-    pub occur_time: i64,
-    /// The newest sequence the upstream had when it sent this one.
-    pub head: i64,
-    pub event: E,
-}
-
-pub type FeedStream<E> = Pin<Box<dyn Stream<Item = Result<FeedItem<E>, Status>> + Send>>;
-
-/// What a consumer service brings: how to open the feed, and what an event
-/// does to its own data.
+/// What a consumer service brings: how to open the upstream's feed, and
+/// what an event does to its own data.
 #[tonic::async_trait]
-pub trait FeedHandler: Send + Sync + 'static {
-    type Event: Send + 'static;
+pub trait Follower: Send + Sync + 'static {
+    /// The upstream's Watch message.
+    type Message: ChangeFeedMessage;
 
     /// The feed's name: its cursor's key, its lock and its metrics label.
     fn feed(&self) -> &'static str;
 
     /// Opens the upstream's Watch stream after `after`.
-    async fn open(&self, after: i64) -> Result<FeedStream<Self::Event>, Status>;
+    async fn open(&self, after: i64) -> Result<tonic::Streaming<Self::Message>, Status>;
 
-    /// Applies one event inside the transaction that also moves the cursor.
-    async fn apply(&self, tx: &mut Transaction<'static, Any>, event: Self::Event) -> Result<(), Error>;
+    /// Applies one event inside the unit of work that also moves the
+    /// cursor. Events of no interest here change nothing.
+    async fn apply(
+        &self,
+        uow: &mut UnitOfWork,
+        event: <Self::Message as ChangeFeedMessage>::Kind,
+    ) -> Result<(), Error>;
 }
 
-/// Starts the consumer of `handler`'s feed; it runs until shutdown.
-pub fn spawn_consumer<H: FeedHandler>(handler: H, db: Database, shutdown: Shutdown) {
-    tokio::spawn(async move {
-        let stop = shutdown.clone();
+/// The background task that follows `follower`'s feed until shutdown.
+pub fn consumer<F: Follower>(follower: F, db: Database) -> Task {
+    let name = follower.feed();
+    Task::new(name, move |shutdown| async move {
         tokio::select! {
-            _ = consume(&handler, &db) => {}
-            _ = stop.wait() => {}
+            _ = consume(&follower, &db) => {}
+            _ = shutdown.wait() => {}
         }
-        metrics::gauge!("agora_feed_connected", "feed" => handler.feed()).set(0.0);
-    });
-}
-
-/// The cursor of `feed`: the last sequence applied, 0 before the first.
-pub async fn cursor(db: &Database, feed: &str) -> Result<i64, Error> {
-    let row = sqlx::query("SELECT sequence FROM feed_cursors WHERE feed = $1")
-        .bind(feed)
-        .fetch_optional(db.pool())
-        .await?;
-    Ok(match row {
-        Some(row) => row.try_get("sequence")?,
-        None => 0,
+        metrics::gauge!("agora_feed_connected", "feed" => follower.feed()).set(0.0);
     })
 }
 
-async fn consume<H: FeedHandler>(handler: &H, db: &Database) {
-    let feed = handler.feed();
+/// The cursor of `feed`: the last sequence applied, 0 before the first.
+pub async fn cursor(on: impl Executor<'_>, feed: &str) -> Result<i64, Error> {
+    match on.query("SELECT sequence FROM feed_cursors WHERE feed = $1").bind(feed).fetch_optional().await? {
+        Some(row) => row.get("sequence"),
+        None => Ok(0),
+    }
+}
+
+/// How long a feed may stay out of reach before it is worth a warning: a
+/// consumer that starts beside its upstream waits for it quietly.
+const QUIET: Duration = Duration::from_secs(10);
+
+async fn consume<F: Follower>(follower: &F, db: &Database) {
+    let feed = follower.feed();
     let mut backoff = Backoff::default();
+    // Since when the feed has been out of reach, while it is.
+    let mut failing_since: Option<Instant> = None;
     loop {
-        // On PostgreSQL, only the holder of the feed's lock consumes.
-        let _leader = match db.backend() {
-            Backend::Postgres => match lead(db, feed).await {
-                Ok(Some(conn)) => Some(conn),
-                Ok(None) => {
-                    // Another replica consumes; try again later.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(err) => {
-                    tracing::warn!(feed, error = %err, "feed: database unavailable");
-                    backoff.wait().await;
-                    continue;
-                }
-            },
-            Backend::Sqlite => None,
+        // Only the holder of the feed's lock consumes.
+        let _leader = match db.lead(&format!("agora-feed:{feed}")).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                // Another replica consumes; try again later.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(feed, error = %err, "feed: database unavailable");
+                backoff.wait().await;
+                continue;
+            }
         };
-        match follow(handler, db).await {
+        match follow(follower, db, &mut failing_since).await {
             Ok(()) => {
                 // The upstream ended the stream (it is shutting down, say).
                 backoff.reset();
@@ -109,34 +109,27 @@ async fn consume<H: FeedHandler>(handler: &H, db: &Database) {
             }
             Err(reason) => {
                 metrics::gauge!("agora_feed_connected", "feed" => feed).set(0.0);
-                tracing::warn!(feed, %reason, "feed interrupted; reconnecting");
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < QUIET {
+                    tracing::info!(feed, %reason, "feed not reachable yet; retrying");
+                } else {
+                    tracing::warn!(feed, %reason, "feed interrupted; reconnecting");
+                }
                 backoff.wait().await;
             }
         }
     }
 }
 
-/// Takes the feed's advisory lock on a connection of its own, which holds
-/// it for as long as it lives.
-async fn lead(db: &Database, feed: &str) -> Result<Option<sqlx::AnyConnection>, Error> {
-    let mut conn = db.pool().acquire().await?.detach();
-    let row = sqlx::query("SELECT pg_try_advisory_lock(hashtext($1)) AS leader")
-        .bind(format!("agora-feed:{feed}"))
-        .fetch_one(&mut conn)
-        .await?;
-    if row.try_get::<bool, _>("leader")? {
-        Ok(Some(conn))
-    } else {
-        let _ = conn.close().await;
-        Ok(None)
-    }
-}
-
 /// Follows the feed from the stored cursor until the stream ends or fails.
-async fn follow<H: FeedHandler>(handler: &H, db: &Database) -> Result<(), String> {
-    let feed = handler.feed();
+async fn follow<F: Follower>(
+    follower: &F,
+    db: &Database,
+    failing_since: &mut Option<Instant>,
+) -> Result<(), String> {
+    let feed = follower.feed();
     let mut after = cursor(db, feed).await.map_err(|e| e.to_string())?;
-    let mut stream = match handler.open(after).await {
+    let mut stream = match follower.open(after).await {
         Ok(stream) => stream,
         Err(status) if status.code() == tonic::Code::OutOfRange => {
             // The upstream no longer keeps the events after our cursor.
@@ -144,48 +137,55 @@ async fn follow<H: FeedHandler>(handler: &H, db: &Database) -> Result<(), String
             // that is kept; what was pruned in between is lost, and said so.
             tracing::error!(feed, cursor = after, "feed cursor too old; replaying every event still kept");
             metrics::counter!("agora_feed_resyncs_total", "feed" => feed).increment(1);
-            handler.open(0).await.map_err(|s| s.to_string())?
+            follower.open(0).await.map_err(|s| s.to_string())?
         }
         Err(status) => return Err(status.to_string()),
     };
+    *failing_since = None;
     metrics::gauge!("agora_feed_connected", "feed" => feed).set(1.0);
     tracing::info!(feed, after, "following the feed");
-    while let Some(item) = stream.next().await {
-        let item = item.map_err(|s| s.to_string())?;
-        if item.sequence <= after {
+    while let Some(message) = stream.next().await {
+        let Some(envelope) = message.map_err(|s| s.to_string())?.envelope() else {
+            return Err(format!("{feed} sent a message without an event"));
+        };
+        if envelope.sequence <= after {
             continue; // delivered twice: already applied
         }
-        let (sequence, occur_time, head) = (item.sequence, item.occur_time, item.head);
-        apply_one(handler, db, item).await.map_err(|e| e.to_string())?;
+        let Envelope { sequence, head_sequence, .. } = envelope;
+        let occur_time = envelope.occur_time.as_ref().and_then(micros_from_timestamp).unwrap_or(0);
+        apply_one(follower, db, sequence, envelope.kind).await.map_err(|e| e.to_string())?;
         after = sequence;
         metrics::counter!("agora_feed_applied_total", "feed" => feed).increment(1);
-        metrics::gauge!("agora_feed_lag_events", "feed" => feed).set((head - sequence).max(0) as f64);
+        metrics::gauge!("agora_feed_lag_events", "feed" => feed)
+            .set((head_sequence - sequence).max(0) as f64);
         metrics::gauge!("agora_feed_lag_seconds", "feed" => feed)
             .set(((now_micros() - occur_time).max(0) as f64) / 1e6);
     }
     Ok(())
 }
 
-async fn apply_one<H: FeedHandler>(
-    handler: &H,
+async fn apply_one<F: Follower>(
+    follower: &F,
     db: &Database,
-    item: FeedItem<H::Event>,
+    sequence: i64,
+    kind: Option<<F::Message as ChangeFeedMessage>::Kind>,
 ) -> Result<(), Error> {
-    let mut tx = db.begin_write().await?;
-    handler.apply(&mut tx, item.event).await?;
+    let mut uow = db.begin().await?;
+    if let Some(kind) = kind {
+        follower.apply(&mut uow, kind).await?;
+    }
     // Only ever forward: a replica that lost its lock mid-way cannot move
     // the cursor back.
-    sqlx::query(
+    uow.query(
         "INSERT INTO feed_cursors (feed, sequence) VALUES ($1, $2) \
          ON CONFLICT (feed) DO UPDATE SET sequence = excluded.sequence \
          WHERE feed_cursors.sequence < excluded.sequence",
     )
-    .bind(handler.feed())
-    .bind(item.sequence)
-    .execute(&mut *tx)
+    .bind(follower.feed())
+    .bind(sequence)
+    .execute()
     .await?;
-    tx.commit().await?;
-    Ok(())
+    uow.commit().await
 }
 
 /// Exponential backoff with jitter, 100 ms to 5 s.

@@ -1,22 +1,27 @@
 //! The shared runtime every Agora service is built on: configuration,
-//! telemetry, the database, health, the gRPC middleware stack, metrics, the
-//! error model and graceful shutdown. A service crate brings its domain, its
-//! store and its gRPC adapter; this crate runs them.
+//! telemetry, the database and its unit of work, health, the gRPC
+//! middleware stack, metrics, the error model, change feeds in and out,
+//! upstream calls, start-up and graceful shutdown. A service crate brings
+//! its domain, its repository and its gRPC adapter; this crate runs them.
 //!
 //! # Layout
 //! - [`config`]: settings from environment variables, validated at start.
 //! - [`telemetry`]: tracing subscriber, text or JSON.
-//! - [`db`]: sqlx pool (SQLite or PostgreSQL), embedded migrations.
-//! - [`idempotency`]: idempotency keys of create calls.
+//! - [`db`]: typed sqlx pools (SQLite or PostgreSQL), statements, the unit
+//!   of work (transaction, outbox events, idempotency key), migrations,
+//!   keyset pages.
 //! - [`health`]: `grpc.health.v1` driven by migrations, a database probe and shutdown.
 //! - [`middleware`]: request id, observe (span + metrics), panic, deadline, admission.
-//! - [`feed`]: consuming an upstream's change feed, exactly once in effect.
-//! - [`outbox`]: the transactional outbox and its change-feed stream.
+//! - [`outbox`]: the change feed a service publishes, served as a Watch stream.
+//! - [`feed`]: following an upstream's change feed, exactly once in effect.
+//! - [`upstream`]: the client stack and the one meaning of an upstream's answers.
 //! - [`metrics`]: the Prometheus recorder and the admin HTTP server.
 //! - [`error`]: the error vocabulary and its one mapping to gRPC statuses.
-//! - [`wire`]: timestamps, page sizes and page tokens at the gRPC edge.
-//! - [`server`]: [`Application`]: binds, serves, drains, stops.
-//! - [`testing`]: real servers on loopback and fresh databases for integration tests.
+//! - [`wire`]: what every handler reads: ids, idempotency keys, pages, timestamps.
+//! - [`server`]: [`Application`]: the start sequence, serving, draining, stopping.
+//!
+//! Test support (real servers on loopback, fresh databases) is the
+//! `agora-testing` crate, which production binaries do not link.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -24,17 +29,15 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod health;
-pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
 pub mod outbox;
 pub mod server;
 pub mod telemetry;
-pub mod testing;
 pub mod upstream;
 pub mod wire;
 
 pub use config::{ServiceSpec, Settings};
-pub use db::{Backend, Database, Migrations};
-pub use error::{Error, Violations};
+pub use db::{Backend, Database, Migrations, UnitOfWork};
+pub use error::{Error, Precondition, Violations};
 pub use server::{Application, Services, Shutdown};

@@ -1,126 +1,124 @@
 //! The change feed of an upstream service: a transactional outbox served as
 //! a stream.
 //!
-//! A service appends each domain event to its `outbox_events` table in the
-//! same transaction as the change it describes, so an event exists exactly
-//! when its change does. [`Outbox::watch`] streams the events after a
-//! consumer's last seen sequence: first the backlog, in order, then new
-//! events as they commit. It wakes on an in-process notification when this
-//! process committed the event, and polls at a modest interval for events
-//! committed by other replicas on a shared PostgreSQL database. The stream
-//! reads only as fast as the consumer takes events, so HTTP/2 flow control
-//! is the back pressure.
+//! A service records each domain event in its unit of work
+//! ([`UnitOfWork::record`]), so an event exists exactly when its change
+//! does. [`Outbox::watch`] streams the events after a consumer's last seen
+//! sequence: first the backlog, in order, then new events as they commit.
+//! It wakes when this process commits an event, and polls at a modest
+//! interval for events committed by other replicas on a shared PostgreSQL
+//! database. The stream reads only as fast as the consumer takes events, so
+//! HTTP/2 flow control is the back pressure.
 //!
 //! Sequences are strictly increasing and, once a consumer has seen one, no
-//! smaller one appears later: appends are serialized (SQLite has one writer;
-//! on PostgreSQL an advisory transaction lock orders them), so events commit
-//! in sequence order. Events older than the retention are pruned; a consumer
+//! smaller one appears later: appends are serialized, so events commit in
+//! sequence order. Events older than the retention are pruned; a consumer
 //! asking for a pruned range gets OUT_OF_RANGE and must resynchronise.
 //!
-//! Each service's migrations create the two tables, in both dialects:
-//! `outbox_events (sequence, kind, payload, occur_time)` and
-//! `outbox_state (id = 1, pruned_through)`.
+//! [`UnitOfWork::record`]: crate::db::UnitOfWork::record
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, pin::Pin, time::Duration};
 
-use futures_util::Stream;
-use sqlx::{Any, Row as _, Transaction};
+use futures_util::{Stream, StreamExt as _};
+use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 
-use crate::{Backend, Database, Error, Shutdown, wire::now_micros};
+use crate::{Database, Error, Shutdown, server::Task, wire::now_micros};
 
-/// An event as stored: its kind and a JSON payload the owning service
-/// defines.
+/// A domain event a service publishes on its change feed: stored as JSON in
+/// the outbox, with its kind beside it.
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + 'static {
+    /// The event's name (`ProductDiscontinued`).
+    fn kind(&self) -> &'static str;
+}
+
+/// An event as the feed delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
+pub struct Published<E> {
     pub sequence: i64,
-    pub kind: String,
-    pub payload: String,
+    /// When its change committed (microseconds).
     pub occur_time: i64,
+    /// The newest sequence known when its batch was read, so consumers can
+    /// tell how far behind they are.
+    pub head: i64,
+    pub event: E,
+}
+
+/// An event as stored.
+#[derive(Debug)]
+struct Stored {
+    sequence: i64,
+    payload: String,
+    occur_time: i64,
 }
 
 /// Events read per query while streaming the backlog.
 const BATCH: i64 = 256;
 
+/// A boxed stream of a service's answers, as tonic's generated servers take
+/// them for server-streaming RPCs.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
 /// The outbox of one service.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     db: Database,
-    /// The newest sequence this process committed; watchers wait on it.
-    committed: watch::Sender<i64>,
     /// How often a waiting stream looks for events of other replicas.
     poll_interval: Duration,
 }
 
 impl Outbox {
     pub fn new(db: Database, poll_interval: Duration) -> Self {
-        Self { db, committed: watch::channel(0).0, poll_interval }
+        Self { db, poll_interval }
     }
 
-    /// Appends an event inside the caller's write transaction and returns
-    /// its sequence. Call [`Outbox::committed`] after the commit.
-    pub async fn append(
+    /// A Watch RPC's answer: checks the cursor, then streams the events
+    /// after it, each turned into the contract's message by `message`.
+    pub async fn serve<E, T>(
         &self,
-        tx: &mut Transaction<'static, Any>,
-        kind: &str,
-        payload: &str,
-    ) -> Result<i64, Error> {
-        if self.db.backend() == Backend::Postgres {
-            // Serialize appends until commit, so sequences commit in order
-            // and a consumer never skips an event that commits late.
-            sqlx::query("SELECT pg_advisory_xact_lock(72110)").execute(&mut **tx).await?;
-        }
-        let row = sqlx::query(
-            "INSERT INTO outbox_events (kind, payload, occur_time) VALUES ($1, $2, $3) RETURNING sequence",
-        )
-        .bind(kind)
-        .bind(payload)
-        .bind(now_micros())
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(row.try_get("sequence")?)
-    }
-
-    /// Wakes the watchers of this process: `sequence` is committed.
-    pub fn committed(&self, sequence: i64) {
-        self.committed.send_if_modified(|newest| {
-            let newer = sequence > *newest;
-            if newer {
-                *newest = sequence;
-            }
-            newer
-        });
+        after: i64,
+        shutdown: Shutdown,
+        message: fn(Published<E>) -> T,
+    ) -> Result<ResponseStream<T>, Error>
+    where
+        E: DomainEvent,
+        T: Send + 'static,
+    {
+        self.check_cursor(after).await?;
+        let stream = self.watch::<E>(after, shutdown).map(move |item| item.map(message).map_err(Into::into));
+        Ok(Box::pin(stream))
     }
 
     /// Up to `limit` events after `after`, in order.
-    pub async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, Error> {
-        let rows = sqlx::query(
-            "SELECT sequence, kind, payload, occur_time FROM outbox_events \
-             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
+    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<Stored>, Error> {
+        let rows = self
+            .db
+            .query(
+                "SELECT sequence, payload, occur_time FROM outbox_events \
+                 WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all()
+            .await?;
         rows.iter()
             .map(|r| {
-                Ok(StoredEvent {
-                    sequence: r.try_get("sequence")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                    occur_time: r.try_get("occur_time")?,
+                Ok(Stored {
+                    sequence: r.get("sequence")?,
+                    payload: r.get("payload")?,
+                    occur_time: r.get("occur_time")?,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Error::from)
+            .collect()
     }
 
     /// The newest sequence in the outbox (0 when empty).
-    pub async fn head(&self) -> Result<i64, Error> {
-        let row = sqlx::query("SELECT COALESCE(MAX(sequence), 0) AS head FROM outbox_events")
-            .fetch_one(self.db.pool())
-            .await?;
-        Ok(row.try_get("head")?)
+    async fn head(&self) -> Result<i64, Error> {
+        self.db
+            .query("SELECT COALESCE(MAX(sequence), 0) AS head FROM outbox_events")
+            .fetch_one()
+            .await?
+            .get("head")
     }
 
     /// Refuses a cursor older than what is kept: the events after it are
@@ -132,11 +130,10 @@ impl Outbox {
         if after == 0 {
             return Ok(());
         }
-        let row = sqlx::query("SELECT pruned_through FROM outbox_state WHERE id = 1")
-            .fetch_optional(self.db.pool())
-            .await?;
+        let row =
+            self.db.query("SELECT pruned_through FROM outbox_state WHERE id = 1").fetch_optional().await?;
         let pruned_through: i64 = match row {
-            Some(row) => row.try_get("pruned_through")?,
+            Some(row) => row.get("pruned_through")?,
             None => 0,
         };
         if after < pruned_through {
@@ -151,34 +148,33 @@ impl Outbox {
     /// Deletes events older than `retention`, remembering how far it went.
     pub async fn prune(&self, retention: Duration) -> Result<u64, Error> {
         let cutoff = now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-        let mut tx = self.db.begin_write().await?;
-        let row = sqlx::query("SELECT MAX(sequence) AS last FROM outbox_events WHERE occur_time < $1")
+        let mut uow = self.db.begin().await?;
+        let last: Option<i64> = uow
+            .query("SELECT MAX(sequence) AS last FROM outbox_events WHERE occur_time < $1")
             .bind(cutoff)
-            .fetch_one(&mut *tx)
-            .await?;
-        let Some(last) = row.try_get::<Option<i64>, _>("last")? else {
+            .fetch_one()
+            .await?
+            .get("last")?;
+        let Some(last) = last else {
             return Ok(0);
         };
-        let deleted = sqlx::query("DELETE FROM outbox_events WHERE sequence <= $1")
-            .bind(last)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(
+        let deleted =
+            uow.query("DELETE FROM outbox_events WHERE sequence <= $1").bind(last).execute().await?;
+        uow.query(
             "INSERT INTO outbox_state (id, pruned_through) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET pruned_through = excluded.pruned_through",
         )
         .bind(last)
-        .execute(&mut *tx)
+        .execute()
         .await?;
-        tx.commit().await?;
+        uow.commit().await?;
         Ok(deleted)
     }
 
-    /// Runs pruning every hour until shutdown.
-    pub fn spawn_pruning(&self, retention: Duration, shutdown: Shutdown) {
+    /// The background task that prunes every hour until shutdown.
+    pub fn pruning(&self, retention: Duration) -> Task {
         let outbox = self.clone();
-        tokio::spawn(async move {
+        Task::new("outbox pruning", move |shutdown| async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tokio::select! {
@@ -191,24 +187,22 @@ impl Outbox {
                     Err(err) => tracing::warn!(error = %err, "outbox pruning failed"),
                 }
             }
-        });
+        })
     }
 
     /// The events after `after`: the backlog, then new events as they
     /// commit, until the consumer goes away or the server shuts down. Only
-    /// reads when the consumer asks for more. Each event comes with the
-    /// newest sequence known when its batch was read, so consumers can tell
-    /// how far behind they are.
-    pub fn watch(
+    /// reads when the consumer asks for more.
+    pub fn watch<E: DomainEvent>(
         &self,
         after: i64,
         shutdown: Shutdown,
-    ) -> impl Stream<Item = Result<(StoredEvent, i64), Error>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Published<E>, Error>> + Send + 'static {
         struct State {
             outbox: Outbox,
             after: i64,
             head: i64,
-            buffer: VecDeque<StoredEvent>,
+            buffer: VecDeque<Stored>,
             committed: watch::Receiver<i64>,
             shutdown: Shutdown,
         }
@@ -217,15 +211,15 @@ impl Outbox {
             after,
             head: 0,
             buffer: VecDeque::new(),
-            committed: self.committed.subscribe(),
+            committed: self.db.committed(),
             shutdown,
         };
         futures_util::stream::unfold(state, |mut s| async move {
             loop {
-                if let Some(event) = s.buffer.pop_front() {
-                    s.after = event.sequence;
-                    let head = s.head.max(event.sequence);
-                    return Some((Ok((event, head)), s));
+                if let Some(stored) = s.buffer.pop_front() {
+                    s.after = stored.sequence;
+                    let head = s.head.max(stored.sequence);
+                    return Some((decode(stored, head), s));
                 }
                 // Mark what we are about to read as seen before reading, so a
                 // commit that lands in between still wakes us.
@@ -250,4 +244,11 @@ impl Outbox {
             }
         })
     }
+}
+
+fn decode<E: DomainEvent>(stored: Stored, head: i64) -> Result<Published<E>, Error> {
+    let event = serde_json::from_str(&stored.payload).map_err(|e| {
+        Error::Internal(anyhow::Error::new(e).context(format!("decoding outbox event {}", stored.sequence)))
+    })?;
+    Ok(Published { sequence: stored.sequence, occur_time: stored.occur_time, head, event })
 }

@@ -1,7 +1,11 @@
-//! Conversions at the gRPC edge shared by every service: timestamps, page
-//! sizes and opaque page tokens.
+//! Conversions at the gRPC edge shared by every service: timestamps, ids,
+//! idempotency keys, page sizes and opaque page tokens. A handler reads its
+//! request's common fields with these, so that what is left in it is the
+//! business operation.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use crate::{Error, Violations, db::Page};
 
 /// Microseconds since the Unix epoch: how every service stores time (an
 /// integer compares and indexes the same in SQLite and PostgreSQL).
@@ -43,6 +47,33 @@ pub fn parse_id(raw: &str) -> Result<String, String> {
     }
 }
 
+/// A required id field of a request: INVALID_ARGUMENT naming `field`.
+pub fn required_id(field: &str, raw: &str) -> Result<String, Error> {
+    parse_id(raw).map_err(|description| Error::invalid(field, description))
+}
+
+/// An id field that may be empty (None); its problem is collected in `v`.
+pub fn optional_id(v: &mut Violations, field: &str, raw: &str) -> Option<String> {
+    if raw.is_empty() { None } else { v.check(field, parse_id(raw)) }
+}
+
+/// Longest idempotency key (`request_id`) of a create call.
+pub const MAX_REQUEST_ID_CHARS: usize = 100;
+
+/// An idempotency key: empty (none) or up to 100 printable characters.
+pub fn parse_request_id(raw: &str) -> Result<Option<String>, String> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.chars().count() > MAX_REQUEST_ID_CHARS {
+        return Err(format!("must be at most {MAX_REQUEST_ID_CHARS} characters"));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(Some(raw.to_owned()))
+}
+
 /// One line of text a person typed (a name, a title): surrounding blanks
 /// removed, 1 to `max_chars` characters (not bytes), no control characters.
 pub fn parse_line(raw: &str, max_chars: usize) -> Result<String, String> {
@@ -70,6 +101,51 @@ pub fn page_size(requested: i32) -> Result<u32, String> {
         n if n < 0 => Err("must not be negative".into()),
         0 => Ok(DEFAULT_PAGE_SIZE),
         n => Ok((n as u32).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// The page a List call asks for: its size, and where it starts, read
+/// from `page_size` and `page_token`. The token is bound to the call's
+/// filter: one issued for another filter (or another list) is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paging {
+    pub size: u32,
+    /// The `seq` after which the page starts; None for the first page.
+    pub after: Option<i64>,
+    filter: String,
+}
+
+impl Paging {
+    /// Reads the two fields; problems are collected in `v`.
+    pub fn read(v: &mut Violations, page_size: i32, page_token: &str, filter: impl Into<String>) -> Self {
+        Self::size(v, page_size).token(v, page_token, filter)
+    }
+
+    /// Reads `page_size` alone, for a call that reads its filter before the
+    /// token it binds: the problems are then reported in the order of the
+    /// fields (`page_size`, the filter's, `page_token`).
+    pub fn size(v: &mut Violations, page_size: i32) -> PageSize {
+        PageSize(v.check("page_size", self::page_size(page_size)).unwrap_or(DEFAULT_PAGE_SIZE))
+    }
+
+    /// The `next_page_token` that continues after `page`: empty on the last.
+    pub fn next_page_token<T>(&self, page: &Page<T>) -> String {
+        page.next_after
+            .map(|after| PageToken { after, filter: self.filter.clone() }.encode())
+            .unwrap_or_default()
+    }
+}
+
+/// A page size read before the filter; see [`Paging::size`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    /// Reads `page_token`, which must have been issued for `filter`.
+    pub fn token(self, v: &mut Violations, page_token: &str, filter: impl Into<String>) -> Paging {
+        let filter = filter.into();
+        let after = v.check("page_token", PageToken::decode(page_token, &filter)).flatten();
+        Paging { size: self.0, after, filter }
     }
 }
 
@@ -127,6 +203,28 @@ mod tests {
         assert!(PageToken::decode(&token, "family=f2").is_err());
         assert!(PageToken::decode("not-a-token", "").is_err());
         assert_eq!(PageToken::decode("", "x"), Ok(None));
+    }
+
+    #[test]
+    fn paging_reads_both_fields_and_continues_with_the_same_filter() {
+        let mut v = Violations::new();
+        let first = Paging::read(&mut v, 0, "", "family=f1");
+        assert!(v.is_empty());
+        assert_eq!((first.size, first.after), (DEFAULT_PAGE_SIZE, None));
+        let token = first.next_page_token(&Page { items: vec![1], next_after: Some(7) });
+        assert_eq!(Paging::read(&mut v, 5, &token, "family=f1").after, Some(7));
+        assert!(v.is_empty());
+        Paging::read(&mut v, -1, &token, "family=f2");
+        assert!(!v.is_empty(), "a negative size and a token of another filter are refused");
+        assert_eq!(first.next_page_token(&Page::<u8> { items: vec![], next_after: None }), "");
+    }
+
+    #[test]
+    fn request_ids_are_optional_and_bounded() {
+        assert_eq!(parse_request_id(""), Ok(None));
+        assert_eq!(parse_request_id("k1"), Ok(Some("k1".into())));
+        assert!(parse_request_id(&"k".repeat(101)).is_err());
+        assert!(parse_request_id("a\nb").is_err());
     }
 
     #[test]

@@ -13,9 +13,9 @@ use std::{
 
 use agora_platform::{
     middleware::{Deadline, parse_grpc_timeout},
-    testing::wait_until,
     upstream::{UpstreamChannel, UpstreamSettings, channel},
 };
+use agora_testing::wait_until;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::{
@@ -97,6 +97,14 @@ async fn check(client: &mut HealthClient<UpstreamChannel>) -> Result<(), Status>
     client.check(HealthCheckRequest::default()).await.map(drop)
 }
 
+/// A check asked for a call whose deadline is `deadline`: the deadline
+/// travels as a value in the request's extensions.
+async fn check_within(client: &mut HealthClient<UpstreamChannel>, deadline: Deadline) -> Result<(), Status> {
+    let mut request = Request::new(HealthCheckRequest::default());
+    request.extensions_mut().insert(deadline);
+    client.check(request).await.map(drop)
+}
+
 /// An upstream that fails every other call with UNAVAILABLE looks healthy
 /// to the caller: each failure is retried once.
 #[tokio::test]
@@ -168,7 +176,7 @@ async fn the_callers_deadline_reaches_the_upstream() {
     let (fake, addr) = fake(HEALTHY).await;
     let mut client = client(&settings(&[addr]));
     let deadline = Deadline(tokio::time::Instant::now() + Duration::from_millis(300));
-    deadline.scope(check(&mut client)).await.unwrap();
+    check_within(&mut client, deadline).await.unwrap();
     check(&mut client).await.unwrap();
     let seen = fake.timeouts.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
@@ -177,9 +185,21 @@ async fn the_callers_deadline_reaches_the_upstream() {
 
     // A caller with no time left does not bother the upstream.
     let before = fake.calls.load(Ordering::SeqCst);
-    let err = Deadline(tokio::time::Instant::now()).scope(check(&mut client)).await.unwrap_err();
+    let err = check_within(&mut client, Deadline(tokio::time::Instant::now())).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert_eq!(fake.calls.load(Ordering::SeqCst), before);
+}
+
+/// The deadline is a value, not a task-local: work spawned for a call
+/// carries it to the upstream all the same.
+#[tokio::test]
+async fn the_callers_deadline_survives_a_spawned_task() {
+    let (fake, addr) = fake(HEALTHY).await;
+    let mut client = client(&settings(&[addr]));
+    let deadline = Deadline(tokio::time::Instant::now() + Duration::from_millis(300));
+    tokio::spawn(async move { check_within(&mut client, deadline).await }).await.unwrap().unwrap();
+    let seen = fake.timeouts.lock().unwrap().clone();
+    assert!(seen[0] <= Duration::from_millis(300) && seen[0] > Duration::from_millis(100), "{seen:?}");
 }
 
 /// Calls spread over the replicas, and a dead replica costs no failed call.

@@ -8,14 +8,15 @@
 
 use agora_contracts::agora::shopping::v1::{self as pb, shopping_list_service_server::ShoppingListService};
 use agora_platform::{
-    Error, Violations,
-    wire::{PageToken, page_size, timestamp_from_micros},
+    Database, Error, Precondition, Violations,
+    middleware::Deadline,
+    wire::{Paging, new_id, now_micros, required_id, timestamp_from_micros},
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{self, NewList, ShoppingList},
-    store::ShoppingStore,
+    store,
     upstream::{
         catalog::{Catalog, Listable},
         customers::Customers,
@@ -25,24 +26,30 @@ use crate::{
 /// The shopping context's `ShoppingListService` implementation.
 #[derive(Debug, Clone)]
 pub struct ShoppingApi {
-    pub(crate) store: ShoppingStore,
+    pub(crate) db: Database,
     pub(crate) catalog: Catalog,
     pub(crate) customers: Customers,
 }
 
-fn list_to_pb(l: ShoppingList) -> pb::ShoppingList {
-    pb::ShoppingList {
-        etag: l.etag(),
-        list_id: l.id,
-        customer_id: l.customer_id,
-        title: l.title,
-        items: l
-            .items
-            .into_iter()
-            .map(|i| pb::ListItem { product_id: i.product_id, quantity: i.quantity, available: i.available })
-            .collect(),
-        create_time: Some(timestamp_from_micros(l.create_time)),
-        update_time: Some(timestamp_from_micros(l.update_time)),
+impl From<ShoppingList> for pb::ShoppingList {
+    fn from(l: ShoppingList) -> Self {
+        Self {
+            etag: l.etag(),
+            list_id: l.id,
+            customer_id: l.customer_id,
+            title: l.title,
+            items: l
+                .items
+                .into_iter()
+                .map(|i| pb::ListItem {
+                    product_id: i.product_id,
+                    quantity: i.quantity,
+                    available: i.available,
+                })
+                .collect(),
+            create_time: Some(timestamp_from_micros(l.create_time)),
+            update_time: Some(timestamp_from_micros(l.update_time)),
+        }
     }
 }
 
@@ -99,10 +106,6 @@ fn parse_removal(r: &pb::RemoveItemRequest) -> Result<(String, String), Error> {
     Ok((list_id.unwrap_or_default(), product_id.unwrap_or_default()))
 }
 
-fn required_id(field: &str, raw: &str) -> Result<String, Error> {
-    domain::parse_id(raw).map_err(|d| Error::invalid(field, d))
-}
-
 /// What page tokens of ListShoppingLists are bound to: the customer whose
 /// lists they page through.
 fn list_filter(customer_id: &str) -> String {
@@ -111,8 +114,8 @@ fn list_filter(customer_id: &str) -> String {
 
 impl ShoppingApi {
     /// The owner of a new list must be a customer.
-    async fn check_customer(&self, customer_id: &str) -> Result<(), Error> {
-        if self.customers.exists(customer_id).await? {
+    async fn check_customer(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
+        if self.customers.exists(customer_id, deadline).await? {
             Ok(())
         } else {
             Err(Error::NotFound { resource: "customer", id: customer_id.to_owned() })
@@ -120,12 +123,12 @@ impl ShoppingApi {
     }
 
     /// Only a product on sale goes on a list.
-    async fn check_listable(&self, product_id: &str) -> Result<(), Error> {
-        match self.catalog.listable(product_id).await? {
+    async fn check_listable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
+        match self.catalog.listable(product_id, deadline).await? {
             Listable::Yes => Ok(()),
             Listable::Unknown => Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
             Listable::NotOnSale => Err(Error::FailedPrecondition {
-                kind: "PRODUCT_STATE",
+                kind: Precondition::ProductState,
                 subject: format!("product/{product_id}"),
                 description: format!(
                     "product {product_id} is discontinued; only products on sale can be added to a list"
@@ -141,11 +144,15 @@ impl ShoppingListService for ShoppingApi {
         &self,
         request: Request<pb::CreateShoppingListRequest>,
     ) -> Result<Response<pb::CreateShoppingListResponse>, Status> {
+        let deadline = Deadline::of(&request);
         let new = NewList::try_from(request.into_inner())?;
-        self.check_customer(&new.customer_id).await?;
-        let list = self.store.create(new).await?;
+        self.check_customer(&new.customer_id, deadline).await?;
+        let list = ShoppingList::create(new_id("lst"), new, now_micros());
+        let mut uow = self.db.begin().await?;
+        store::insert(&mut uow, &list).await?;
+        uow.commit().await?;
         tracing::info!(list_id = %list.id, customer_id = %list.customer_id, "shopping list created");
-        Ok(Response::new(pb::CreateShoppingListResponse { shopping_list: Some(list_to_pb(list)) }))
+        Ok(Response::new(pb::CreateShoppingListResponse { shopping_list: Some(list.into()) }))
     }
 
     async fn get_shopping_list(
@@ -153,8 +160,8 @@ impl ShoppingListService for ShoppingApi {
         request: Request<pb::GetShoppingListRequest>,
     ) -> Result<Response<pb::GetShoppingListResponse>, Status> {
         let id = required_id("list_id", &request.into_inner().list_id)?;
-        let list = self.store.get(&id).await?;
-        Ok(Response::new(pb::GetShoppingListResponse { shopping_list: Some(list_to_pb(list)) }))
+        let list = store::list(&self.db, &id).await?;
+        Ok(Response::new(pb::GetShoppingListResponse { shopping_list: Some(list.into()) }))
     }
 
     async fn list_shopping_lists(
@@ -165,18 +172,12 @@ impl ShoppingListService for ShoppingApi {
         let mut v = Violations::new();
         // Not asked of customers: an unknown customer simply has no lists.
         let customer_id = v.check("customer_id", domain::parse_id(&req.customer_id)).unwrap_or_default();
-        let limit = v.check("page_size", page_size(req.page_size));
-        let filter = list_filter(&customer_id);
-        let after = v.check("page_token", PageToken::decode(&req.page_token, &filter));
+        let paging = Paging::read(&mut v, req.page_size, &req.page_token, list_filter(&customer_id));
         v.finish()?;
-        let page =
-            self.store.list_for_customer(&customer_id, after.flatten(), limit.unwrap_or_default()).await?;
+        let page = store::lists_of(&self.db, &customer_id, paging.after, paging.size).await?;
         Ok(Response::new(pb::ListShoppingListsResponse {
-            shopping_lists: page.items.into_iter().map(list_to_pb).collect(),
-            next_page_token: page
-                .next_after
-                .map(|after| PageToken { after, filter }.encode())
-                .unwrap_or_default(),
+            next_page_token: paging.next_page_token(&page),
+            shopping_lists: page.map(Into::into).items,
         }))
     }
 
@@ -184,11 +185,18 @@ impl ShoppingListService for ShoppingApi {
         &self,
         request: Request<pb::AddItemRequest>,
     ) -> Result<Response<pb::AddItemResponse>, Status> {
+        let deadline = Deadline::of(&request);
         let add = ItemToAdd::try_from(request.into_inner())?;
-        self.check_listable(&add.product_id).await?;
-        let list = self.store.add_item(&add.list_id, &add.etag, &add.product_id, add.quantity).await?;
+        // Asked before the unit of work: no transaction stays open while
+        // another service is waited for.
+        self.check_listable(&add.product_id, deadline).await?;
+        let mut uow = self.db.begin().await?;
+        let mut list = store::lock(&mut uow, &add.list_id).await?;
+        let addition = list.add_item(&add.product_id, add.quantity, &add.etag, now_micros())?;
+        store::save_addition(&mut uow, &list, &add.product_id, addition).await?;
+        uow.commit().await?;
         tracing::info!(list_id = %list.id, product_id = %add.product_id, quantity = add.quantity, "item added");
-        Ok(Response::new(pb::AddItemResponse { shopping_list: Some(list_to_pb(list)) }))
+        Ok(Response::new(pb::AddItemResponse { shopping_list: Some(list.into()) }))
     }
 
     async fn remove_item(
@@ -197,11 +205,14 @@ impl ShoppingListService for ShoppingApi {
     ) -> Result<Response<pb::RemoveItemResponse>, Status> {
         let req = request.into_inner();
         let (list_id, product_id) = parse_removal(&req)?;
-        let (list, removed) = self.store.remove_item(&list_id, &req.etag, &product_id).await?;
-        if removed {
+        let mut uow = self.db.begin().await?;
+        let mut list = store::lock(&mut uow, &list_id).await?;
+        if list.remove_item(&product_id, &req.etag, now_micros())? {
+            store::save_removal(&mut uow, &list, &product_id).await?;
+            uow.commit().await?;
             tracing::info!(list_id = %list.id, product_id = %product_id, "item removed");
         }
-        Ok(Response::new(pb::RemoveItemResponse { shopping_list: Some(list_to_pb(list)) }))
+        Ok(Response::new(pb::RemoveItemResponse { shopping_list: Some(list.into()) }))
     }
 
     async fn delete_shopping_list(
@@ -210,7 +221,10 @@ impl ShoppingListService for ShoppingApi {
     ) -> Result<Response<pb::DeleteShoppingListResponse>, Status> {
         let req = request.into_inner();
         let id = required_id("list_id", &req.list_id)?;
-        self.store.delete(&id, &req.etag).await?;
+        let mut uow = self.db.begin().await?;
+        store::lock(&mut uow, &id).await?.delete(&req.etag)?;
+        store::delete(&mut uow, &id).await?;
+        uow.commit().await?;
         tracing::info!(list_id = %id, "shopping list deleted");
         Ok(Response::new(pb::DeleteShoppingListResponse {}))
     }

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`domain`]: lists, their items and the rules of quantities and etags.
-//! - [`store`]: the shopping database (SQLite or PostgreSQL).
+//! - [`store`]: the repository: the shopping database (SQLite or PostgreSQL).
 //! - [`upstream`]: the anti-corruption layer: catalog and customers clients
 //!   and the handlers of their change feeds.
 //! - [`api`]: the `agora.shopping.v1.ShoppingListService` gRPC adapter.
@@ -26,25 +26,31 @@ use agora_contracts::{
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
+    db::LegacyHistory,
     feed,
-    upstream::{UpstreamSettings, channel},
+    upstream::UpstreamSettings,
 };
 
 /// Name and default ports of the shopping service.
 pub const SPEC: ServiceSpec = ServiceSpec { name: "shopping", grpc_port: 50054, admin_port: 9104 };
 
-/// The shopping schema, per dialect.
+/// The shopping tables, per dialect (the platform adds its own).
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[
-        (1, "shopping", include_str!("../migrations/sqlite/0001_shopping.sql")),
-        (2, "feed cursors", include_str!("../migrations/sqlite/0002_feed_cursors.sql")),
-        (3, "items by product", include_str!("../migrations/sqlite/0003_items_by_product.sql")),
-    ],
-    postgres: &[
-        (1, "shopping", include_str!("../migrations/postgres/0001_shopping.sql")),
-        (2, "feed cursors", include_str!("../migrations/postgres/0002_feed_cursors.sql")),
-        (3, "items by product", include_str!("../migrations/postgres/0003_items_by_product.sql")),
-    ],
+    sqlite: &[(1, "shopping", include_str!("../migrations/sqlite/0001_shopping.sql"))],
+    postgres: &[(1, "shopping", include_str!("../migrations/postgres/0001_shopping.sql"))],
+    legacy: Some(LegacyHistory {
+        sqlite: &[
+            (1, "shopping", include_str!("../migrations/legacy/sqlite/0001_shopping.sql")),
+            (2, "feed cursors", include_str!("../migrations/legacy/sqlite/0002_feed_cursors.sql")),
+            (3, "items by product", include_str!("../migrations/legacy/sqlite/0003_items_by_product.sql")),
+        ],
+        postgres: &[
+            (1, "shopping", include_str!("../migrations/legacy/postgres/0001_shopping.sql")),
+            (2, "feed cursors", include_str!("../migrations/legacy/postgres/0002_feed_cursors.sql")),
+            (3, "items by product", include_str!("../migrations/legacy/postgres/0003_items_by_product.sql")),
+        ],
+        replaced_through: 1,
+    }),
 };
 
 /// What shopping needs beyond the shared settings: where its upstreams are.
@@ -90,22 +96,21 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 /// followed in the background and caught up with when they return.
 pub async fn build_with(settings: Settings, shopping: ShoppingSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let store = store::ShoppingStore::new(database.clone());
     let api = api::ShoppingApi {
-        store: store.clone(),
-        catalog: upstream::catalog::Catalog::new(channel(&shopping.catalog)?),
-        customers: upstream::customers::Customers::new(channel(&shopping.customers)?),
+        db: database.clone(),
+        catalog: upstream::catalog::Catalog::connect(&shopping.catalog)?,
+        customers: upstream::customers::Customers::connect(&shopping.customers)?,
     };
     let server = ShoppingListServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET);
     // Follow the upstreams' change feeds in the background.
-    let catalog_feed = upstream::feeds::CatalogFeed::new(&shopping.catalog, store.clone())?;
-    feed::spawn_consumer(catalog_feed, database.clone(), services.shutdown());
-    let customers_feed = upstream::feeds::CustomersFeed::new(&shopping.customers, store)?;
-    feed::spawn_consumer(customers_feed, database.clone(), services.shutdown());
-    let services = services.with(server);
+    let catalog_feed = upstream::feeds::CatalogFeed::connect(&shopping.catalog)?;
+    let customers_feed = upstream::feeds::CustomersFeed::connect(&shopping.customers)?;
+    let services = Services::new(FILE_DESCRIPTOR_SET)
+        .with(server)
+        .task(feed::consumer(catalog_feed, database.clone()))
+        .task(feed::consumer(customers_feed, database.clone()));
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }
 

@@ -26,11 +26,3 @@ CREATE TABLE products (
 
 CREATE INDEX products_by_family ON products (family_id, seq);
 CREATE INDEX products_by_state ON products (state, seq);
-
--- Idempotency keys of CreateProduct: a retried request finds its product.
-CREATE TABLE product_requests (
-    request_id  TEXT   PRIMARY KEY,
-    fingerprint TEXT   NOT NULL,
-    product_id  TEXT   NOT NULL,
-    create_time BIGINT NOT NULL
-);

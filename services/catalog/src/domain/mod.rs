@@ -1,10 +1,12 @@
 //! The catalog's model and its rules: what a family and a product are, what
 //! makes their fields valid, and how a product changes. No tonic, prost or
 //! sqlx here: the gRPC adapter and the store translate to and from these
-//! types.
+//! types. A [`Product`] is an aggregate: its methods are the only way it
+//! changes, and each checks the rules before it does.
 
 mod currency;
 
+use agora_platform::{Error, Precondition, outbox::DomainEvent};
 pub use currency::is_known_currency;
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +17,6 @@ pub const MAX_DESCRIPTION_CHARS: usize = 2000;
 /// Highest price in minor units (ten million in a two-decimal currency): a
 /// larger one is a typo, not a product.
 pub const MAX_PRICE_MINOR: i64 = 1_000_000_000;
-/// Longest idempotency key of CreateProduct.
-pub const MAX_REQUEST_ID_CHARS: usize = 100;
 /// Most ids in one BatchGetProducts.
 pub const MAX_BATCH: usize = 100;
 
@@ -103,14 +103,75 @@ pub struct Product {
 }
 
 impl Product {
+    /// A new product, on sale, at its first revision.
+    pub fn create(id: String, new: NewProduct, now: i64) -> (Self, CatalogEvent) {
+        let product = Self {
+            id,
+            display_name: new.display_name,
+            description: new.description,
+            family_id: new.family_id,
+            price: new.price,
+            state: ProductState::Active,
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        };
+        let event = CatalogEvent::ProductCreated(product.clone());
+        (product, event)
+    }
+
     /// The etag clients send back to detect concurrent changes.
     pub fn etag(&self) -> String {
-        etag_of(self.revision)
+        format!("r{}", self.revision)
     }
-}
 
-pub fn etag_of(revision: i64) -> String {
-    format!("r{revision}")
+    /// Changes the fields of `patch`, if `etag` (when given) is current and
+    /// the product is still on sale: a discontinued product is frozen.
+    pub fn update(&mut self, patch: ProductPatch, etag: &str, now: i64) -> Result<CatalogEvent, Error> {
+        self.check_etag(etag)?;
+        if self.state == ProductState::Discontinued {
+            return Err(Error::FailedPrecondition {
+                kind: Precondition::State,
+                subject: format!("product/{}", self.id),
+                description: "the product is discontinued and can no longer change".into(),
+            });
+        }
+        let ProductPatch { display_name, description, family_id, price } = patch;
+        self.display_name = display_name.unwrap_or_else(|| self.display_name.clone());
+        self.description = description.unwrap_or_else(|| self.description.clone());
+        self.family_id = family_id.unwrap_or_else(|| self.family_id.clone());
+        self.price = price.unwrap_or_else(|| self.price.clone());
+        self.touch(now);
+        Ok(CatalogEvent::ProductUpdated(self.clone()))
+    }
+
+    /// Takes the product off sale, if `etag` (when given) is current. A
+    /// product already discontinued stays as it is: no event, no new etag.
+    pub fn discontinue(&mut self, etag: &str, now: i64) -> Result<Option<CatalogEvent>, Error> {
+        self.check_etag(etag)?;
+        if self.state == ProductState::Discontinued {
+            return Ok(None);
+        }
+        self.state = ProductState::Discontinued;
+        self.touch(now);
+        Ok(Some(CatalogEvent::ProductDiscontinued { product_id: self.id.clone() }))
+    }
+
+    /// An optional etag: empty means "whatever the product is now".
+    fn check_etag(&self, etag: &str) -> Result<(), Error> {
+        if etag.is_empty() || etag == self.etag() {
+            Ok(())
+        } else {
+            Err(Error::stale_etag("product", &self.id))
+        }
+    }
+
+    /// Records a write: a new revision (so a new etag), and an update time
+    /// that never goes backwards, even if the clock does.
+    fn touch(&mut self, now: i64) {
+        self.revision += 1;
+        self.update_time = now.max(self.update_time);
+    }
 }
 
 /// The validated content of a product to create.
@@ -146,30 +207,6 @@ pub struct ProductPatch {
     pub price: Option<Money>,
 }
 
-impl ProductPatch {
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
-
-    /// The product with the patch applied (revision and times untouched).
-    pub fn apply(&self, product: &Product) -> Product {
-        let mut next = product.clone();
-        if let Some(v) = &self.display_name {
-            next.display_name = v.clone();
-        }
-        if let Some(v) = &self.description {
-            next.description = v.clone();
-        }
-        if let Some(v) = &self.family_id {
-            next.family_id = v.clone();
-        }
-        if let Some(v) = &self.price {
-            next.price = v.clone();
-        }
-        next
-    }
-}
-
 /// What happened in the catalog, as told to other contexts through the
 /// change feed. Stored as JSON in the outbox, in the transaction of the
 /// change itself.
@@ -181,28 +218,14 @@ pub enum CatalogEvent {
     ProductDiscontinued { product_id: String },
 }
 
-impl CatalogEvent {
-    pub fn kind(&self) -> &'static str {
+impl DomainEvent for CatalogEvent {
+    fn kind(&self) -> &'static str {
         match self {
             Self::ProductCreated(_) => "ProductCreated",
             Self::ProductUpdated(_) => "ProductUpdated",
             Self::ProductDiscontinued { .. } => "ProductDiscontinued",
         }
     }
-}
-
-/// Why a write to a product is refused, beyond field validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// The caller's etag is not the current one.
-    StaleEtag,
-    /// Discontinued products are frozen.
-    Discontinued,
-}
-
-/// Checks an optional etag against the product's current one.
-pub fn check_etag(product: &Product, etag: &str) -> Result<(), Refusal> {
-    if etag.is_empty() || etag == product.etag() { Ok(()) } else { Err(Refusal::StaleEtag) }
 }
 
 /// A display name: trimmed, 1 to 200 characters, no control characters.
@@ -220,20 +243,6 @@ pub fn parse_description(raw: &str) -> Result<String, String> {
 }
 
 pub use agora_platform::wire::parse_id;
-
-/// An idempotency key: empty (none) or up to 100 printable characters.
-pub fn parse_request_id(raw: &str) -> Result<Option<String>, String> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    if raw.chars().count() > MAX_REQUEST_ID_CHARS {
-        return Err(format!("must be at most {MAX_REQUEST_ID_CHARS} characters"));
-    }
-    if raw.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(Some(raw.to_owned()))
-}
 
 #[cfg(test)]
 mod tests {
@@ -272,21 +281,46 @@ mod tests {
         assert_eq!(Money::parse("", -5).unwrap_err().len(), 2);
     }
 
-    #[test]
-    fn an_etag_is_checked_only_when_given() {
-        let p = product();
-        assert_eq!(check_etag(&p, ""), Ok(()));
-        assert_eq!(check_etag(&p, "r3"), Ok(()));
-        assert_eq!(check_etag(&p, "r2"), Err(Refusal::StaleEtag));
+    fn precondition(err: Error) -> Precondition {
+        match err {
+            Error::FailedPrecondition { kind, .. } => kind,
+            other => panic!("not a failed precondition: {other:?}"),
+        }
     }
 
     #[test]
-    fn a_patch_changes_only_its_fields() {
-        let p = product();
+    fn an_etag_is_checked_only_when_given() {
+        for etag in ["", "r3"] {
+            let mut p = product();
+            assert!(p.update(ProductPatch::default(), etag, 5).is_ok(), "{etag:?}");
+        }
+        let mut p = product();
+        assert_eq!(precondition(p.update(ProductPatch::default(), "r2", 5).unwrap_err()), Precondition::Etag);
+        assert_eq!(precondition(p.discontinue("r2", 5).unwrap_err()), Precondition::Etag);
+        assert_eq!(p, product(), "a refused change changes nothing");
+    }
+
+    #[test]
+    fn a_patch_changes_only_its_fields_and_makes_a_new_revision() {
+        let mut p = product();
         let patch = ProductPatch { display_name: Some("Big screen".into()), ..Default::default() };
-        let next = patch.apply(&p);
-        assert_eq!(next.display_name, "Big screen");
-        assert_eq!(next.price, p.price);
-        assert!(ProductPatch::default().is_empty());
+        let event = p.update(patch, "r3", 0).unwrap();
+        assert_eq!(p.display_name, "Big screen");
+        assert_eq!(p.price, product().price);
+        assert_eq!((p.etag().as_str(), p.update_time), ("r4", 1), "the update time never goes back");
+        assert_eq!(event, CatalogEvent::ProductUpdated(p));
+    }
+
+    #[test]
+    fn a_discontinued_product_is_frozen_and_discontinuing_again_changes_nothing() {
+        let mut p = product();
+        let event = p.discontinue("", 9).unwrap();
+        assert_eq!(event, Some(CatalogEvent::ProductDiscontinued { product_id: "prd_1".into() }));
+        assert_eq!((p.state, p.revision, p.update_time), (ProductState::Discontinued, 4, 9));
+        let before = p.clone();
+        assert_eq!(p.discontinue("", 10).unwrap(), None);
+        assert_eq!(p, before);
+        let err = p.update(ProductPatch { price: None, ..Default::default() }, "", 11).unwrap_err();
+        assert_eq!(precondition(err), Precondition::State);
     }
 }

@@ -1,9 +1,12 @@
 //! The customers' model and its rules: what a customer is, what makes a
 //! name or an email valid, and how a customer changes. No tonic, prost or
 //! sqlx here: the gRPC adapter and the store translate to and from these
-//! types.
+//! types. A [`Customer`] is an aggregate: its methods are the only way it
+//! changes, and each checks the rules before it does.
 
 mod email;
+
+use agora_platform::{Error, outbox::DomainEvent};
 
 pub use email::{Email, MAX_EMAIL_CHARS, MAX_LOCAL_PART_CHARS};
 
@@ -27,14 +30,52 @@ pub struct Customer {
 }
 
 impl Customer {
+    /// A new customer, at their first revision.
+    pub fn register(id: String, new: NewCustomer, now: i64) -> (Self, CustomerEvent) {
+        let customer = Self {
+            id,
+            given_name: new.given_name,
+            family_name: new.family_name,
+            email: new.email,
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        };
+        let event = CustomerEvent::CustomerRegistered { customer_id: customer.id.clone() };
+        (customer, event)
+    }
+
     /// The etag clients send back to detect concurrent changes.
     pub fn etag(&self) -> String {
-        etag_of(self.revision)
+        format!("r{}", self.revision)
     }
-}
 
-pub fn etag_of(revision: i64) -> String {
-    format!("r{revision}")
+    /// Changes the fields of `patch`, if `etag` (when given) is current.
+    pub fn update(&mut self, patch: CustomerPatch, etag: &str, now: i64) -> Result<(), Error> {
+        self.check_etag(etag)?;
+        let CustomerPatch { given_name, family_name, email } = patch;
+        self.given_name = given_name.unwrap_or_else(|| self.given_name.clone());
+        self.family_name = family_name.unwrap_or_else(|| self.family_name.clone());
+        self.email = email.unwrap_or_else(|| self.email.clone());
+        self.revision += 1;
+        self.update_time = now.max(self.update_time);
+        Ok(())
+    }
+
+    /// Deletes the customer for good, if `etag` (when given) is current.
+    pub fn delete(&self, etag: &str) -> Result<CustomerEvent, Error> {
+        self.check_etag(etag)?;
+        Ok(CustomerEvent::CustomerDeleted { customer_id: self.id.clone() })
+    }
+
+    /// An optional etag: empty means "whatever the customer is now".
+    fn check_etag(&self, etag: &str) -> Result<(), Error> {
+        if etag.is_empty() || etag == self.etag() {
+            Ok(())
+        } else {
+            Err(Error::stale_etag("customer", &self.id))
+        }
+    }
 }
 
 /// The validated content of a customer to register.
@@ -51,37 +92,6 @@ pub struct CustomerPatch {
     pub given_name: Option<String>,
     pub family_name: Option<String>,
     pub email: Option<Email>,
-}
-
-impl CustomerPatch {
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
-
-    /// The customer with the patch applied (revision and times untouched).
-    pub fn apply(&self, customer: &Customer) -> Customer {
-        let mut next = customer.clone();
-        if let Some(v) = &self.given_name {
-            next.given_name = v.clone();
-        }
-        if let Some(v) = &self.family_name {
-            next.family_name = v.clone();
-        }
-        if let Some(v) = &self.email {
-            next.email = v.clone();
-        }
-        next
-    }
-}
-
-/// The caller's etag is not the customer's current one: someone else
-/// changed the customer since the caller read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaleEtag;
-
-/// Checks an optional etag against the customer's current one.
-pub fn check_etag(customer: &Customer, etag: &str) -> Result<(), StaleEtag> {
-    if etag.is_empty() || etag == customer.etag() { Ok(()) } else { Err(StaleEtag) }
 }
 
 /// A given or family name: trimmed, 1 to 100 characters, no control
@@ -102,8 +112,8 @@ pub enum CustomerEvent {
     CustomerDeleted { customer_id: String },
 }
 
-impl CustomerEvent {
-    pub fn kind(&self) -> &'static str {
+impl DomainEvent for CustomerEvent {
+    fn kind(&self) -> &'static str {
         match self {
             Self::CustomerRegistered { .. } => "CustomerRegistered",
             Self::CustomerDeleted { .. } => "CustomerDeleted",
@@ -136,23 +146,41 @@ mod tests {
         assert!(parse_name("An\u{7}a").is_err());
     }
 
-    #[test]
-    fn an_etag_is_checked_only_when_given() {
-        let c = customer();
-        assert_eq!(check_etag(&c, ""), Ok(()));
-        assert_eq!(check_etag(&c, "r3"), Ok(()));
-        assert_eq!(check_etag(&c, "r2"), Err(StaleEtag));
+    fn is_stale(result: Result<impl std::fmt::Debug, Error>) -> bool {
+        matches!(result, Err(Error::FailedPrecondition { kind: agora_platform::Precondition::Etag, .. }))
     }
 
     #[test]
-    fn a_patch_changes_only_its_fields() {
-        let c = customer();
+    fn an_etag_is_checked_only_when_given() {
+        for etag in ["", "r3"] {
+            assert!(customer().update(CustomerPatch::default(), etag, 5).is_ok(), "{etag:?}");
+            assert!(customer().delete(etag).is_ok(), "{etag:?}");
+        }
+        let mut c = customer();
+        assert!(is_stale(c.update(CustomerPatch::default(), "r2", 5)));
+        assert!(is_stale(c.delete("r2")));
+        assert_eq!(c, customer(), "a refused change changes nothing");
+    }
+
+    #[test]
+    fn a_patch_changes_only_its_fields_and_makes_a_new_revision() {
+        let mut c = customer();
         let patch = CustomerPatch { family_name: Some("Souza".into()), ..Default::default() };
-        let next = patch.apply(&c);
-        assert_eq!(next.family_name, "Souza");
-        assert_eq!(next.given_name, c.given_name);
-        assert_eq!(next.email, c.email);
-        assert!(CustomerPatch::default().is_empty());
+        c.update(patch, "", 0).unwrap();
+        assert_eq!(c.family_name, "Souza");
+        assert_eq!(c.given_name, customer().given_name);
+        assert_eq!(c.email, customer().email);
+        assert_eq!((c.etag().as_str(), c.update_time), ("r4", 1), "the update time never goes back");
+    }
+
+    #[test]
+    fn registering_and_deleting_tell_the_feed() {
+        let new =
+            NewCustomer { given_name: "Ana".into(), family_name: "Lima".into(), email: customer().email };
+        let (c, registered) = Customer::register("cus_2".into(), new, 7);
+        assert_eq!((c.revision, c.create_time, c.update_time), (1, 7, 7));
+        assert_eq!(registered, CustomerEvent::CustomerRegistered { customer_id: "cus_2".into() });
+        assert_eq!(c.delete("r1").unwrap(), CustomerEvent::CustomerDeleted { customer_id: "cus_2".into() });
     }
 
     #[test]

@@ -23,9 +23,6 @@ CREATE INDEX offers_by_state ON offers (state, seq);
 -- The core query: active offers of one customer (or of everyone) by end time.
 CREATE INDEX offers_available ON offers (state, customer_id, end_time);
 
-CREATE TABLE idempotency_keys (
-    request_id  TEXT    PRIMARY KEY,
-    fingerprint TEXT    NOT NULL,
-    resource_id TEXT    NOT NULL,
-    create_time BIGINT  NOT NULL
-);
+-- ListAvailableOffers for one product: without this index the planner reads
+-- every active offer of the customer and of everyone, then sorts them.
+CREATE INDEX offers_available_by_product ON offers (product_id, state, end_time);

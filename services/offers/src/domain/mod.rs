@@ -1,5 +1,6 @@
 //! The offers context's model: timed offers on products, and what makes one
-//! valid and available. No tonic, prost or sqlx here.
+//! valid and available. No tonic, prost or sqlx here. An [`Offer`] is an
+//! aggregate: its methods are the only way it changes.
 //!
 //! "Family" in this context means the timed-offer family (SPEED and
 //! LAST_DAY offers); it has nothing to do with the catalog's product
@@ -13,6 +14,8 @@ pub const LAST_DAY_MAX_MICROS: i64 = 24 * 3600 * 1_000_000;
 pub const MAX_DURATION_MICROS: i64 = 31 * 24 * 3600 * 1_000_000;
 /// Most offers one ListAvailableOffers answers with.
 pub const MAX_AVAILABLE: u32 = 500;
+
+use agora_platform::Error;
 
 /// The members of the timed-offer family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,14 +80,50 @@ pub struct Offer {
     pub state: OfferState,
     pub revision: i64,
     pub create_time: i64,
+    pub update_time: i64,
 }
 
 impl Offer {
+    /// A new offer, active, at its first revision. `new` passed the rules
+    /// of its kind's window ([`check_window`]) and discount at the edge.
+    pub fn create(id: String, new: NewOffer, now: i64) -> Self {
+        Self {
+            id,
+            product_id: new.product_id,
+            customer_id: new.customer_id,
+            kind: new.kind,
+            discount_percent: new.discount_percent,
+            start_time: new.start_time,
+            end_time: new.end_time,
+            state: OfferState::Active,
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        }
+    }
+
     pub fn etag(&self) -> String {
         format!("r{}", self.revision)
     }
 
-    /// Whether a shopper sees this offer at `now`.
+    /// Withdraws the offer, if `etag` (when given) is current; false when
+    /// it was withdrawn already, which changes nothing.
+    pub fn withdraw(&mut self, etag: &str, now: i64) -> Result<bool, Error> {
+        if !etag.is_empty() && etag != self.etag() {
+            return Err(Error::stale_etag("offer", &self.id));
+        }
+        if self.state == OfferState::Withdrawn {
+            return Ok(false);
+        }
+        self.state = OfferState::Withdrawn;
+        self.revision += 1;
+        self.update_time = now.max(self.update_time);
+        Ok(true)
+    }
+
+    /// Whether a shopper sees this offer at `now`. The store's indexed query
+    /// for available offers says the same in SQL; a test holds the two to
+    /// agreement on the same rows.
     pub fn is_available(&self, customer_id: Option<&str>, now: i64) -> bool {
         self.state == OfferState::Active
             && self.start_time <= now
@@ -194,13 +233,34 @@ mod tests {
             state: OfferState::Active,
             revision: 1,
             create_time: 1,
+            update_time: 1,
         };
         assert!(offer.is_available(Some("cus_1"), 10));
         assert!(!offer.is_available(Some("cus_2"), 10), "personal offers are personal");
         assert!(!offer.is_available(Some("cus_1"), 20), "the end is exclusive");
         let everyone = Offer { customer_id: None, ..offer.clone() };
         assert!(everyone.is_available(None, 15) && everyone.is_available(Some("cus_9"), 15));
-        let withdrawn = Offer { state: OfferState::Withdrawn, ..offer };
+        let mut withdrawn = offer.clone();
+        assert!(withdrawn.withdraw("", 15).unwrap());
         assert!(!withdrawn.is_available(Some("cus_1"), 15));
+    }
+
+    #[test]
+    fn withdrawing_checks_the_etag_and_is_harmless_to_repeat() {
+        let new = NewOffer {
+            product_id: "prd_1".into(),
+            customer_id: None,
+            kind: OfferKind::Speed,
+            discount_percent: 10,
+            start_time: 10,
+            end_time: 20,
+        };
+        let mut offer = Offer::create("off_1".into(), new, 5);
+        assert!(matches!(offer.withdraw("r9", 6), Err(Error::FailedPrecondition { .. })));
+        assert_eq!(offer.state, OfferState::Active, "a refused withdrawal changes nothing");
+        assert!(offer.withdraw("r1", 6).unwrap());
+        assert_eq!((offer.state, offer.etag().as_str(), offer.update_time), (OfferState::Withdrawn, "r2", 6));
+        assert!(!offer.withdraw("", 7).unwrap());
+        assert_eq!(offer.etag(), "r2", "withdrawing again changes nothing");
     }
 }

@@ -5,28 +5,23 @@ use agora_contracts::agora::customers::v1::{
 };
 use agora_platform::{
     Error,
-    upstream::{UpstreamChannel, upstream_error},
+    middleware::Deadline,
+    upstream::{Upstream, UpstreamChannel, UpstreamSettings},
 };
-use tonic::Code;
 
 #[derive(Debug, Clone)]
-pub struct Customers {
-    client: CustomerServiceClient<UpstreamChannel>,
-}
+pub struct Customers(Upstream<CustomerServiceClient<UpstreamChannel>>);
 
 impl Customers {
-    pub fn new(channel: UpstreamChannel) -> Self {
-        Self { client: CustomerServiceClient::new(channel) }
+    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+        Ok(Self(Upstream::connect(settings, CustomerServiceClient::new)?))
     }
 
     /// Whether the customer exists. Nothing else of theirs is asked for:
     /// an offer keeps the id only.
-    pub async fn exists(&self, customer_id: &str) -> Result<bool, Error> {
+    pub async fn exists(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<bool, Error> {
         let request = customers::GetCustomerRequest { customer_id: customer_id.to_owned() };
-        match self.client.clone().get_customer(request).await {
-            Ok(_) => Ok(true),
-            Err(status) if status.code() == Code::NotFound => Ok(false),
-            Err(status) => Err(upstream_error("customers", status)),
-        }
+        let answer = self.0.ask(deadline, request, |mut c, r| async move { c.get_customer(r).await }).await?;
+        Ok(answer.is_some())
     }
 }

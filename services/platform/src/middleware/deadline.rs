@@ -16,10 +16,12 @@ use tower::{Layer, Service};
 
 use super::status_response;
 
-/// When the current call must be answered by. Put in the request's
-/// extensions, and in a task-local for the handler's whole run, so that
-/// upstream clients see the time left without every handler passing it on.
-#[derive(Debug, Clone, Copy)]
+/// When a call must be answered by. The server puts it in every request's
+/// extensions; a handler hands it on, as a value, to whatever works for the
+/// call: an upstream question ([`crate::upstream::Upstream::ask`]) puts it
+/// in its own request's extensions, where the client stack finds it. Being
+/// a value, it survives `tokio::spawn` and any other hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
 
 impl Deadline {
@@ -28,20 +30,10 @@ impl Deadline {
         self.0.saturating_duration_since(Instant::now())
     }
 
-    /// The deadline of the call being served on this task, if any.
-    pub fn current() -> Option<Self> {
-        CURRENT.try_with(|d| *d).ok()
+    /// The deadline of a request the server is serving.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<Self> {
+        request.extensions().get::<Self>().copied()
     }
-
-    /// Runs `fut` with `self` as its current deadline: what the server does
-    /// for every call, and what work outside a call can do to bound itself.
-    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
-        CURRENT.scope(self, fut).await
-    }
-}
-
-tokio::task_local! {
-    static CURRENT: Deadline;
 }
 
 /// Encodes a timeout as a `grpc-timeout` value: microseconds while they fit
@@ -115,7 +107,7 @@ where
         let budget = asked.map_or(self.server_limit, |t| t.min(self.server_limit));
         let deadline = Instant::now() + budget;
         req.extensions_mut().insert(Deadline(deadline));
-        let fut = CURRENT.scope(Deadline(deadline), self.inner.call(req));
+        let fut = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, fut).await {
                 Ok(result) => result,

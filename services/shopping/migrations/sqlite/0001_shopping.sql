@@ -27,3 +27,7 @@ CREATE TABLE list_items (
     PRIMARY KEY (list_id, product_id),
     UNIQUE (list_id, position)
 );
+
+-- The items of one product across every list: a discontinued product's
+-- items are found through this index, not by reading every item.
+CREATE INDEX list_items_by_product ON list_items (product_id);

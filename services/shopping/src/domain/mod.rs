@@ -5,6 +5,11 @@
 //! Customers and products are known by id only. Whether a customer exists
 //! or a product is on sale is asked of their owners (see `upstream`); a
 //! product's name and price are the catalog's to tell, never a list's.
+//!
+//! A [`ShoppingList`] is an aggregate: its public methods are the only way
+//! it changes, and each checks the rules before it does.
+
+use agora_platform::{Error, Precondition};
 
 /// Longest list title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -63,19 +68,79 @@ pub enum Addition {
 }
 
 impl ShoppingList {
+    /// A new, empty list at its first revision.
+    pub fn create(id: String, new: NewList, now: i64) -> Self {
+        Self {
+            id,
+            customer_id: new.customer_id,
+            title: new.title,
+            items: Vec::new(),
+            revision: 1,
+            create_time: now,
+            update_time: now,
+        }
+    }
+
     pub fn etag(&self) -> String {
         format!("r{}", self.revision)
     }
 
+    /// Adds `quantity` of a product, if `etag` (when given) is current (see
+    /// [`Self::add`]). Whether the product may go on a list is the
+    /// catalog's to say, asked before.
+    pub fn add_item(
+        &mut self,
+        product_id: &str,
+        quantity: i32,
+        etag: &str,
+        now: i64,
+    ) -> Result<Addition, Error> {
+        self.check_etag(etag).map_err(|r| self.refused(r))?;
+        let addition = self.add(product_id, quantity).map_err(|r| self.refused(r))?;
+        self.touch(now);
+        Ok(addition)
+    }
+
+    /// Takes a product off the list, if `etag` (when given) is current; false
+    /// when it was not on it, which leaves the list as it is, etag included.
+    pub fn remove_item(&mut self, product_id: &str, etag: &str, now: i64) -> Result<bool, Error> {
+        self.check_etag(etag).map_err(|r| self.refused(r))?;
+        let removed = self.remove(product_id);
+        if removed {
+            self.touch(now);
+        }
+        Ok(removed)
+    }
+
+    /// Allows the list's deletion, if `etag` (when given) is current.
+    pub fn delete(&self, etag: &str) -> Result<(), Error> {
+        self.check_etag(etag).map_err(|r| self.refused(r))
+    }
+
+    /// A refusal as the caller sees it.
+    fn refused(&self, refusal: Refusal) -> Error {
+        match refusal {
+            Refusal::StaleEtag => Error::stale_etag("shopping_list", &self.id),
+            Refusal::TooMany { product_id, total } => Error::FailedPrecondition {
+                kind: Precondition::Quantity,
+                subject: format!("shopping_list/{}/product/{product_id}", self.id),
+                description: format!(
+                    "the list would hold {total} of product {product_id}; a list holds at most {} of a product",
+                    QUANTITY.end()
+                ),
+            },
+        }
+    }
+
     /// Checks an optional etag: empty means "whatever the list is now".
-    pub fn check_etag(&self, etag: &str) -> Result<(), Refusal> {
+    fn check_etag(&self, etag: &str) -> Result<(), Refusal> {
         if etag.is_empty() || etag == self.etag() { Ok(()) } else { Err(Refusal::StaleEtag) }
     }
 
     /// Adds `quantity` of a product: a new item at the end, or more of one
     /// already on the list, which keeps its place. The list is unchanged
     /// when the total would pass the maximum.
-    pub fn add(&mut self, product_id: &str, quantity: i32) -> Result<Addition, Refusal> {
+    fn add(&mut self, product_id: &str, quantity: i32) -> Result<Addition, Refusal> {
         match self.items.iter_mut().find(|item| item.product_id == product_id) {
             Some(item) => {
                 // Both terms are at most 1000: the sum cannot overflow.
@@ -94,7 +159,7 @@ impl ShoppingList {
     }
 
     /// Takes a product off the list; false when it was not on it.
-    pub fn remove(&mut self, product_id: &str) -> bool {
+    fn remove(&mut self, product_id: &str) -> bool {
         let before = self.items.len();
         self.items.retain(|item| item.product_id != product_id);
         self.items.len() != before
@@ -102,7 +167,7 @@ impl ShoppingList {
 
     /// Records a write: a new revision (so a new etag), and an update time
     /// that never goes backwards, even if the clock does.
-    pub fn touch(&mut self, now: i64) {
+    fn touch(&mut self, now: i64) {
         self.revision += 1;
         self.update_time = now.max(self.update_time);
     }
@@ -187,6 +252,25 @@ mod tests {
         assert_eq!((l.etag().as_str(), l.update_time), ("r2", 10));
         l.touch(20);
         assert_eq!((l.revision, l.update_time), (3, 20));
+    }
+
+    #[test]
+    fn a_refused_change_is_answered_as_a_failed_precondition_and_changes_nothing() {
+        let mut l = list();
+        l.add_item("prd_a", 1000, "r1", 20).unwrap();
+        assert_eq!(l.etag(), "r2");
+        let before = l.clone();
+        let kind = |err| match err {
+            Error::FailedPrecondition { kind, .. } => kind,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kind(l.add_item("prd_a", 1, "", 30).unwrap_err()), Precondition::Quantity);
+        assert_eq!(kind(l.add_item("prd_b", 1, "r1", 30).unwrap_err()), Precondition::Etag);
+        assert_eq!(kind(l.remove_item("prd_a", "r1", 30).unwrap_err()), Precondition::Etag);
+        assert_eq!(kind(l.delete("r1").unwrap_err()), Precondition::Etag);
+        assert_eq!(l, before);
+        assert!(!l.remove_item("prd_b", "", 30).unwrap());
+        assert_eq!(l, before, "removing an absent product changes nothing, etag included");
     }
 
     #[test]

@@ -4,44 +4,38 @@
 use agora_contracts::agora::catalog::v1::{self as catalog, catalog_service_client::CatalogServiceClient};
 use agora_platform::{
     Error,
-    upstream::{UpstreamChannel, upstream_error},
+    middleware::Deadline,
+    upstream::{Upstream, UpstreamChannel, UpstreamSettings},
 };
-use tonic::Code;
 
 /// A product, as the shopping context sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listable {
     /// On sale: it may go on a list.
     Yes,
-    /// Known but not on sale (discontinued): no list takes it any more.
+    /// Known but not on sale (discontinued, or a state this context does
+    /// not know): no list takes it any more.
     NotOnSale,
     /// The catalog has no such product.
     Unknown,
 }
 
 #[derive(Debug, Clone)]
-pub struct Catalog {
-    client: CatalogServiceClient<UpstreamChannel>,
-}
+pub struct Catalog(Upstream<CatalogServiceClient<UpstreamChannel>>);
 
 impl Catalog {
-    pub fn new(channel: UpstreamChannel) -> Self {
-        Self { client: CatalogServiceClient::new(channel) }
+    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+        Ok(Self(Upstream::connect(settings, CatalogServiceClient::new)?))
     }
 
     /// Whether the product may be added to a list now.
-    pub async fn listable(&self, product_id: &str) -> Result<Listable, Error> {
+    pub async fn listable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<Listable, Error> {
         let request = catalog::GetProductRequest { product_id: product_id.to_owned() };
-        match self.client.clone().get_product(request).await {
-            Ok(response) => match response.into_inner().product.map(|p| p.state()) {
-                Some(catalog::ProductState::Active) => Ok(Listable::Yes),
-                Some(_) => Ok(Listable::NotOnSale),
-                None => {
-                    Err(Error::Internal(anyhow::anyhow!("catalog answered GetProduct without a product")))
-                }
-            },
-            Err(status) if status.code() == Code::NotFound => Ok(Listable::Unknown),
-            Err(status) => Err(upstream_error("catalog", status)),
-        }
+        let answer = self.0.ask(deadline, request, |mut c, r| async move { c.get_product(r).await }).await?;
+        let Some(answer) = answer else { return Ok(Listable::Unknown) };
+        Ok(match self.0.required("GetProduct", "product", answer.product)?.state() {
+            catalog::ProductState::Active => Listable::Yes,
+            _ => Listable::NotOnSale,
+        })
     }
 }

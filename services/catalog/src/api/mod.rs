@@ -1,0 +1,247 @@
+//! The gRPC adapter of the catalog: each handler converts the request into
+//! domain values ([`convert`]), runs the use case (a read, or a unit of
+//! work around the aggregate's own method), and converts the answer back.
+//! The rules live in `domain`, the SQL in `store`.
+
+mod convert;
+
+use std::collections::HashMap;
+
+use agora_contracts::agora::catalog::v1::{self as pb, catalog_service_server::CatalogService};
+use agora_platform::{
+    Database, Error, Shutdown, UnitOfWork, Violations,
+    outbox::{Outbox, ResponseStream},
+    wire::{Paging, new_id, now_micros, required_id},
+};
+use futures_util::StreamExt as _;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{self, CatalogEvent, Family, MAX_BATCH, Product},
+    store::{self, ProductFilter},
+};
+
+/// Products per StreamProducts message: big enough to amortise a message,
+/// small enough that a slow reader holds little in flight.
+const STREAM_BATCH: u32 = 500;
+
+/// What page tokens of ListFamilies are bound to: it has no filter, but a
+/// token of another list must still be refused.
+const FAMILIES: &str = "families";
+
+/// The catalog's `CatalogService` implementation.
+#[derive(Debug, Clone)]
+pub struct CatalogApi {
+    db: Database,
+    outbox: Outbox,
+    /// Ends open streams when the server shuts down.
+    shutdown: Shutdown,
+}
+
+impl CatalogApi {
+    pub fn new(db: Database, outbox: Outbox, shutdown: Shutdown) -> Self {
+        Self { db, outbox, shutdown }
+    }
+
+    /// Saves a product an aggregate method changed, with its event, in the
+    /// unit of work it was loaded in.
+    async fn save(&self, mut uow: UnitOfWork, product: &Product, event: CatalogEvent) -> Result<(), Error> {
+        store::save_product(&mut uow, product).await?;
+        uow.record(&event).await?;
+        uow.commit().await
+    }
+}
+
+/// A filter of ListProducts or StreamProducts; problems are collected in `v`.
+fn product_filter(v: &mut Violations, family_id: String, state: i32) -> ProductFilter {
+    ProductFilter {
+        family_id: (!family_id.is_empty()).then_some(family_id),
+        state: convert::state_filter(v, "state", state),
+    }
+}
+
+#[tonic::async_trait]
+impl CatalogService for CatalogApi {
+    async fn create_family(
+        &self,
+        request: Request<pb::CreateFamilyRequest>,
+    ) -> Result<Response<pb::CreateFamilyResponse>, Status> {
+        let new = convert::new_family(request.into_inner())?;
+        let family = Family {
+            id: new_id("fam"),
+            display_name: new.display_name,
+            description: new.description,
+            create_time: now_micros(),
+        };
+        store::insert_family(&self.db, &family).await?;
+        Ok(Response::new(pb::CreateFamilyResponse { family: Some(family.into()) }))
+    }
+
+    async fn get_family(
+        &self,
+        request: Request<pb::GetFamilyRequest>,
+    ) -> Result<Response<pb::GetFamilyResponse>, Status> {
+        let id = required_id("family_id", &request.into_inner().family_id)?;
+        let family = store::family(&self.db, &id).await?;
+        Ok(Response::new(pb::GetFamilyResponse { family: Some(family.into()) }))
+    }
+
+    async fn list_families(
+        &self,
+        request: Request<pb::ListFamiliesRequest>,
+    ) -> Result<Response<pb::ListFamiliesResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let paging = Paging::read(&mut v, req.page_size, &req.page_token, FAMILIES);
+        v.finish()?;
+        let page = store::list_families(&self.db, paging.after, paging.size).await?;
+        Ok(Response::new(pb::ListFamiliesResponse {
+            next_page_token: paging.next_page_token(&page),
+            families: page.map(Into::into).items,
+        }))
+    }
+
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        let (key, new) = convert::new_product(request.into_inner())?;
+        let (product, created) = Product::create(new_id("prd"), new, now_micros());
+        let mut uow = self.db.begin().await?;
+        if let Some(earlier) = uow.claim(key.as_ref(), &product.id).await? {
+            drop(uow);
+            let product = store::product(&self.db, &earlier).await?;
+            return Ok(Response::new(pb::CreateProductResponse { product: Some(product.into()) }));
+        }
+        if !store::family_exists(&mut uow, &product.family_id).await? {
+            return Err(Error::invalid("product.family_id", "no family has this id").into());
+        }
+        store::insert_product(&mut uow, &product).await?;
+        uow.record(&created).await?;
+        uow.commit().await?;
+        tracing::info!(product_id = %product.id, "product created");
+        Ok(Response::new(pb::CreateProductResponse { product: Some(product.into()) }))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        let id = required_id("product_id", &request.into_inner().product_id)?;
+        let product = store::product(&self.db, &id).await?;
+        Ok(Response::new(pb::GetProductResponse { product: Some(product.into()) }))
+    }
+
+    async fn batch_get_products(
+        &self,
+        request: Request<pb::BatchGetProductsRequest>,
+    ) -> Result<Response<pb::BatchGetProductsResponse>, Status> {
+        let ids = request.into_inner().product_ids;
+        let mut v = Violations::new();
+        if ids.is_empty() {
+            v.add("product_ids", "must name at least one product");
+        }
+        if ids.len() > MAX_BATCH {
+            v.add("product_ids", format!("must name at most {MAX_BATCH} products"));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            v.check(&format!("product_ids[{i}]"), domain::parse_id(id));
+        }
+        v.finish()?;
+        let found: HashMap<String, Product> =
+            store::products(&self.db, &ids).await?.into_iter().map(|p| (p.id.clone(), p)).collect();
+        let mut products = Vec::with_capacity(ids.len());
+        let mut missing_product_ids = Vec::new();
+        for id in ids {
+            match found.get(&id) {
+                // A repeated id is answered each time it is asked.
+                Some(p) => products.push(p.clone().into()),
+                None => missing_product_ids.push(id),
+            }
+        }
+        Ok(Response::new(pb::BatchGetProductsResponse { products, missing_product_ids }))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let size = Paging::size(&mut v, req.page_size);
+        let filter = product_filter(&mut v, req.family_id, req.state);
+        let paging = size.token(&mut v, &req.page_token, filter.fingerprint());
+        v.finish()?;
+        let page = store::list_products(&self.db, &filter, paging.after, paging.size).await?;
+        Ok(Response::new(pb::ListProductsResponse {
+            next_page_token: paging.next_page_token(&page),
+            products: page.map(Into::into).items,
+        }))
+    }
+
+    async fn update_product(
+        &self,
+        request: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        let req = request.into_inner();
+        let Some(p) = req.product else {
+            return Err(Error::invalid("product", "is required").into());
+        };
+        let id = required_id("product.product_id", &p.product_id)?;
+        let patch = convert::patch(&p, req.update_mask)?;
+        let new_family = patch.family_id.clone();
+        let mut uow = self.db.begin().await?;
+        let mut product = store::product(&mut uow, &id).await?;
+        let updated = product.update(patch, &p.etag, now_micros())?;
+        if let Some(family) = &new_family
+            && !store::family_exists(&mut uow, family).await?
+        {
+            return Err(Error::invalid("product.family_id", "no family has this id").into());
+        }
+        self.save(uow, &product, updated).await?;
+        tracing::info!(product_id = %product.id, "product updated");
+        Ok(Response::new(pb::UpdateProductResponse { product: Some(product.into()) }))
+    }
+
+    async fn discontinue_product(
+        &self,
+        request: Request<pb::DiscontinueProductRequest>,
+    ) -> Result<Response<pb::DiscontinueProductResponse>, Status> {
+        let req = request.into_inner();
+        let id = required_id("product_id", &req.product_id)?;
+        let mut uow = self.db.begin().await?;
+        let mut product = store::product(&mut uow, &id).await?;
+        if let Some(discontinued) = product.discontinue(&req.etag, now_micros())? {
+            self.save(uow, &product, discontinued).await?;
+        }
+        Ok(Response::new(pb::DiscontinueProductResponse { product: Some(product.into()) }))
+    }
+
+    type StreamProductsStream = ResponseStream<pb::StreamProductsResponse>;
+
+    async fn stream_products(
+        &self,
+        request: Request<pb::StreamProductsRequest>,
+    ) -> Result<Response<Self::StreamProductsStream>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let filter = product_filter(&mut v, req.family_id, req.state);
+        v.finish()?;
+        let stream = store::stream_products(self.db.clone(), filter, STREAM_BATCH).map(|batch| {
+            let products = batch?.into_iter().map(Into::into).collect();
+            Ok(pb::StreamProductsResponse { products })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchCatalogEventsStream = ResponseStream<pb::WatchCatalogEventsResponse>;
+
+    async fn watch_catalog_events(
+        &self,
+        request: Request<pb::WatchCatalogEventsRequest>,
+    ) -> Result<Response<Self::WatchCatalogEventsStream>, Status> {
+        let after = request.into_inner().after_sequence;
+        let stream = self.outbox.serve(after, self.shutdown.clone(), convert::event_message).await?;
+        Ok(Response::new(stream))
+    }
+}

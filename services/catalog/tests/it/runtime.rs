@@ -1,0 +1,272 @@
+//! The runtime contract, seen from a client of the catalog: health that
+//! tells the truth, deadlines, load shedding, reflection, request ids,
+//! metrics, configuration errors and graceful shutdown on SIGTERM.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::common::*;
+use agora_testing::{channel, health_status, http_get, wait_for_health, wait_until};
+use sqlx::{Connection as _, Executor as _};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const CATALOG: &str = "agora.catalog.v1.CatalogService";
+
+/// Holds SQLite's write lock from outside the server, so every write the
+/// server attempts waits: a slow path on demand.
+async fn hold_write_lock(db: &TestDatabase) -> sqlx::SqliteConnection {
+    let mut conn =
+        sqlx::SqliteConnection::connect(db.url().expose()).await.expect("opening the test database");
+    conn.execute("BEGIN IMMEDIATE").await.expect("taking the write lock");
+    conn
+}
+
+/// Health is NOT_SERVING until the database answers and the migrations ran,
+/// and application calls wait for that with UNAVAILABLE.
+#[tokio::test]
+async fn health_turns_serving_only_once_the_database_is_ready() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    db.drop_now().await;
+    let app = agora_catalog::build(agora_testing::settings(&db)).await.unwrap();
+    let server = TestServer::start_unready(app).await;
+    let ch = server.channel.clone();
+    for service in ["", CATALOG] {
+        wait_for_health(&ch, service, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    }
+    let mut client = pb::catalog_service_client::CatalogServiceClient::new(ch.clone());
+    let err = client.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+
+    db.create_now().await;
+    for service in ["", CATALOG] {
+        wait_for_health(&ch, service, ServingStatus::Serving, Duration::from_secs(20)).await;
+    }
+    family(&mut client, "Screens").await;
+    server.stop().await.unwrap();
+}
+
+/// When the database goes away, health says so.
+#[tokio::test]
+async fn health_turns_not_serving_when_the_database_goes_away() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let c = start(db).await;
+    c.db.drop_now().await;
+    wait_for_health(&c.server.channel, "", ServingStatus::NotServing, Duration::from_secs(10)).await;
+    wait_for_health(&c.server.channel, CATALOG, ServingStatus::NotServing, Duration::from_secs(10)).await;
+}
+
+/// Unknown services are unknown to health, as the protocol says.
+#[tokio::test]
+async fn health_answers_not_found_for_an_unknown_service() {
+    let c = start(TestDatabase::sqlite()).await;
+    let mut health = HealthClient::new(c.server.channel.clone());
+    let err = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+/// A deadline the server cannot meet ends in DEADLINE_EXCEEDED, not CANCELLED.
+#[tokio::test]
+async fn a_call_past_its_deadline_gets_deadline_exceeded() {
+    let mut c = start(TestDatabase::sqlite()).await;
+    let lock = hold_write_lock(&c.db).await;
+    let (raw, origin) = agora_testing::raw_client(c.server.grpc_addr);
+    let mut raw = pb::catalog_service_client::CatalogServiceClient::with_origin(raw, origin);
+    let mut request = tonic::Request::new(pb::CreateFamilyRequest {
+        family: Some(pb::Family { display_name: "Slow".into(), ..Default::default() }),
+    });
+    request.set_timeout(Duration::from_millis(1));
+    let err = raw.create_family(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    drop(lock);
+    // Nothing was written by the abandoned call, and the server still answers.
+    let families = c.client.list_families(pb::ListFamiliesRequest::default()).await.unwrap().into_inner();
+    assert!(families.families.is_empty());
+}
+
+/// Over the concurrency limit, calls fail fast with RESOURCE_EXHAUSTED while
+/// health keeps answering; when the load is gone, calls are admitted again.
+#[tokio::test]
+async fn over_the_concurrency_limit_calls_are_shed_and_health_still_answers() {
+    let c = start_with(TestDatabase::sqlite(), |s| s.concurrency_limit = 2).await;
+    let mut lock = hold_write_lock(&c.db).await;
+    // Two updates fill the limit, each waiting for the write lock.
+    let mut blocked = Vec::new();
+    for _ in 0..2 {
+        let mut client = c.client.clone();
+        blocked.push(tokio::spawn(async move {
+            client
+                .update_product(pb::UpdateProductRequest {
+                    product: Some(pb::Product {
+                        product_id: "prd_x".into(),
+                        display_name: "X".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                })
+                .await
+        }));
+    }
+    let admin = c.server.admin_addr;
+    let both_in_flight = wait_until(Duration::from_secs(4), || async move {
+        let metrics = http_get(admin, "/metrics").await;
+        metrics.lines().any(|l| {
+            l.starts_with("grpc_server_in_flight{")
+                && l.contains(r#"grpc_method="UpdateProduct""#)
+                && l.ends_with(" 2")
+        })
+    })
+    .await;
+    assert!(both_in_flight, "the two updates were not admitted");
+
+    let mut probe = c.client.clone();
+    let err = probe.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(health_status(&c.server.channel, "").await, Some(ServingStatus::Serving));
+
+    lock.execute("ROLLBACK").await.unwrap();
+    for call in blocked {
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "the admitted calls complete once the lock is gone");
+    }
+    let err = probe.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "admitted again");
+}
+
+/// `grpcurl list` works without proto files: reflection names the catalog,
+/// health and reflection itself, and describes the catalog's methods.
+#[tokio::test]
+async fn reflection_lists_the_services_of_this_server() {
+    let c = start(TestDatabase::sqlite()).await;
+    let (names, files) = agora_testing::reflect(&c.server.channel, &format!("{CATALOG}.CreateProduct")).await;
+    assert_eq!(
+        names,
+        [
+            CATALOG,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"
+        ]
+    );
+    assert!(files > 0, "the service's methods are described");
+}
+
+/// The caller's x-request-id comes back; without one, the server makes one.
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let mut c = start(TestDatabase::sqlite()).await;
+    let mut request = tonic::Request::new(pb::ListFamiliesRequest::default());
+    request.metadata_mut().insert("x-request-id", "test-123".parse().unwrap());
+    let resp = c.client.list_families(request).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "test-123");
+    let resp = c.client.list_families(pb::ListFamiliesRequest::default()).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap().len(), 36, "a UUID");
+}
+
+/// /metrics counts calls by method and gRPC code.
+#[tokio::test]
+async fn metrics_count_calls_by_code() {
+    let mut c = start(TestDatabase::sqlite()).await;
+    c.client.get_product(pb::GetProductRequest { product_id: "prd_none".into() }).await.unwrap_err();
+    let text = http_get(c.server.admin_addr, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(r#"grpc_server_handled_total{grpc_service="agora.catalog.v1.CatalogService",grpc_method="GetProduct",grpc_code="NOT_FOUND"}"#),
+        "{text}"
+    );
+    assert!(text.contains("grpc_server_handling_seconds_bucket"));
+    assert!(text.contains("agora_health_serving"));
+}
+
+/// The service binary, started on free ports; its first stdout line names them.
+struct Process {
+    child: std::process::Child,
+    grpc: std::net::SocketAddr,
+}
+
+fn spawn_binary(db: &TestDatabase, extra: &[(&str, &str)]) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora-catalog"));
+    cmd.env("AGORA_GRPC_ADDR", "127.0.0.1:0")
+        .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("AGORA_DATABASE_URL", db.url().expose())
+        .env("AGORA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting agora-catalog");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let grpc = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    Process { child, grpc }
+}
+
+async fn wait_for_exit(child: &mut std::process::Child, bound: Duration) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until(bound, || {
+        status = child.try_wait().unwrap();
+        std::future::ready(status.is_some())
+    })
+    .await;
+    status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the process did not exit within {bound:?}")
+    })
+}
+
+fn sigterm(child: &std::process::Child) {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -TERM failed");
+}
+
+/// SIGTERM: NOT_SERVING at once, the drain delay, then a clean exit, even
+/// with a stream (a health Watch) still open.
+#[tokio::test]
+async fn sigterm_drains_then_exits_cleanly() {
+    let db = TestDatabase::sqlite();
+    let mut p = spawn_binary(&db, &[("AGORA_DRAIN_DELAY_MS", "2000"), ("AGORA_SHUTDOWN_TIMEOUT_MS", "500")]);
+    let ch = channel(p.grpc);
+    wait_for_health(&ch, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    // An endless stream: graceful shutdown alone would wait for it forever.
+    let mut watch = HealthClient::new(ch.clone())
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
+
+    sigterm(&p.child);
+    wait_for_health(&ch, CATALOG, ServingStatus::NotServing, Duration::from_secs(2)).await;
+    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
+    let status = wait_for_exit(&mut p.child, Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// A bad variable stops the process at start with a message naming it.
+#[tokio::test]
+async fn bad_configuration_exits_with_a_clear_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_agora-catalog"))
+        .env("AGORA_CONCURRENCY_LIMIT", "0")
+        .env("AGORA_GRPC_ADDR", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AGORA_CONCURRENCY_LIMIT") && stderr.contains("AGORA_GRPC_ADDR"), "{stderr}");
+}

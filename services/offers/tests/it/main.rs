@@ -1,0 +1,11 @@
+//! The offers service's integration tests: the real offers, catalog and
+//! customers servers on loopback, one module a theme, in one test binary.
+//! nextest runs every test in a process of its own.
+
+mod api;
+mod availability;
+mod common;
+mod failure;
+mod feed;
+mod migrations;
+mod startup;

@@ -1,0 +1,15 @@
+-- The change feed (agora_platform::outbox): every domain event, written in
+-- the transaction of its change, in commit order. payload is JSON.
+CREATE TABLE IF NOT EXISTS outbox_events (
+    sequence   INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT    NOT NULL,
+    payload    TEXT    NOT NULL,
+    occur_time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_events_by_time ON outbox_events (occur_time);
+
+-- How far pruning went: cursors before it are out of range.
+CREATE TABLE IF NOT EXISTS outbox_state (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    pruned_through INTEGER NOT NULL
+);

@@ -1,0 +1,255 @@
+//! The service's own database: a SQLite file by default, PostgreSQL when the
+//! URL says so, chosen once at start.
+//!
+//! Each backend has its own typed sqlx pool, so binding a value and reading
+//! a column go straight to the driver (sqlx's `Any` driver converted every
+//! value twice, and showed in the profile). A service never sees sqlx: it
+//! writes its SQL once, with `$1` placeholders that both drivers accept, and
+//! runs it through a [`Statement`] on the pool (reads) or in a
+//! [`UnitOfWork`] (writes). Where the dialects differ (DDL, row locks) the
+//! difference is in the SQL text a service picks by [`Backend`] or in the
+//! migration files, never in a second copy of its store.
+//!
+//! # Layout
+//! - this module: [`Database`], the pool and its life cycle.
+//! - [`statement`]: [`Statement`], [`Row`] and the values they carry.
+//! - [`unit`]: [`UnitOfWork`]: one transaction with its outbox events and
+//!   idempotency key.
+//! - [`migrate`]: [`Migrations`]: the platform's tables and the service's.
+//! - [`page`]: [`Page`]: keyset pagination over a `seq` column.
+
+mod migrate;
+mod page;
+mod statement;
+mod unit;
+
+use std::{path::Path, str::FromStr as _, time::Duration};
+
+use anyhow::Context as _;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPool},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool},
+};
+use tokio::sync::watch;
+
+pub use migrate::{LegacyHistory, Migrations, Step};
+pub use page::{Page, keyset};
+pub use statement::{Column, Executor, Row, Statement, Unique, Value};
+pub use unit::{IdempotencyKey, UnitOfWork};
+
+use crate::{
+    Error,
+    config::{DatabaseUrl, Settings},
+};
+
+/// Which SQL dialect the database speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One typed pool per backend.
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A pool on the service's database. Cheap to clone: clones share the pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: Pool,
+    /// The newest outbox sequence this process committed: a unit of work
+    /// that recorded events announces them here after its commit, and the
+    /// change-feed streams of this process wait on it.
+    committed: watch::Sender<i64>,
+}
+
+impl Database {
+    /// Builds the pool without connecting: the server answers health checks
+    /// (NOT_SERVING) while the database is still out of reach.
+    pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Self> {
+        let pool = match prepare_url(&settings.database_url)? {
+            (url, Backend::Sqlite) => {
+                // WAL lets readers run beside the one writer; the setting is
+                // stored in the file.
+                let options = SqliteConnectOptions::from_str(&url)
+                    .context("database URL")?
+                    .journal_mode(SqliteJournalMode::Wal);
+                Pool::Sqlite(pool_options(settings).connect_lazy_with(options))
+            }
+            (url, Backend::Postgres) => {
+                let options = PgConnectOptions::from_str(&url).context("database URL")?;
+                Pool::Postgres(pool_options(settings).connect_lazy_with(options))
+            }
+        };
+        Ok(Self { pool, committed: watch::channel(0).0 })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A statement on the pool: each runs on a connection of its own, so
+    /// two statements may see two states of the database. Reads that must
+    /// agree go in one statement, or in a [`UnitOfWork`].
+    pub fn query(&self, sql: &'static str) -> Statement<'_> {
+        Statement::on_pool(&self.pool, sqlx::SqlStr::from_static(sql))
+    }
+
+    /// A statement whose text is put together at run time, such as an `IN`
+    /// list of as many `$n` placeholders as there are values. Only
+    /// placeholders may be formatted into `sql`: every value is bound.
+    pub fn query_built(&self, sql: String) -> Statement<'_> {
+        Statement::on_pool(&self.pool, sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)))
+    }
+
+    /// Runs the platform's migrations and the service's.
+    pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
+        migrations.run(self).await
+    }
+
+    /// Asks the database a trivial question; health is built on the answer.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.query("SELECT 1").execute().await.map(drop)
+    }
+
+    /// Connections open and idle, for the pool gauges.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        match &self.pool {
+            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+            Pool::Postgres(p) => (p.size(), p.num_idle()),
+        }
+    }
+
+    /// Closes every connection: the last step of shutdown.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Takes the lock `name` for as long as the returned [`Leadership`]
+    /// lives: a session advisory lock on a PostgreSQL connection of its own,
+    /// which goes with the connection when its holder dies. None: another
+    /// process holds it. On SQLite, one process's file, it is always ours.
+    pub(crate) async fn lead(&self, name: &str) -> Result<Option<Leadership>, Error> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(Some(Leadership(None)));
+        };
+        let mut conn = pool.acquire().await.map_err(failure)?.detach();
+        let leader: bool = Statement::on_postgres(
+            &mut conn,
+            sqlx::SqlStr::from_static("SELECT pg_try_advisory_lock(hashtext($1)) AS leader"),
+        )
+        .bind(name)
+        .fetch_one()
+        .await?
+        .get("leader")?;
+        if leader {
+            Ok(Some(Leadership(Some(conn))))
+        } else {
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(None)
+        }
+    }
+
+    /// The newest outbox sequence committed by this process, to wait on.
+    pub(crate) fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
+    }
+
+    /// Wakes this process's change-feed streams: `sequence` is committed.
+    pub(crate) fn announce(&self, sequence: i64) {
+        self.committed.send_if_modified(|newest| {
+            let newer = sequence > *newest;
+            if newer {
+                *newest = sequence;
+            }
+            newer
+        });
+    }
+}
+
+/// A lock held by this process until dropped (see [`Database::lead`]).
+#[derive(Debug)]
+pub(crate) struct Leadership(#[allow(dead_code)] Option<sqlx::PgConnection>);
+
+fn pool_options<DB: sqlx::Database>(settings: &Settings) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(settings.db_acquire_timeout)
+        // A connection unused for a while is closed, so a pool that grew
+        // under load shrinks back.
+        .idle_timeout(Duration::from_secs(300))
+        // No ping before each use: it is a round trip per query (a thread
+        // hop on SQLite), and health probes the database anyway; a dead
+        // connection fails its query and is dropped.
+        .test_before_acquire(false)
+}
+
+/// The URL handed to the driver, and its dialect. For SQLite the file's
+/// folder is created and the file is created when missing (`mode=rwc`).
+fn prepare_url(url: &DatabaseUrl) -> anyhow::Result<(String, Backend)> {
+    if url.is_postgres() {
+        return Ok((url.expose().to_owned(), Backend::Postgres));
+    }
+    let raw = url.expose();
+    let rest = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")).unwrap_or(raw);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path != ":memory:"
+        && let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the database folder {}", dir.display()))?;
+    }
+    let url = match query {
+        Some(q) if q.split('&').any(|kv| kv.starts_with("mode=")) => format!("sqlite://{path}?{q}"),
+        Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
+        None => format!("sqlite://{path}?mode=rwc"),
+    };
+    Ok((url, Backend::Sqlite))
+}
+
+/// What a database failure means for the call: out of reach or saturated
+/// is UNAVAILABLE (a retry may work), anything else is a bug. Nothing is
+/// logged here: the error is logged once, where it is answered.
+pub(crate) fn failure(err: sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            Error::unavailable_because("the database is unavailable", err)
+        }
+        other => Error::Internal(anyhow::Error::new(other).context("database")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_their_file_when_missing() {
+        let dir = std::env::temp_dir().join(format!("agora-db-{}", std::process::id()));
+        let url = DatabaseUrl::new(format!("sqlite:{}/x/catalog.db", dir.display()));
+        let (prepared, backend) = prepare_url(&url).unwrap();
+        assert_eq!(backend, Backend::Sqlite);
+        assert!(prepared.ends_with("/x/catalog.db?mode=rwc"), "{prepared}");
+        assert!(dir.join("x").is_dir());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_explicit_mode_is_kept() {
+        let url = DatabaseUrl::new("sqlite::memory:?mode=memory");
+        let (prepared, _) = prepare_url(&url).unwrap();
+        assert_eq!(prepared, "sqlite://:memory:?mode=memory");
+    }
+}

@@ -1,0 +1,104 @@
+//! The gRPC server of one service: its own services behind the house
+//! middleware stack, with health and reflection beside them.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
+};
+
+use super::Services;
+use crate::{
+    config::Settings,
+    health::Health,
+    middleware::{
+        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, TrailersLayer,
+    },
+};
+
+/// Health and reflection, on every server.
+const ALWAYS: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Serves `services` behind the stack, with health (as `health` reports
+/// it) and reflection, on `listener` until `stop` resolves and the calls in
+/// flight are answered.
+pub(super) async fn serve(
+    services: Services,
+    settings: &Settings,
+    health: &Health,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // Reflection advertises exactly what this server offers, though the
+    // descriptor sets describe every context.
+    let mut advertised = services.names.clone();
+    advertised.extend(ALWAYS.map(String::from));
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so grpcurl can print them.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+        for set in &services.descriptor_sets {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
+        for name in &advertised {
+            builder = builder.with_service_name(name.clone());
+        }
+        builder
+    };
+    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
+
+    let stack = ServiceBuilder::new()
+        // Take the caller's x-request-id or make one, so every log line
+        // of a call can be found from the id the client sees.
+        .layer(SetRequestIdLayer::x_request_id(FastRequestId))
+        // Send the request id back in the response headers.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // A span and the Prometheus metrics for every call, by gRPC code.
+        .layer(ObserveLayer::new(advertised))
+        // Shed load instead of queueing when saturated; wait for start-up.
+        // Early in the stack, so a refusal costs little of a busy core.
+        .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
+        // Trailers a handler asked for (ExtraTrailers) join grpc-status.
+        .layer(TrailersLayer)
+        // A panicking handler answers INTERNAL instead of resetting the stream.
+        .layer(CatchPanicLayer::custom(PanicToInternal))
+        // Honour grpc-timeout (capped by the server's own limit): DEADLINE_EXCEEDED.
+        .layer(DeadlineLayer { server_limit: settings.request_timeout })
+        .into_inner();
+
+    let routes: Routes = services.routes.routes();
+    let server = Server::builder()
+        .layer(stack)
+        // Bound header lists as the message size limit bounds bodies.
+        .http2_max_header_list_size(64 * 1024)
+        // Detect dead peers that hold streams open.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_routes(routes)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    // TCP_NODELAY on every accepted connection: without it the end of an
+    // answer waits for the client's delayed ACK (tonic applies its own
+    // `tcp_nodelay` only to listeners it binds itself).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    server.serve_with_incoming_shutdown(incoming, stop).await.context("gRPC server")
+}

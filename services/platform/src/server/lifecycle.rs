@@ -1,0 +1,225 @@
+//! The life of a service process, in the order of the module above: start,
+//! serve, drain, stop.
+
+use std::{pin::Pin, time::Duration};
+
+use tokio::task::JoinHandle;
+
+use super::{Application, Shutdown, grpc};
+use crate::{
+    db::{Database, Migrations},
+    health::Health,
+    metrics,
+};
+
+/// How a task runs: given the shutdown signal, the future that is the task.
+type Run = Box<dyn FnOnce(Shutdown) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A background task of a service (a change-feed consumer, outbox
+/// pruning): started once migrations ran, told to stop when shutdown
+/// begins, and waited for (bounded) once the server stopped.
+pub struct Task {
+    name: &'static str,
+    run: Run,
+}
+
+impl Task {
+    /// A task named `name` (in logs): `run` gets the signal that it must
+    /// end, and ends when it fires.
+    pub fn new<F, Fut>(name: &'static str, run: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self { name, run: Box::new(move |stop| Box::pin(run(stop))) }
+    }
+}
+
+/// How long stopped background tasks may take to end.
+const TASKS_BOUND: Duration = Duration::from_secs(5);
+
+pub(super) async fn run(app: Application) -> anyhow::Result<()> {
+    let Application { spec, settings, database, migrations, grpc_listener, admin_listener, mut services } =
+        app;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let shutdown = services.shutdown();
+    let tasks = std::mem::take(&mut services.tasks);
+    tracing::info!(service = spec.name, %grpc_addr, %admin_addr, database = ?settings.database_url, "starting");
+
+    // Signals start the same shutdown a test triggers by hand.
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_shutdown.trigger();
+    });
+
+    // Admin HTTP: /metrics until the very end.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(metrics::serve_admin(admin_listener, async move {
+        let _ = admin_stop_rx.await;
+    }));
+
+    // Health NOT_SERVING from the first answer; start-up runs beside the
+    // server: migrations, background tasks, then SERVING.
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter, &services.names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let startup = tokio::spawn(start(
+        database.clone(),
+        migrations,
+        tasks,
+        health.clone(),
+        settings.db_probe_interval,
+        shutdown.clone(),
+    ));
+
+    // After the signal: NOT_SERVING, then the drain delay so load
+    // balancers notice, then the server stops accepting.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = {
+        let (shutdown, health, delay) = (shutdown.clone(), health.clone(), settings.drain_delay);
+        async move {
+            shutdown.wait().await;
+            health.drain().await;
+            tracing::info!(drain_delay_ms = delay.as_millis() as u64, "shutdown: draining");
+            tokio::time::sleep(delay).await;
+            let _ = drained_tx.send(());
+        }
+    };
+    let bound = settings.shutdown_timeout;
+    let serve = grpc::serve(services, &settings, &health, health_service, grpc_listener, drain);
+    let result = tokio::select! {
+        result = serve => result,
+        _ = async move {
+            // Never fires before the drain ended.
+            if drained_rx.await.is_err() { std::future::pending::<()>().await }
+            tokio::time::sleep(bound).await;
+        } => {
+            tracing::warn!(timeout_ms = bound.as_millis() as u64, "shutdown: calls still open at the bound; closing them");
+            Ok(())
+        }
+    };
+
+    // The rest of the mirror of start-up: the background tasks (told to
+    // stop when shutdown began) end, then the admin server, then the
+    // database.
+    match tokio::time::timeout(TASKS_BOUND, startup).await {
+        Ok(Ok(running)) => stop_tasks(running).await,
+        Ok(Err(join)) => tracing::error!(error = %join, "start-up ended abnormally"),
+        Err(_) => tracing::warn!("start-up still running at shutdown; abandoned"),
+    }
+    let _ = admin_stop_tx.send(());
+    let _ = admin.await;
+    database.close().await;
+    tracing::info!(service = spec.name, "stopped");
+    result
+}
+
+/// What start-up left running: the background tasks and the database probe.
+struct Running {
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    probe: Option<JoinHandle<()>>,
+}
+
+/// Start-up after the bind: migrations (retried while the database is out
+/// of reach), background tasks, then SERVING and the probe that keeps
+/// health true.
+async fn start(
+    database: Database,
+    migrations: Migrations,
+    tasks: Vec<Task>,
+    health: Health,
+    probe_interval: Duration,
+    shutdown: Shutdown,
+) -> Running {
+    let mut running = Running { tasks: Vec::new(), probe: None };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shutdown.is_triggered() {
+            return running;
+        }
+        match database.migrate(&migrations).await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "database not ready"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return running,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    for task in tasks {
+        running.tasks.push((task.name, tokio::spawn((task.run)(shutdown.clone()))));
+    }
+    health.mark_started();
+    running.probe = Some(tokio::spawn(probe(database, health, probe_interval, shutdown)));
+    running
+}
+
+async fn stop_tasks(running: Running) {
+    for (name, task) in running.tasks {
+        if tokio::time::timeout(TASKS_BOUND, task).await.is_err() {
+            tracing::warn!(task = name, "background task still running at shutdown; abandoned");
+        }
+    }
+    if let Some(probe) = running.probe {
+        probe.abort();
+    }
+}
+
+/// Probes the database and reports the answers to health until stopped.
+async fn probe(database: Database, health: Health, interval: Duration, stop: Shutdown) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A probe that hangs counts as a failure: a database that does not
+    // answer within the interval is not serving.
+    let probe_timeout = interval.max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait() => return,
+        }
+        let ok = match tokio::time::timeout(probe_timeout, database.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "database probe failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("database probe timed out");
+                false
+            }
+        };
+        health.database_answered(ok).await;
+        let (size, idle) = database.pool_stats();
+        ::metrics::gauge!("agora_db_pool_connections").set(size as f64);
+        ::metrics::gauge!("agora_db_pool_idle_connections").set(idle as f64);
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

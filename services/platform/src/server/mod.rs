@@ -1,0 +1,205 @@
+//! The application: a tonic server with health, reflection and the house
+//! middleware stack, the admin HTTP server, the database life cycle, the
+//! background tasks and graceful shutdown.
+//!
+//! Start-up is one sequence, and shutdown its mirror:
+//!
+//! 1. configuration (read by [`main_for`] before anything starts);
+//! 2. the database pool, lazily connecting ([`Database::connect_lazy`]);
+//! 3. the listeners, bound by [`Application::build`]: health answers
+//!    NOT_SERVING from here on and application calls are refused with
+//!    UNAVAILABLE, so a probe gets the truth while the rest starts;
+//! 4. migrations, retried while the database is out of reach;
+//! 5. background tasks (change-feed consumers, outbox pruning), which need
+//!    the migrated tables;
+//! 6. SERVING, kept true by a periodic database probe.
+//!
+//! At SIGTERM (or [`Shutdown::trigger`]), the mirror: NOT_SERVING, and the
+//! background tasks and open streams told to end; the drain delay; the
+//! server stops accepting and waits (bounded) for the calls in flight; the
+//! background tasks are waited for (bounded); the admin server stops; the
+//! database closes last.
+
+mod grpc;
+mod lifecycle;
+
+use std::{convert::Infallible, net::SocketAddr};
+
+use anyhow::Context as _;
+use http::Request;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::{body::Body, server::NamedService, service::RoutesBuilder};
+use tower::Service;
+
+pub use lifecycle::Task;
+
+use crate::{
+    config::{ServiceSpec, Settings},
+    db::{Database, Migrations},
+};
+
+/// Starts shutdown from outside (a test, or the signal handler): health goes
+/// NOT_SERVING, the drain delay passes, then the server stops.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    tx: watch::Sender<bool>,
+}
+
+impl Shutdown {
+    fn new() -> Self {
+        Self { tx: watch::channel(false).0 }
+    }
+
+    /// Begins shutdown, as SIGTERM would.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Resolves once shutdown began. Long-running streams select on it so
+    /// they end cleanly instead of holding the server open.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        // The sender lives in `self`, so the channel cannot close under us.
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.tx.borrow()
+    }
+}
+
+/// What one server runs: its gRPC services, their names for health and
+/// reflection, and its background tasks.
+pub struct Services {
+    routes: RoutesBuilder,
+    names: Vec<String>,
+    descriptor_sets: Vec<&'static [u8]>,
+    tasks: Vec<Task>,
+    shutdown: Shutdown,
+}
+
+impl Services {
+    /// `descriptor_set` is the encoded descriptor set that describes the
+    /// services added here, for reflection.
+    pub fn new(descriptor_set: &'static [u8]) -> Self {
+        Self {
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            descriptor_sets: vec![descriptor_set],
+            tasks: Vec::new(),
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// The server's shutdown signal, for handlers with long-lived streams:
+    /// they end when it fires.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Adds a generated tonic server.
+    pub fn with<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME.to_owned());
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Adds a background task, started once migrations ran and told to stop
+    /// when shutdown begins.
+    pub fn task(mut self, task: Task) -> Self {
+        self.tasks.push(task);
+        self
+    }
+}
+
+/// A service process, bound and ready to run.
+pub struct Application {
+    spec: ServiceSpec,
+    settings: Settings,
+    database: Database,
+    migrations: Migrations,
+    grpc_listener: TcpListener,
+    admin_listener: TcpListener,
+    services: Services,
+}
+
+impl Application {
+    /// Binds both listeners (port 0 picks free ports) without serving yet.
+    pub async fn build(
+        spec: ServiceSpec,
+        settings: Settings,
+        database: Database,
+        migrations: Migrations,
+        services: Services,
+    ) -> anyhow::Result<Self> {
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("binding the gRPC address {}", settings.grpc_addr))?;
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin address {}", settings.admin_addr))?;
+        Ok(Self { spec, settings, database, migrations, grpc_listener, admin_listener, services })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener.local_addr().expect("bound listener")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().expect("bound listener")
+    }
+
+    /// A handle that starts shutdown, as SIGTERM does.
+    pub fn shutdown(&self) -> Shutdown {
+        self.services.shutdown()
+    }
+
+    /// Serves until SIGTERM, Ctrl-C or [`Shutdown::trigger`], then drains
+    /// and stops within the configured bounds.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        lifecycle::run(self).await
+    }
+}
+
+/// The body of `main` for every service: configuration, telemetry, build,
+/// run; a configuration error exits with status 2 and a clear message.
+pub async fn main_for<F, Fut>(spec: ServiceSpec, build: F) -> std::process::ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<Application>>,
+{
+    let settings = match Settings::from_env(&spec) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("agora-{}: {err}", spec.name);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&settings);
+    let app = match build(settings).await {
+        Ok(app) => app,
+        Err(err) if err.downcast_ref::<crate::config::ConfigError>().is_some() => {
+            eprintln!("agora-{}: {err}", spec.name);
+            return std::process::ExitCode::from(2);
+        }
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "start-up failed");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // One line on stdout with the bound addresses, for scripts and tests
+    // that start the binary on port 0.
+    println!("agora-{} listening grpc={} admin={}", spec.name, app.grpc_addr(), app.admin_addr());
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "server failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

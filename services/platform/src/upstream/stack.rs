@@ -1,0 +1,347 @@
+//! The client stack itself: from the caller down to the network, as the
+//! module above lists it.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt as _, Full};
+use tonic::{Status, body::Body, transport::Endpoint};
+use tower::{
+    BoxError, ServiceBuilder,
+    balance::p2c::Balance,
+    buffer::Buffer,
+    discover::ServiceList,
+    filter::AsyncFilterLayer,
+    load::{CompleteOnResponse, PendingRequests},
+    retry::{
+        Policy, RetryLayer,
+        backoff::{Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff as _},
+        budget::{Budget as _, TpsBudget},
+    },
+    util::{BoxCloneSyncService, rng::HasherRng},
+};
+use tower_resilience_circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
+
+use super::UpstreamSettings;
+use crate::middleware::{Deadline, encode_grpc_timeout};
+
+/// The channel an anti-corruption layer wraps in a generated client:
+/// `CatalogServiceClient::new(channel)`.
+/// Its error is a concrete `Status` rather than a boxed error: generated
+/// clients stay `Send` inside `async_trait` handlers that way.
+pub type UpstreamChannel = BoxCloneSyncService<Request<Body>, Response<Body>, Status>;
+
+/// The gRPC status code in a trailers-only answer's headers.
+fn status_code(response: &Response<Body>) -> Option<i32> {
+    response.headers().get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Whether an attempt's outcome says the upstream is unavailable: a
+/// connection that failed, or UNAVAILABLE before any message.
+fn unavailable(result: &Result<Response<Body>, BoxError>) -> bool {
+    match result {
+        Ok(response) => status_code(response) == Some(tonic::Code::Unavailable as i32),
+        Err(_) => true,
+    }
+}
+
+/// Builds the channel to one upstream. Connections are made on first use
+/// and remade after failures, so the downstream starts while the upstream
+/// is still down and recovers without a restart.
+pub fn channel(settings: &UpstreamSettings) -> anyhow::Result<UpstreamChannel> {
+    let name = settings.name;
+    let mut replicas = Vec::with_capacity(settings.addrs.len());
+    let pool = Arc::new(Pool { total: settings.addrs.len(), ejected: AtomicUsize::new(0) });
+    for addr in &settings.addrs {
+        let endpoint = Endpoint::from_shared(addr.clone())?
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let replica = Ejecting::new(endpoint.connect_lazy(), pool.clone());
+        replicas.push(PendingRequests::new(replica, CompleteOnResponse::default()));
+    }
+    // The balancer is not Clone; a buffer in front of it is, and lets the
+    // one balancer serve every concurrent call.
+    let balanced = Buffer::new(Balance::new(ServiceList::new(replicas)), 1024);
+
+    let breaker = CircuitBreakerLayer::builder()
+        .name(name)
+        .consecutive_failures(settings.breaker_failures)
+        .wait_duration_in_open(settings.breaker_open)
+        .permitted_calls_in_half_open(1)
+        .failure_classifier(unavailable)
+        .on_state_transition(move |from, to| tracing::warn!(upstream = name, ?from, ?to, "circuit breaker"))
+        .build()
+        .map_err(|e| anyhow::anyhow!("circuit breaker of {name}: {e}"))?;
+
+    let mut backoff =
+        ExponentialBackoffMaker::new(settings.backoff_min, settings.backoff_max, 0.5, HasherRng::default())
+            .map_err(|e| anyhow::anyhow!("backoff of {name}: {e:?}"))?;
+    let policy = RetryUnavailable {
+        upstream: name,
+        attempts_left: settings.max_attempts.saturating_sub(1),
+        max_retries: settings.max_attempts.saturating_sub(1),
+        backoff: backoff.make_backoff(),
+        // Retries within `retry_ratio` of the calls of the last 10 s, plus a
+        // floor of 5 a second so a quiet service can still retry.
+        budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 5, settings.retry_ratio)),
+    };
+    let call_timeout = settings.call_timeout;
+
+    let stack = ServiceBuilder::new()
+        // Every failure leaves as a gRPC status that names the upstream.
+        .map_err(move |e: CircuitBreakerError<BoxError>| to_status(name, e))
+        // Fail fast while the upstream is known to be down.
+        .layer(breaker)
+        // Bound the call by the caller's deadline and our own timeout.
+        .layer(CallDeadlineLayer { upstream: name, call_timeout })
+        // Buffer the request so that a retry can send it again.
+        .layer(AsyncFilterLayer::new(buffer_request))
+        // Retry UNAVAILABLE with backoff and jitter, within the budget.
+        .layer(RetryLayer::new(policy))
+        // Tell the upstream how long it has, per attempt.
+        .map_request(with_remaining_timeout)
+        .service(balanced);
+    Ok(BoxCloneSyncService::new(stack))
+}
+
+fn to_status(upstream: &str, err: CircuitBreakerError<BoxError>) -> Status {
+    match err {
+        CircuitBreakerError::OpenCircuit => {
+            Status::unavailable(format!("{upstream} is unavailable (circuit open); retry later"))
+        }
+        CircuitBreakerError::Inner(inner) => match inner.downcast::<Status>() {
+            Ok(status) => *status,
+            Err(other) => Status::unavailable(format!("{upstream} is unavailable: {other}")),
+        },
+    }
+}
+
+/// The absolute deadline of one upstream call, carried in the request's
+/// extensions from the deadline layer to each attempt.
+#[derive(Debug, Clone, Copy)]
+struct CallDeadline(tokio::time::Instant);
+
+#[derive(Debug, Clone, Copy)]
+struct CallDeadlineLayer {
+    upstream: &'static str,
+    call_timeout: Duration,
+}
+
+impl<S> tower::Layer<S> for CallDeadlineLayer {
+    type Service = CallDeadlineService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CallDeadlineService { inner, upstream: self.upstream, call_timeout: self.call_timeout }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CallDeadlineService<S> {
+    inner: S,
+    upstream: &'static str,
+    call_timeout: Duration,
+}
+
+impl<S> tower::Service<Request<Body>> for CallDeadlineService<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let own = tokio::time::Instant::now() + self.call_timeout;
+        // The caller's deadline, when the call is asked for a served call.
+        let deadline = req.extensions().get::<Deadline>().map_or(own, |d| d.0.min(own));
+        let upstream = self.upstream;
+        if deadline <= tokio::time::Instant::now() {
+            let status = Status::deadline_exceeded(format!("no time left to ask {upstream}"));
+            return Box::pin(std::future::ready(Err(status.into())));
+        }
+        req.extensions_mut().insert(CallDeadline(deadline));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded(format!("{upstream} did not answer in time")).into()),
+            }
+        })
+    }
+}
+
+/// Collects the request body so the retry layer can clone the request.
+/// Only unary and server-streaming calls go upstream: their request body is
+/// one message.
+async fn buffer_request(req: Request<Body>) -> Result<Request<Bytes>, BoxError> {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map_err(|e| -> BoxError { Box::new(e) })?.to_bytes();
+    Ok(Request::from_parts(parts, bytes))
+}
+
+/// Sets `grpc-timeout` to the time left before the call's deadline, and
+/// turns the buffered body back into a tonic body.
+fn with_remaining_timeout(mut req: Request<Bytes>) -> Request<Body> {
+    if let Some(CallDeadline(deadline)) = req.extensions().get::<CallDeadline>().copied() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Ok(value) = encode_grpc_timeout(left).parse() {
+            req.headers_mut().insert("grpc-timeout", value);
+        }
+    }
+    req.map(|bytes| Body::new(Full::new(bytes)))
+}
+
+/// gRPC's retry design, for one call: only an unavailable upstream is
+/// retried, a bounded number of times, after a backoff with jitter, and
+/// only while the shared budget has room.
+#[derive(Clone)]
+struct RetryUnavailable {
+    upstream: &'static str,
+    /// Retries a call may still make. The layer keeps a template; each call
+    /// works on its own copy, so only copies ever count down.
+    attempts_left: u32,
+    max_retries: u32,
+    backoff: ExponentialBackoff,
+    budget: Arc<TpsBudget>,
+}
+
+impl Policy<Request<Bytes>, Response<Body>, BoxError> for RetryUnavailable {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _req: &mut Request<Bytes>,
+        result: &mut Result<Response<Body>, BoxError>,
+    ) -> Option<Self::Future> {
+        if !unavailable(result) || self.attempts_left == 0 {
+            return None;
+        }
+        if !self.budget.withdraw() {
+            metrics::counter!("agora_upstream_retries_refused_total", "upstream" => self.upstream)
+                .increment(1);
+            return None;
+        }
+        self.attempts_left -= 1;
+        metrics::counter!("agora_upstream_retries_total", "upstream" => self.upstream).increment(1);
+        Some(self.backoff.next_backoff())
+    }
+
+    fn clone_request(&mut self, req: &Request<Bytes>) -> Option<Request<Bytes>> {
+        if self.attempts_left == self.max_retries {
+            // A call's first attempt earns the budget a share of a retry.
+            self.budget.deposit();
+        }
+        let mut clone = Request::new(req.body().clone());
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        *clone.extensions_mut() = req.extensions().clone();
+        Some(clone)
+    }
+}
+
+/// The replicas of one upstream, for ejection's one rule: never leave the
+/// balancer with no replica at all (then the call should fail fast, not wait).
+#[derive(Debug)]
+struct Pool {
+    total: usize,
+    ejected: AtomicUsize,
+}
+
+/// Outlier ejection for one replica. A lazily connecting channel to a dead
+/// replica keeps reporting ready and failing every call it gets; the
+/// balancer would keep choosing it. After a failed connection this wrapper
+/// reports "not ready" for a backoff that doubles with each failure in a row
+/// (100 ms to 5 s), so the balancer picks the others, then lets the replica
+/// try again. Written here because tower's balancer has no ejection and
+/// tonic's reconnecting channel hides its failures from readiness.
+struct Ejecting<S> {
+    inner: S,
+    state: Arc<Mutex<EjectState>>,
+    pool: Arc<Pool>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Debug, Default)]
+struct EjectState {
+    until: Option<tokio::time::Instant>,
+    failures_in_a_row: u32,
+}
+
+impl<S> Ejecting<S> {
+    fn new(inner: S, pool: Arc<Pool>) -> Self {
+        Self { inner, state: Arc::default(), pool, sleep: None }
+    }
+}
+
+impl<S, Req> tower::Service<Req> for Ejecting<S>
+where
+    S: tower::Service<Req>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        let until = self.state.lock().expect("ejection state").until;
+        if let Some(until) = until {
+            if tokio::time::Instant::now() < until {
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                sleep.as_mut().reset(until);
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            // Back in the choice: the next call is its trial.
+            self.state.lock().expect("ejection state").until = None;
+            self.pool.ejected.fetch_sub(1, Ordering::SeqCst);
+            self.sleep = None;
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req);
+        let state = self.state.clone();
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let result = fut.await;
+            let mut state = state.lock().expect("ejection state");
+            if result.is_ok() {
+                state.failures_in_a_row = 0;
+            } else if state.until.is_none()
+                && pool
+                    .ejected
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n + 1 < pool.total).then_some(n + 1)
+                    })
+                    .is_ok()
+            {
+                state.failures_in_a_row = (state.failures_in_a_row + 1).min(6);
+                let backoff =
+                    Duration::from_millis(50 << state.failures_in_a_row).min(Duration::from_secs(5));
+                state.until = Some(tokio::time::Instant::now() + backoff);
+            }
+            result
+        })
+    }
+}

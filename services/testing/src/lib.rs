@@ -1,0 +1,495 @@
+//! Support for the integration tests of Agora's services: a real server on
+//! a free loopback port, a fresh database (a temporary SQLite file, or a
+//! new PostgreSQL database), waits on health with a bound instead of fixed
+//! sleeps, a fault-injecting proxy, reflection and log capture. A
+//! dev-dependency only: production binaries do not link it.
+//!
+//! PostgreSQL tests use `AGORA_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) to create and drop their own
+//! databases. Where it is unreachable they are skipped with a printed
+//! reason, unless `AGORA_REQUIRE_POSTGRES=1` (as in CI) makes that a failure.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use agora_platform::{
+    Database,
+    config::{DatabaseUrl, Settings},
+    server::{Application, Shutdown},
+};
+
+mod logs;
+mod schema;
+pub use logs::Captured;
+
+/// Declares, for each async test function `name(db: TestDatabase)`, a
+/// module `name` with two tests: `sqlite` and `postgres` (skipped with a
+/// printed reason where PostgreSQL is unreachable and not required).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::TestDatabase::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = $crate::TestDatabase::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A database a test owns; removed when dropped.
+pub enum TestDatabase {
+    Sqlite { dir: PathBuf, url: DatabaseUrl },
+    Postgres { admin_url: String, name: String, url: DatabaseUrl },
+}
+
+impl TestDatabase {
+    /// A SQLite file in a new temporary folder.
+    pub fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(unique("agora_test"));
+        std::fs::create_dir_all(&dir).expect("creating a temporary folder");
+        let url = DatabaseUrl::new(format!("sqlite:{}/test.db", dir.display()));
+        Self::Sqlite { dir, url }
+    }
+
+    /// A new, empty PostgreSQL database, or None (with the reason printed)
+    /// when PostgreSQL is not reachable and not required.
+    pub async fn postgres() -> Option<Self> {
+        let admin_url = std::env::var("AGORA_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let required = std::env::var("AGORA_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(conn) => conn,
+            Err(err) if !required => {
+                eprintln!("skipping a PostgreSQL test: {admin_url} is unreachable ({err})");
+                return None;
+            }
+            Err(err) => {
+                panic!("PostgreSQL is required (AGORA_REQUIRE_POSTGRES=1) but {admin_url} failed: {err}")
+            }
+        };
+        let name = unique("agora_test");
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("creating a test database");
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+        let url = DatabaseUrl::new(format!("{base}/{name}"));
+        Some(Self::Postgres { admin_url, name, url })
+    }
+
+    /// Another fresh database on the same backend: one for each service of
+    /// a test that runs several.
+    pub async fn another(&self) -> Self {
+        match self {
+            Self::Sqlite { .. } => Self::sqlite(),
+            Self::Postgres { .. } => {
+                Box::pin(Self::postgres()).await.expect("PostgreSQL answered a moment ago")
+            }
+        }
+    }
+
+    pub fn url(&self) -> DatabaseUrl {
+        match self {
+            Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// The database as a service opens it, for a test to read what the
+    /// service wrote.
+    pub fn open(&self) -> Database {
+        Database::connect_lazy(&settings(self)).expect("the database URL is valid")
+    }
+
+    /// Runs `sql` on a connection of its own, from outside the service: the
+    /// way a test breaks or rearranges the database under a running service.
+    pub async fn execute(&self, sql: &str) {
+        let sql = AssertSqlSafe(sql.to_owned());
+        let result = match self {
+            Self::Sqlite { url, .. } => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(url.expose()).await.expect("opening the database");
+                conn.execute(sql).await.map(drop)
+            }
+            Self::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url.expose()).await.expect("opening the database");
+                conn.execute(sql).await.map(drop)
+            }
+        };
+        result.expect("the statement runs");
+    }
+
+    /// Drops a PostgreSQL database now, cutting every connection: the way
+    /// a test makes the database "go away".
+    pub async fn drop_now(&self) {
+        if let Self::Postgres { admin_url, name, .. } = self {
+            drop_postgres(admin_url, name).await;
+        }
+    }
+
+    /// Creates a PostgreSQL database dropped by [`Self::drop_now`] again,
+    /// empty: the way a test makes a database "come up".
+    pub async fn create_now(&self) {
+        if let Self::Postgres { admin_url, name, .. } = self {
+            let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("PostgreSQL answers");
+            admin
+                .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .expect("creating the test database again");
+        }
+    }
+}
+
+async fn drop_postgres(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = admin.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite { dir, .. } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Self::Postgres { admin_url, name, .. } => {
+                // Drop may run inside a runtime; a thread of its own can block.
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                let _ = std::thread::spawn(move || {
+                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        rt.block_on(drop_postgres(&admin_url, &name));
+                    }
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Settings for a test server on `database`. With `AGORA_TEST_LOG` set (a
+/// tracing filter such as `debug`), the servers of a test log to stderr.
+pub fn settings(database: &TestDatabase) -> Settings {
+    let mut settings = Settings::for_tests(database.url());
+    if let Ok(filter) = std::env::var("AGORA_TEST_LOG") {
+        settings.log_filter = filter;
+        agora_platform::telemetry::init(&settings);
+    }
+    settings
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub channel: Channel,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Runs `app` and waits (bounded) until its health is SERVING.
+    pub async fn start(app: Application) -> Self {
+        let server = Self::start_unready(app).await;
+        wait_for_health(&server.channel, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+        server
+    }
+
+    /// Runs `app` without waiting for health.
+    pub async fn start_unready(app: Application) -> Self {
+        let grpc_addr = app.grpc_addr();
+        let admin_addr = app.admin_addr();
+        let shutdown = app.shutdown();
+        let task = tokio::spawn(app.run_until_stopped());
+        let channel = channel(grpc_addr);
+        Self { grpc_addr, admin_addr, shutdown, channel, task: Some(task) }
+    }
+
+    /// Triggers shutdown and waits for the server to stop (bounded).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stops within 30 s")?
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A lazily connecting channel to a loopback server.
+pub fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+/// A plain HTTP/2 client without tonic's channel. A tonic `Channel` stops
+/// waiting at the request's own `grpc-timeout` and reports CANCELLED by
+/// itself; through this client a test sees what the server answers.
+pub type RawClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+
+/// A [`RawClient`] and the origin to give a generated client's `with_origin`.
+pub fn raw_client(addr: SocketAddr) -> (RawClient, http::Uri) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    (client, format!("http://{addr}").parse().expect("valid URI"))
+}
+
+/// The health status of `service` ("" for the whole server), or None when
+/// the server does not answer.
+pub async fn health_status(channel: &Channel, service: &str) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(channel.clone());
+    let mut request = tonic::Request::new(HealthCheckRequest { service: service.into() });
+    request.set_timeout(Duration::from_secs(2));
+    match client.check(request).await {
+        Ok(resp) => ServingStatus::try_from(resp.into_inner().status).ok(),
+        Err(_) => None,
+    }
+}
+
+/// Polls health until it reports `want`; panics after `bound`.
+pub async fn wait_for_health(channel: &Channel, service: &str, want: ServingStatus, bound: Duration) {
+    let reached = wait_until(bound, || async { health_status(channel, service).await == Some(want) }).await;
+    if !reached {
+        let last = health_status(channel, service).await;
+        panic!("health of {service:?} was {last:?}, not {want:?}, after {bound:?}");
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `bound` passes
+/// (false). The way tests wait: on a condition, with a bound.
+pub async fn wait_until<F, Fut>(bound: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough to scrape an admin port's `/metrics`
+/// without an HTTP client crate.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin port answers");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sending the request");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+        .await
+        .expect("the admin port answers within 10 s")
+        .expect("reading the answer");
+    text
+}
+
+/// What a [`Proxy`] does with the calls it receives.
+pub mod proxy_mode {
+    /// Pass every call on.
+    pub const FORWARD: u8 = 0;
+    /// Answer every other call UNAVAILABLE, pass the rest on.
+    pub const FAIL_EVERY_OTHER: u8 = 1;
+    /// Answer every call UNAVAILABLE.
+    pub const FAIL_ALL: u8 = 2;
+}
+
+/// A gRPC proxy in front of a real upstream, for tests of the client stack
+/// through real services: it counts the calls, records the `grpc-timeout`
+/// each carried, and fails calls with UNAVAILABLE on demand.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub mode: Arc<std::sync::atomic::AtomicU8>,
+    pub calls: Arc<AtomicU32>,
+    /// Calls by gRPC method name (`GetProduct`), to tell a client's calls
+    /// from the change-feed streams that share the proxy.
+    pub by_method: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    pub timeouts: Arc<std::sync::Mutex<Vec<Duration>>>,
+    /// A method answered OK with an empty message instead of forwarded:
+    /// an upstream that breaks its contract.
+    pub empty: Arc<std::sync::Mutex<Option<String>>>,
+    task: JoinHandle<()>,
+}
+
+/// An OK gRPC answer whose one message is empty (every field at its
+/// default): five bytes of framing, then `grpc-status: 0`.
+fn empty_answer() -> http::Response<tonic::body::Body> {
+    use http_body_util::{BodyExt as _, StreamBody};
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = [
+        Ok::<_, tonic::Status>(http_body::Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(tokio_stream::iter(frames)).boxed_unsync();
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    response
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let addr = listener.local_addr().expect("bound");
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(proxy_mode::FORWARD));
+        let calls = Arc::new(AtomicU32::new(0));
+        let by_method = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let empty = Arc::new(std::sync::Mutex::new(None::<String>));
+        let (client, _) = raw_client(target);
+        let origin = format!("http://{target}");
+        let (m, c, t, b, e) =
+            (mode.clone(), calls.clone(), timeouts.clone(), by_method.clone(), empty.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (client, origin, m, c, t, b, e) =
+                    (client.clone(), origin.clone(), m.clone(), c.clone(), t.clone(), b.clone(), e.clone());
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+                    let answer_empty = e.lock().expect("empty").as_deref() == Some(method.as_str());
+                    // Every other call of each method fails, so streams that
+                    // share the proxy do not shift a client's pattern.
+                    let n = {
+                        let mut counts = b.lock().expect("by method");
+                        let count = counts.entry(method).or_default();
+                        *count += 1;
+                        *count - 1
+                    };
+                    if let Some(timeout) = req
+                        .headers()
+                        .get("grpc-timeout")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(agora_platform::middleware::parse_grpc_timeout)
+                    {
+                        t.lock().expect("timeouts").push(timeout);
+                    }
+                    let fail = match m.load(Ordering::SeqCst) {
+                        proxy_mode::FAIL_ALL => true,
+                        proxy_mode::FAIL_EVERY_OTHER => n % 2 == 0,
+                        _ => false,
+                    };
+                    let (client, origin) = (client.clone(), origin.clone());
+                    async move {
+                        if answer_empty {
+                            return Ok(empty_answer());
+                        }
+                        if fail {
+                            return Ok::<_, hyper_util::client::legacy::Error>(
+                                tonic::Status::unavailable("injected by the test proxy")
+                                    .into_http::<tonic::body::Body>(),
+                            );
+                        }
+                        let (mut parts, body) = req.into_parts();
+                        parts.uri = format!("{origin}{}", parts.uri.path()).parse().expect("valid URI");
+                        let response = client
+                            .request(http::Request::from_parts(parts, tonic::body::Body::new(body)))
+                            .await?;
+                        Ok(response.map(tonic::body::Body::new))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                });
+            }
+        });
+        Self { addr, mode, calls, by_method, timeouts, empty, task }
+    }
+
+    /// From now on, answers calls of `method` (`GetProduct`) OK with an
+    /// empty message, as an upstream that breaks its contract would.
+    pub fn answer_empty(&self, method: &str) {
+        *self.empty.lock().expect("empty") = Some(method.to_owned());
+    }
+
+    pub fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls of one gRPC method (`GetProduct`).
+    pub fn calls_of(&self, method: &str) -> u32 {
+        self.by_method.lock().expect("by method").get(method).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Asks a server's reflection service (v1) what `grpcurl list` would: the
+/// services it advertises, sorted, and the number of file descriptors it
+/// returns for `symbol` (a method, `pkg.Service.Method`).
+pub async fn reflect(channel: &Channel, symbol: &str) -> (Vec<String>, usize) {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let requests =
+        [MessageRequest::ListServices(String::new()), MessageRequest::FileContainingSymbol(symbol.into())]
+            .map(|m| ServerReflectionRequest { host: String::new(), message_request: Some(m) });
+    let mut responses = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let mut next = async || responses.next().await.expect("an answer").expect("no error").message_response;
+    let Some(MessageResponse::ListServicesResponse(list)) = next().await else {
+        panic!("expected a service list");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = next().await else {
+        panic!("expected the file descriptors of {symbol}");
+    };
+    (names, files.file_descriptor_proto.len())
+}
