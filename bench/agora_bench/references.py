@@ -1,0 +1,30 @@
+"""The two references Agora's catalog is measured against, started on the same catalog file.
+
+- `start_bare`: the bare tonic server (bench/bare, binary agora-bench-bare): GetProduct from
+  a map filled once at start, no middleware, health or database on the request path; the
+  physical limit
+- `start_python_peer`: the Python grpc.aio peer (bench/python_peer.py): GetProduct from the
+  SQLite file with the standard sqlite3 module; what a user might pick instead
+
+Neither has health or metrics: both are waited for until they print their address.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from .runner import RELEASE, ROOT, Procs, Server
+
+PYTHON = sys.executable
+
+
+def start_bare(procs: Procs, db: Path) -> Server:
+    return procs.start("bare", [str(RELEASE / "agora-bench-bare")],
+                       {"AGORA_GRPC_ADDR": "127.0.0.1:0", "AGORA_DATABASE_URL": f"sqlite:{db}",
+                        "PATH": os.environ.get("PATH", "")}).wait_listening()
+
+
+def start_python_peer(procs: Procs, db: Path, gen: Path) -> Server:
+    """`gen`: the directory of the generated Python client (Client.dir), so the peer does not generate its own."""
+    return procs.start("python-peer", [PYTHON, str(ROOT / "bench" / "python_peer.py"), "--db", str(db),
+                                       "--gen", str(gen)]).wait_listening()

@@ -1,0 +1,264 @@
+"""The table of a run: rendered from Bench.results, printed, and written into BENCHMARKS.md.
+
+- `machine()`: the machine, the code and the tools the figures came from
+- `render()`: the table in Markdown (a machine line, one row per measurement, notes); its
+  rows come in the order of the scenarios: GetProduct side by side, ListAvailableOffers,
+  CreateOffer, scale, StreamProducts, start-up and idle memory, overload
+- `publish()`: prints the table and, in a full run, `write_benchmarks()` puts it into
+  BENCHMARKS.md between the BEGIN and END markers
+- cell formats: `num`, `mib`, `per_1000`, `goal` (and runner.fmt_ms)
+"""
+
+import datetime
+import os
+import platform
+import subprocess
+
+import grpc
+
+from . import runner
+from .runner import (CALIBRATE_SECONDS, CLIENTS, CLK_TCK, FLAT_BOUND, LARGE, LIGHT_RPS, LOAD_CPU, MIB, QUICK, ROOT,
+                     RUN_SECONDS, SERVER_CPU, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, fmt_ms, log)
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+HEAD = (
+    "| measurement | result | against the reference | p50 ms | p99 ms | p99 ms at 80 % | "
+    f"p50 / p99 ms at {LIGHT_RPS} req/s | server CPU µs per call | context switches per call | memory MiB | "
+    "other processes on the server core | idle: server core / load core | goal |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def publish(bench: Bench, info: dict, extra: dict, pg_skip) -> None:
+    """Prints the table (and the checks that failed); writes it into BENCHMARKS.md unless BENCH_QUICK=1."""
+    table = render(bench, info, extra, pg_skip)
+    print()
+    print(table)
+    if bench.failures:
+        print("\nChecks that failed:\n" + "\n".join(f"- {f}" for f in bench.failures))
+    if QUICK:
+        log("BENCH_QUICK=1: a smoke run; BENCHMARKS.md is left as it is")
+    else:
+        write_benchmarks(table)
+        log("BENCHMARKS.md updated")
+
+
+def write_benchmarks(table: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+def machine() -> dict:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(git + ["status", "--porcelain", "--", "services", "src", "proto"], capture_output=True,
+                             text=True).stdout.strip()
+    h2load = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "rustc": rustc,
+        "code": f"{commit or 'unknown'}" + (", with uncommitted changes in services/, src/ or proto/" if changed
+                                           else ", services/, src/ and proto/ as committed"),
+        "h2load": h2load,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+
+
+# ---------------------------------------------------------------- cells
+
+
+def num(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def mib(b) -> str:
+    return "–" if b is None else f"{b / MIB:.1f}"
+
+
+def per_1000(stream: dict) -> str:
+    """Server CPU per 1,000 streamed rows, when the run was long enough for clock ticks to tell."""
+    if stream["cpu_s"] < 20 / CLK_TCK:
+        return "– (too short to tell)"
+    return f"{stream['cpu_us_per_1000']:,.0f} per 1,000 rows"
+
+
+def goal(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+# ---------------------------------------------------------------- the table
+
+
+class Rows:
+    """The table's rows so far, one cell per column of HEAD; `request` fills one from a Bench result."""
+
+    def __init__(self, results: dict):
+        self.r, self.lines = results, []
+        self.bare = results["bare"]["rps"]
+
+    def add(self, measure, result, vs, p50="–", p99="–", p99_80="–", cpu="–", mem="–", goals="–", other="–",
+            cs="–", light="–", idle="–"):
+        self.lines.append(f"| {measure} | {result} | {vs} | {p50} | {p99} | {p99_80} | {light} | {cpu} | {cs} "
+                          f"| {mem} | {other} | {idle} | {goals} |")
+
+    def request(self, key, vs=None, goals="–", cpu=None):
+        x = self.r[key]
+        mark = "" if x.get("checked", True) else " ⚠"
+        rounds = f" (median of {' / '.join(num(v) for v in x['rounds'])})" if len(x.get("rounds", [])) > 1 else ""
+        self.add(x["label"] + mark, f"{num(x['rps'])} req/s{rounds}", vs or f"{x['rps'] / self.bare:.2f}× bare",
+                 fmt_ms(x["p50"]), fmt_ms(x["p99"]), fmt_ms(x.get("p99_80")),
+                 cpu or f"{sum(x['cpu_us'].values()):.1f}", mib(max(x["peak_rss"].values())), goals,
+                 f"{x['foreign']:.0%}", f"{x['cs']:.1f}",
+                 f"{fmt_ms(x['p50_light'])} / {fmt_ms(x['p99_light'])}" if "p50_light" in x else "–",
+                 f"{x['idle_server']:.0%} / {x['idle_load']:.0%}")
+
+
+def render(bench: Bench, info: dict, extra: dict, pg_skip) -> str:
+    rows = Rows(bench.results)
+    getproduct_rows(rows, pg_skip)
+    offers_rows(rows, extra)
+    scale_rows(rows)
+    stream_rows(rows)
+    startup_rows(rows)
+    overload_row(rows)
+    notes = [f"- {n}" for n in table_notes(bench)]
+    return "\n".join([machine_line(info), "", HEAD, *rows.lines, "", *notes])
+
+
+def getproduct_rows(rows: Rows, pg_skip) -> None:
+    r, bare = rows.r, rows.bare
+    py = r["python"]["rps"]
+    rows.request("bare", vs="1.00 (reference)", goals=f"p99 < 2 ms at 80 %: {goal(r['bare']['p99_80'] < 2)}")
+    rows.request("python", vs=f"{py / bare:.3f}× bare",
+                 goals=f"p99 < 2 ms at 80 %: {goal(r['python']['p99_80'] < 2)}")
+    g = r["get_sqlite"]
+    rows.request("get_sqlite", vs=f"{g['rps'] / bare:.2f}× bare, {g['rps'] / py:.1f}× Python",
+                 goals=f"≥ 0.6× bare: {goal(g['rps'] >= 0.6 * bare)}; ≥ 10× Python: {goal(g['rps'] >= 10 * py)}; "
+                       f"p99 < 2 ms at 80 %: {goal(g['p99_80'] < 2)}")
+    if "get_postgres" in r:
+        p = r["get_postgres"]
+        rows.request("get_postgres", vs=f"{p['rps'] / bare:.2f}× bare, {p['rps'] / py:.1f}× Python",
+                     cpu=f"{sum(p['cpu_us'].values()):.1f} + {p['extra_cpu_us']:.1f} in PostgreSQL",
+                     goals=f"≥ 0.6× bare: {goal(p['rps'] >= 0.6 * bare)}; "
+                           f"p99 < 2 ms at 80 %: {goal(p['p99_80'] < 2)}")
+    else:
+        rows.add("Agora catalog, GetProduct, PostgreSQL", f"skipped: {pg_skip}", "–")
+
+
+def offers_rows(rows: Rows, extra: dict) -> None:
+    r = rows.r
+    g, a = r["get_sqlite"], r["available"]
+    rows.request("available", vs=f"{a['rps'] / g['rps']:.3f}× catalog GetProduct on SQLite "
+                                 f"({extra.get('available_count', '?')} offers an answer)",
+                 goals=f"p99 < 2 ms at 80 %: {goal(a['p99_80'] < 2)}")
+    c = r["create"]
+    cpu = c["cpu_us"]
+    share = cpu["catalog"] / max(1e-9, cpu["offers"] + cpu["catalog"])
+    rows.request("create", vs=f"the call to catalog: {share:.0%} of the CPU ({cpu['catalog']:.0f} µs a GetProduct "
+                              f"here, {sum(g['cpu_us'].values()):.0f} µs under full load), "
+                              f"{fmt_ms(c['catalog_ms'])} of {fmt_ms(c['offers_ms'])} ms handling",
+                 cpu=f"offers {cpu['offers']:.1f} + catalog {cpu['catalog']:.1f}",
+                 goals=f"p99 < 2 ms at 80 %: {goal(c['p99_80'] < 2)}")
+
+
+def scale_rows(rows: Rows) -> None:
+    for kind in ("get", "list"):
+        s, l = rows.r[f"scale_{kind}_small"], rows.r[f"scale_{kind}_large"]
+        rows.request(f"scale_{kind}_small", vs="1.00 (reference of the row below)")
+        ratio = l["rps"] / s["rps"]
+        rows.request(f"scale_{kind}_large", vs=f"{ratio:.2f}× the {SMALL:,}-product row",
+                     goals=f"flat (≥ 0.8×): {goal(ratio >= 0.8)}")
+
+
+def stream_rows(rows: Rows) -> None:
+    sp, sh = rows.r["stream_python"], rows.r["stream_h2load"]
+    # Flat: the peak stays within a fixed bound, whatever the size of the catalog streamed.
+    flat = sh["hwm"] - sh["rss_before"]
+    rows.add(f"StreamProducts, {LARGE:,} products, h2load reader" + ("" if sh["checked"] else " ⚠"),
+             f"{num(sh['rows_s'])} rows/s", f"{sh['seconds']:.2f} s a stream", "–", "–", "–",
+             per_1000(sh),
+             f"{mib(sh['rss_before'])} before, peak {mib(sh['hwm_after_python'])} after 1 stream, "
+             f"{mib(sh['hwm'])} after {1 + STREAM_REPEATS}",
+             f"≥ 500,000 rows/s: {goal(sh['rows_s'] >= 500_000)}; flat memory (+{mib(flat)} MiB while streaming "
+             f"{1 + STREAM_REPEATS} × {sh['stream_bytes'] / 1e6:,.0f} MB, bound {FLAT_BOUND // MIB} MiB): "
+             f"{goal(flat < FLAT_BOUND)}")
+    rows.add(f"StreamProducts, {LARGE:,} products, Python grpcio reader" + ("" if sp["checked"] else " ⚠"),
+             f"{num(sp['rows_s'])} rows/s", f"{sp['seconds']:.2f} s a stream", "–", "–", "–",
+             per_1000(sp), f"peak {mib(sh['hwm_after_python'])}",
+             "– (the pace of a Python client)")
+
+
+def startup_rows(rows: Rows) -> None:
+    for name, s in rows.r["startup"].items():
+        rows.add(f"start-up and idle: agora-{name}", f"SERVING in {s['median']:.1f} ms (median of {STARTS})",
+                 f"p90 {s['p90']:.1f} ms; new database (migrations) {s['first']:.1f} ms", "–", "–", "–", "–",
+                 f"{mib(s['idle_rss'])} idle",
+                 f"< 100 ms: {goal(s['median'] < 100)}; < 15 MiB: {goal(s['idle_rss'] < 15 * MIB)}")
+
+
+def overload_row(rows: Rows) -> None:
+    o = rows.r["overload"]
+    total = sum(o["grpc_codes"].values())
+    re_ = o["grpc_codes"].get("RESOURCE_EXHAUSTED", 0)
+    rows.add(o["label"],
+             f"{num(o['rps'])} answers/s, {o['grpc_codes'].get('OK', 0) / max(1e-9, o['seconds']):,.0f} OK/s",
+             f"{re_ / max(1, total):.0%} shed RESOURCE_EXHAUSTED (shed counter {o['shed']:,.0f}), "
+             f"other errors {total - re_ - o['grpc_codes'].get('OK', 0):,.0f}",
+             fmt_ms(o["p50"]), fmt_ms(o["p99"]), "–", f"{sum(o['cpu_us'].values()):.1f}",
+             mib(max(o["peak_rss"].values())),
+             f"health SERVING {o['polls_serving']}/{o['polls']} polls (slowest {o['poll_max_ms']:.0f} ms): "
+             f"{goal(o['polls'] > 0 and o['polls_serving'] == o['polls'])}", f"{o['foreign']:.0%}", f"{o['cs']:.1f}",
+             idle=f"{o['idle_server']:.0%} / {o['idle_load']:.0%}")
+
+
+def machine_line(info: dict) -> str:
+    return (
+        f"Machine: {info['nproc']} cores, {info['cpu']}, {info['memory']} RAM, Linux {info['kernel']}; "
+        f"load average at the start {info['load']}; {info['date']}. Code: {info['code']}. {info['rustc']}, "
+        f"{info['h2load']}, Python {info['python']} with grpcio {info['grpcio']}."
+    )
+
+
+def table_notes(bench: Bench) -> list[str]:
+    """How the figures were taken, and what they are worth (the notes below the table)."""
+    notes = [
+        f"Servers pinned to core {SERVER_CPU}, h2load (one thread) and the harness to core {LOAD_CPU}"
+        if runner.PINNED else "Not pinned (fewer than two cores).",
+        f"h2load -c {CLIENTS} -m {STREAMS} ({CLIENTS * STREAMS} calls in flight) for capacity, each run about "
+        f"{RUN_SECONDS:g} s after a {CALIBRATE_SECONDS} s calibration; the 80 % run uses the same connections "
+        f"paced with --rps (h2load sends each connection's share in bursts every 10 ms).",
+        "Release profile (not bench-release); services at their defaults (log level info, text).",
+        "CPU per call is utime + stime of the server process(es) over the capacity run, divided by the calls.",
+    ]
+    if bench.failures:
+        notes.append("Checks that failed (⚠): " + "; ".join(bench.failures))
+    else:
+        notes.append("Checks: every call kind answered grpc-status 0 with the expected content to a grpcio client "
+                     "before and after its runs, and the services' metrics counted no other code than OK during "
+                     "the runs (RESOURCE_EXHAUSTED aside in the overload run).")
+    if QUICK:
+        notes.append("BENCH_QUICK=1: smoke run with small counts; not figures to compare.")
+    if os.environ.get("BENCH_BUILD", "1") == "0":
+        notes.append("BENCH_BUILD=0: binaries from target/release as they were, not built from the code named above.")
+    return notes

@@ -1,0 +1,382 @@
+"""The measurements, one function per scenario, and `run_all`, which runs them in order.
+
+Each scenario starts the servers it needs, measures through `Bench` (which keeps the
+results under fixed keys, the ones report.render reads) and stops its servers, whatever
+happens:
+
+  getproduct_side_by_side  bare tonic, Python grpc.aio and the Agora catalog on SQLite and
+                           PostgreSQL, measured in turns (bare, python, get_sqlite, get_postgres)
+  list_available_offers    offers on SQLite (available)
+  create_offer             offers asking catalog for the product (create)
+  scale                    GetProduct and a deep ListProducts page on SMALL and LARGE products
+                           (scale_get_small, scale_list_small, scale_get_large, scale_list_large)
+  stream_products          StreamProducts of LARGE products: rows/s and peak memory
+                           (stream_python, stream_h2load)
+  startup_and_idle         start-up time of every service and its idle memory (startup)
+  overload                 ten times the admitted concurrency, health polled meanwhile (overload)
+"""
+
+import sqlite3
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .data import Data, expected_available, postgres_backends_cpu, prepare, product_id
+from .references import start_bare, start_python_peer
+from .report import publish
+from .runner import (LARGE, OFFERS, OVERLOAD_CLIENTS, OVERLOAD_LIMIT, OVERLOAD_STREAMS, QUICK, SERVICES, SMALL,
+                     STARTS, STREAM_REPEATS, Bench, Procs, Server, call, frame, log, metric_delta,
+                     start_service, stream_count)
+
+GET_PATH = "/agora.catalog.v1.CatalogService/GetProduct"
+LIST_PATH = "/agora.catalog.v1.CatalogService/ListProducts"
+STREAM_PATH = "/agora.catalog.v1.CatalogService/StreamProducts"
+AVAILABLE_PATH = "/agora.offers.v1.OfferService/ListAvailableOffers"
+CREATE_PATH = "/agora.offers.v1.OfferService/CreateOffer"
+MIDDLE = product_id(SMALL // 2)  # the product GetProduct asks for in the small catalog
+
+
+def run_all(bench: Bench, info: dict, created: list) -> None:
+    """Prepares the data, measures every scenario in the order of the table's rows, prints the table
+    and, in a full run, writes it into BENCHMARKS.md."""
+    data = prepare(bench.procs, bench.work, created)
+    getproduct_side_by_side(bench, data)
+    available_count = list_available_offers(bench, data)
+    create_offer(bench, data)
+    scale(bench, data)
+    stream_products(bench, data)
+    startup_and_idle(bench, data)
+    overload(bench, data)
+    publish(bench, info, {"available_count": available_count}, data.pg_skip)
+
+
+def get_check(bench: Bench, addr: str, want: str = MIDDLE):
+    """A check for Bench: GetProduct of `want` answers OK with that product, at revision 1, priced."""
+    cat = bench.client.catalog
+
+    def check():
+        code, resp, details = call(addr, GET_PATH, cat.GetProductRequest(product_id=want), cat.GetProductResponse)
+        if code != grpc.StatusCode.OK:
+            return f"{code.name}: {details}"
+        if resp.product.product_id != want or resp.product.etag != "r1" or not resp.product.price.currency_code:
+            return f"unexpected product {resp.product}"
+        return None
+    return check
+
+
+def get_body(bench: Bench, want: str = MIDDLE) -> bytes:
+    return frame(bench.client.catalog.GetProductRequest(product_id=want))
+
+
+# ---------------------------------------------------------------- GetProduct, side by side
+
+
+def getproduct_side_by_side(bench: Bench, data: Data) -> None:
+    """GetProduct: bare, Python peer, full stack on SQLite and PostgreSQL, side by side in turns."""
+    procs, started = bench.procs, []
+    try:
+        bare = start_bare(procs, data.small_db)
+        started.append(bare)
+        peer = start_python_peer(procs, data.small_db, bench.client.dir)
+        started.append(peer)
+        catalog = start_service(procs, "catalog", "catalog", f"sqlite:{data.small_db}")
+        started.append(catalog.wait_serving())
+        contenders = [
+            dict(key="bare", label="bare tonic, GetProduct from memory", addr=bare.grpc, servers=[bare]),
+            dict(key="python", label="Python grpc.aio, GetProduct, SQLite", addr=peer.grpc, servers=[peer]),
+            dict(key="get_sqlite", label=f"Agora catalog, GetProduct, SQLite ({SMALL:,} products)",
+                 addr=catalog.grpc, servers=[catalog], method=GET_PATH),
+        ]
+        if data.pg_db:
+            catalog_pg = start_service(procs, "catalog", "catalog", data.pg_url)
+            started.append(catalog_pg.wait_serving())
+            contenders.append(dict(key="get_postgres", label=f"Agora catalog, GetProduct, PostgreSQL ({SMALL:,} products)",
+                                   addr=catalog_pg.grpc, servers=[catalog_pg], method=GET_PATH,
+                                   extra_cpu=lambda: postgres_backends_cpu(data.pg_db)))
+        for c in contenders:
+            c.update(path=GET_PATH, body=get_body(bench), check=get_check(bench, c["addr"]))
+        bench.contest(contenders)
+    finally:
+        for s in started:
+            s.stop()
+
+
+# ---------------------------------------------------------------- offers
+
+
+def list_available_offers(bench: Bench, data: Data) -> int:
+    """ListAvailableOffers on SQLite, for a customer with personal offers; returns how many offers it answers."""
+    off = bench.client.offers
+    db = sqlite3.connect(data.offers_db)
+    (customer,) = db.execute("SELECT customer_id FROM offers WHERE customer_id != '' AND product_id = ? LIMIT 1",
+                             (product_id(3),)).fetchone()
+    db.close()
+    avail_req = off.ListAvailableOffersRequest(customer_id=customer, product_id=product_id(3))
+
+    offers = start_service(bench.procs, "offers-read", "offers", f"sqlite:{data.offers_db}",
+                           AGORA_CATALOG_ADDRS="http://127.0.0.1:9", AGORA_CUSTOMERS_ADDRS="http://127.0.0.1:9",
+                           AGORA_LOG="error").wait_serving()
+    try:
+        def avail_check():
+            want = expected_available(data.offers_db, customer, product_id(3), int(time.time() * 1e6))
+            code, resp, details = call(offers.grpc, AVAILABLE_PATH, avail_req, off.ListAvailableOffersResponse)
+            if code != grpc.StatusCode.OK:
+                return f"{code.name}: {details}"
+            if resp.fallback or len(resp.offers) != want or want == 0:
+                return f"{len(resp.offers)} offers (fallback {resp.fallback}) instead of {want}"
+            return None
+        available_count = expected_available(data.offers_db, customer, product_id(3), data.now)
+        bench.load("available", f"Agora offers, ListAvailableOffers, SQLite ({OFFERS:,} offers)", offers.grpc,
+                   AVAILABLE_PATH, frame(avail_req), avail_check, servers=[offers], method=AVAILABLE_PATH)
+    finally:
+        offers.stop()
+    return available_count
+
+
+def create_offer(bench: Bench, data: Data) -> None:
+    """CreateOffer: offers asks catalog; the catalog's share of the CPU and of the handling time."""
+    procs, client, off = bench.procs, bench.client, bench.client.offers
+    catalog = start_service(procs, "catalog", "catalog", f"sqlite:{data.small_db}").wait_serving()
+    customers = start_service(procs, "customers", "customers", f"sqlite:{bench.work / 'customers.db'}").wait_serving()
+    offers = start_service(procs, "offers", "offers", f"sqlite:{bench.work / 'offers-create.db'}",
+                           AGORA_CATALOG_ADDRS=f"http://{catalog.grpc}",
+                           AGORA_CUSTOMERS_ADDRS=f"http://{customers.grpc}").wait_serving()
+    try:
+        start = int(time.time()) - 60
+        new_offer = off.Offer(product_id=product_id(7), kind=off.OFFER_KIND_SPEED, discount_percent=10,
+                              start_time=client.timestamp(seconds=start),
+                              end_time=client.timestamp(seconds=start + 24 * 3600))
+        create_req = off.CreateOfferRequest(offer=new_offer)
+
+        def create_check():
+            code, resp, details = call(offers.grpc, CREATE_PATH, create_req, off.CreateOfferResponse)
+            if code != grpc.StatusCode.OK:
+                return f"{code.name}: {details}"
+            if not resp.offer.offer_id or resp.offer.product_id != product_id(7):
+                return f"unexpected offer {resp.offer}"
+            return None
+
+        res = bench.load("create", "Agora offers, CreateOffer (asks catalog), SQLite", offers.grpc, CREATE_PATH,
+                         frame(create_req), create_check, servers=[offers, catalog, customers], method=CREATE_PATH)
+        m0, m1 = res["metrics"]
+        calls = metric_delta(m0["catalog"], m1["catalog"], "grpc_server_handling_seconds_count", grpc_method="GetProduct")
+        secs = metric_delta(m0["catalog"], m1["catalog"], "grpc_server_handling_seconds_sum", grpc_method="GetProduct")
+        own = metric_delta(m0["offers"], m1["offers"], "grpc_server_handling_seconds_sum", grpc_method="CreateOffer")
+        own_n = metric_delta(m0["offers"], m1["offers"], "grpc_server_handling_seconds_count",
+                             grpc_method="CreateOffer")
+        res["upstream_calls"] = calls
+        res["catalog_ms"] = secs * 1000 / calls if calls else None
+        res["offers_ms"] = own * 1000 / own_n if own_n else None
+    finally:
+        offers.stop()
+        customers.stop()
+        catalog.stop()
+
+
+# ---------------------------------------------------------------- scale
+
+
+def scale(bench: Bench, data: Data) -> None:
+    """GetProduct and a deep ListProducts page, on the small and the large catalog."""
+    for size, path in (("small", data.small_db), ("large", data.large_db)):
+        count = SMALL if size == "small" else LARGE
+        catalog = start_service(bench.procs, f"catalog-{size}", "catalog", f"sqlite:{path}").wait_serving()
+        try:
+            scale_catalog(bench, catalog, size, count)
+        finally:
+            catalog.stop()
+
+
+def scale_catalog(bench: Bench, catalog: Server, size: str, count: int) -> None:
+    cat = bench.client.catalog
+    want = product_id(count // 2 + 1)
+    bench.load(f"scale_get_{size}", f"scale: GetProduct, {count:,} products", catalog.grpc, GET_PATH,
+               get_body(bench, want), get_check(bench, catalog.grpc, want),
+               servers=[catalog], method=GET_PATH, at80=False)
+    # The page after 90 % of the catalog, reached the way a client does: page after page.
+    depth = count * 9 // 10
+    deep_req = cat.ListProductsRequest(page_size=50, page_token=page_token_after(bench, catalog.grpc, depth))
+    first_id = product_id(depth + 1)
+
+    def deep_check(addr=catalog.grpc, req=deep_req, first_id=first_id):
+        code, resp, details = call(addr, LIST_PATH, req, cat.ListProductsResponse)
+        if code != grpc.StatusCode.OK:
+            return f"{code.name}: {details}"
+        if len(resp.products) != 50 or resp.products[0].product_id != first_id:
+            return f"unexpected page: {len(resp.products)} products from {resp.products[:1]}"
+        return None
+
+    bench.load(f"scale_list_{size}", f"scale: ListProducts, page of 50 after {depth:,} of {count:,}",
+               catalog.grpc, LIST_PATH, frame(deep_req), deep_check, servers=[catalog], method=LIST_PATH,
+               at80=False)
+
+
+def page_token_after(bench: Bench, addr: str, depth: int) -> str:
+    """The page token after the first `depth` products, walking ListProducts 1,000 at a time."""
+    cat = bench.client.catalog
+    token, walked, deadline = "", 0, time.monotonic() + 600
+    while walked < depth and time.monotonic() < deadline:
+        step = min(1000, depth - walked)
+        code, resp, details = call(addr, LIST_PATH, cat.ListProductsRequest(page_size=step, page_token=token),
+                                   cat.ListProductsResponse, timeout=30)
+        if code != grpc.StatusCode.OK:
+            raise RuntimeError(f"walking ListProducts: {code.name}: {details}")
+        token, walked = resp.next_page_token, walked + len(resp.products)
+    return token
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def stream_products(bench: Bench, data: Data) -> None:
+    """StreamProducts over the large catalog: rows/s and the server's peak memory, read by a
+    Python client once, then by h2load STREAM_REPEATS times."""
+    catalog = start_service(bench.procs, "catalog-stream", "catalog", f"sqlite:{data.large_db}").wait_serving()
+    try:
+        log(f"StreamProducts: {LARGE:,} products, Python reader then h2load reader")
+        rss_before = catalog.status("VmRSS")
+        bench.results["stream_python"] = stream_python_reader(bench, catalog)
+        rss_mid = catalog.status("VmHWM")
+        bench.results["stream_h2load"] = stream_h2load_reader(bench, catalog, rss_before, rss_mid)
+    finally:
+        catalog.stop()
+
+
+def stream_python_reader(bench: Bench, catalog: Server) -> dict:
+    cat = bench.client.catalog
+    cpu0 = catalog.cpu_seconds()
+    code, items, secs = stream_count(catalog.grpc, STREAM_PATH, cat.StreamProductsRequest(),
+                                     cat.StreamProductsResponse, "products")
+    cpu1 = catalog.cpu_seconds()
+    py_ok = code == grpc.StatusCode.OK and items == LARGE
+    if not py_ok:
+        bench.failures.append(f"StreamProducts (Python reader): {code.name}, {items} of {LARGE}")
+    return {"rows_s": items / secs if secs else 0, "seconds": secs, "items": items,
+            "cpu_s": cpu1 - cpu0, "cpu_us_per_1000": (cpu1 - cpu0) * 1e9 / max(1, items),
+            "checked": py_ok}
+
+
+def stream_h2load_reader(bench: Bench, catalog: Server, rss_before: int, rss_mid: int) -> dict:
+    """h2load reads the stream STREAM_REPEATS times, one at a time; the catalog's metrics count the rows."""
+    cat = bench.client.catalog
+    m0 = catalog.metrics()
+    cpu0 = catalog.cpu_seconds()
+    run = bench.h2.run(catalog.grpc, STREAM_PATH, frame(cat.StreamProductsRequest()), n=STREAM_REPEATS,
+                       clients=1, streams=1)
+    cpu1 = catalog.cpu_seconds()
+    m1 = catalog.metrics()
+    hwm = catalog.status("VmHWM")
+    rows = metric_delta(m0, m1, "agora_catalog_stream_rows_read_total")
+    ok_codes = metric_delta(m0, m1, "grpc_server_handled_total", grpc_method="StreamProducts", grpc_code="OK")
+    h2_ok = rows == LARGE * STREAM_REPEATS and ok_codes == STREAM_REPEATS
+    if not h2_ok:
+        bench.failures.append(f"StreamProducts (h2load): {rows:.0f} rows read, {ok_codes:.0f} OK streams")
+    after_ok = bench.check("StreamProducts (after)", lambda: None if stream_count(
+        catalog.grpc, STREAM_PATH, cat.StreamProductsRequest(), cat.StreamProductsResponse, "products")[1] == LARGE
+        else "wrong count")
+    median_s = statistics.median(run["latencies"]) / 1000 if run["latencies"] else run["seconds"] / STREAM_REPEATS
+    return {
+        "rows_s": LARGE / median_s if median_s else 0,
+        "seconds": median_s,
+        "cpu_s": cpu1 - cpu0,
+        "cpu_us_per_1000": (cpu1 - cpu0) * 1e9 / max(1, rows),
+        "rss_before": rss_before,
+        "stream_bytes": run["data_bytes"] / STREAM_REPEATS,
+        "hwm_after_python": rss_mid,
+        "hwm": hwm,
+        "checked": h2_ok and after_ok,
+    }
+
+
+# ---------------------------------------------------------------- start-up and idle memory
+
+
+def startup_and_idle(bench: Bench, data: Data) -> None:
+    """Start-up (median of many starts) and idle memory of every service."""
+    log(f"start-up: {STARTS} starts of each service")
+    startup = {name: startup_times(bench.procs, bench.work, name) for name in SERVICES}
+    idle_memory(bench.procs, bench.work, data.small_db, startup)
+    bench.results["startup"] = startup
+
+
+def startup_times(procs: Procs, work: Path, name: str) -> dict:
+    """Milliseconds from exec to SERVING, STARTS times on an existing database and on a new one
+    (which runs the migrations); upstreams point at a closed port, as no call is made."""
+    db_path = work / f"start-{name}.db"
+    times, first = [], []
+    for i in range(STARTS):
+        fresh = work / f"start-{name}-fresh-{i}.db"
+        for target, into in ((fresh, first), (db_path, times)):
+            s = start_service(procs, f"start-{name}", name, f"sqlite:{target}", AGORA_LOG="warn",
+                              AGORA_CATALOG_ADDRS="http://127.0.0.1:9", AGORA_CUSTOMERS_ADDRS="http://127.0.0.1:9")
+            try:
+                s.wait_serving(bound=30)
+                into.append((time.monotonic() - s.started) * 1000)
+            finally:
+                s.stop()
+    return {"median": statistics.median(times), "p90": sorted(times)[int(len(times) * 0.9) - 1]
+            if len(times) >= 10 else max(times), "first": statistics.median(first)}
+
+
+def idle_memory(procs: Procs, work: Path, small_db: Path, startup: dict) -> None:
+    """Idle memory: the four services wired together as make run starts them; into startup[name]["idle_rss"]."""
+    catalog = start_service(procs, "idle-catalog", "catalog", f"sqlite:{small_db}").wait_serving()
+    customers = start_service(procs, "idle-customers", "customers",
+                              f"sqlite:{work / 'idle-customers.db'}").wait_serving()
+    up = dict(AGORA_CATALOG_ADDRS=f"http://{catalog.grpc}", AGORA_CUSTOMERS_ADDRS=f"http://{customers.grpc}")
+    offers = start_service(procs, "idle-offers", "offers", f"sqlite:{work / 'idle-offers.db'}", **up).wait_serving()
+    shopping = start_service(procs, "idle-shopping", "shopping", f"sqlite:{work / 'idle-shopping.db'}",
+                             **up).wait_serving()
+    try:
+        time.sleep(2 if QUICK else 5)
+        for s in (catalog, customers, offers, shopping):
+            startup[s.name.split("-")[1]]["idle_rss"] = s.status("VmRSS")
+    finally:
+        for s in (shopping, offers, customers, catalog):
+            s.stop()
+
+
+# ---------------------------------------------------------------- overload
+
+
+def overload(bench: Bench, data: Data) -> None:
+    """Overload: ten times the admitted concurrency; the calls shed, and health polled all along."""
+    catalog = start_service(bench.procs, "catalog-overload", "catalog", f"sqlite:{data.small_db}",
+                            AGORA_CONCURRENCY_LIMIT=OVERLOAD_LIMIT).wait_serving()
+    try:
+        polls, stop_polling = [], threading.Event()
+        poller = threading.Thread(target=poll_health, args=(catalog.grpc, polls, stop_polling), daemon=True)
+        poller.start()
+        try:
+            res = bench.load("overload", f"overload: GetProduct, {OVERLOAD_CLIENTS * OVERLOAD_STREAMS} streams, "
+                             f"limit {OVERLOAD_LIMIT}", catalog.grpc, GET_PATH, get_body(bench),
+                             get_check(bench, catalog.grpc), servers=[catalog], method=GET_PATH, at80=False,
+                             clients=OVERLOAD_CLIENTS, streams=OVERLOAD_STREAMS, expected=("RESOURCE_EXHAUSTED",))
+        finally:
+            stop_polling.set()
+            poller.join(timeout=10)
+        m0, m1 = res["metrics"][0][catalog.name], res["metrics"][1][catalog.name]
+        res["shed"] = metric_delta(m0, m1, "agora_grpc_server_shed_total")
+        res["polls"] = len(polls)
+        res["polls_serving"] = sum(1 for p in polls if p[0])
+        res["poll_max_ms"] = max((p[1] for p in polls), default=0) * 1000
+    finally:
+        catalog.stop()
+
+
+def poll_health(addr: str, polls: list, stop: threading.Event) -> None:
+    """Health checks every 0.1 s until `stop` is set; each poll appends (SERVING?, seconds[, code])."""
+    with grpc.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                polls.append((status == health_pb2.HealthCheckResponse.SERVING, time.monotonic() - started))
+            except grpc.RpcError as err:
+                polls.append((False, time.monotonic() - started, err.code().name))
+            stop.wait(0.1)
