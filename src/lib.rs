@@ -73,10 +73,13 @@ pub mod feed {
 
         /// The envelope; None when the message carries no event at all.
         fn envelope(self) -> Option<Envelope<Self::Kind>>;
+
+        /// The message that carries `envelope`.
+        fn from_envelope(envelope: Envelope<Self::Kind>) -> Self;
     }
 
     macro_rules! change_feed_message {
-        ($message:ty, $kind:ty) => {
+        ($message:ty, $event:ident, $kind:ty) => {
             impl ChangeFeedMessage for $message {
                 type Kind = $kind;
 
@@ -89,10 +92,21 @@ pub mod feed {
                         kind: event.kind,
                     })
                 }
+
+                fn from_envelope(envelope: Envelope<$kind>) -> Self {
+                    let Envelope { sequence, occur_time, head_sequence, kind } = envelope;
+                    Self { event: Some($event { sequence, occur_time, kind }), head_sequence }
+                }
             }
         };
     }
 
-    change_feed_message!(catalog::WatchCatalogEventsResponse, catalog::catalog_event::Kind);
-    change_feed_message!(customers::WatchCustomerEventsResponse, customers::customer_event::Kind);
+    use catalog::CatalogEvent;
+    use customers::CustomerEvent;
+    change_feed_message!(catalog::WatchCatalogEventsResponse, CatalogEvent, catalog::catalog_event::Kind);
+    change_feed_message!(
+        customers::WatchCustomerEventsResponse,
+        CustomerEvent,
+        customers::customer_event::Kind
+    );
 }

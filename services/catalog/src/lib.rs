@@ -16,31 +16,16 @@ pub mod store;
 use agora_contracts::{
     FILE_DESCRIPTOR_SET, agora::catalog::v1::catalog_service_server::CatalogServiceServer,
 };
-use agora_platform::{
-    Application, Database, Migrations, ServiceSpec, Services, Settings, db::LegacyHistory, outbox::Outbox,
-};
+use agora_platform::{Application, Database, Migrations, ServiceSpec, Services, Settings, outbox::Outbox};
 
 /// Name and default ports of the catalog.
 pub const SPEC: ServiceSpec = ServiceSpec { name: "catalog", grpc_port: 50051, admin_port: 9101 };
 
 /// The catalog's tables, per dialect (the platform adds its own).
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "catalog", include_str!("../migrations/sqlite/0001_catalog.sql"))],
-    postgres: &[(1, "catalog", include_str!("../migrations/postgres/0001_catalog.sql"))],
-    legacy: Some(LegacyHistory {
-        sqlite: &[
-            (1, "catalog", include_str!("../migrations/legacy/sqlite/0001_catalog.sql")),
-            (2, "idempotency keys", include_str!("../migrations/legacy/sqlite/0002_idempotency_keys.sql")),
-            (3, "outbox", include_str!("../migrations/legacy/sqlite/0003_outbox.sql")),
-        ],
-        postgres: &[
-            (1, "catalog", include_str!("../migrations/legacy/postgres/0001_catalog.sql")),
-            (2, "idempotency keys", include_str!("../migrations/legacy/postgres/0002_idempotency_keys.sql")),
-            (3, "outbox", include_str!("../migrations/legacy/postgres/0003_outbox.sql")),
-        ],
-        replaced_through: 1,
-    }),
-};
+pub const MIGRATIONS: Migrations = agora_platform::migrations!(
+    [(1, "0001_catalog")],
+    legacy [(1, "0001_catalog"), (2, "0002_idempotency_keys"), (3, "0003_outbox")] replaced through 1
+);
 
 /// The catalog service, bound to its ports and ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {

@@ -4,35 +4,25 @@
 
 use agora_platform::{
     Database, Error, UnitOfWork,
-    db::{Executor, Page, Row, keyset},
+    db::{Executor, Filter, Page, Row, Statement, page},
 };
 use futures_util::Stream;
 
 use crate::domain::{Family, Money, Product, ProductState};
 
-/// Columns of a product row, in the order `product_from_row` reads them.
+/// Columns of a product row, as `product_from_row` reads them.
 macro_rules! product_columns {
     () => {
         "seq, product_id, display_name, description, family_id, currency_code, amount_minor, state, revision, create_time, update_time"
     };
 }
 
-/// Which products a list or stream wants.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProductFilter {
-    pub family_id: Option<String>,
-    pub state: Option<ProductState>,
-}
+/// Families as `family_from_row` reads them.
+const FAMILIES: &str = "SELECT seq, family_id, display_name, description, create_time FROM families";
 
-impl ProductFilter {
-    /// A canonical rendering, bound into page tokens.
-    pub fn fingerprint(&self) -> String {
-        format!(
-            "family={};state={}",
-            self.family_id.as_deref().unwrap_or(""),
-            self.state.map_or("", ProductState::as_str)
-        )
-    }
+/// Which products a list or stream wants: of one family, in one state.
+pub fn product_filter(family_id: Option<String>, state: Option<ProductState>) -> Filter {
+    Filter::new().by("family", "family_id", family_id).by("state", "state", state.map(ProductState::as_str))
 }
 
 fn family_from_row(row: &Row) -> Result<Family, Error> {
@@ -52,8 +42,9 @@ fn product_from_row(row: &Row) -> Result<Product, Error> {
         description: row.get("description")?,
         family_id: row.get("family_id")?,
         price: Money { currency_code: row.get("currency_code")?, amount_minor: row.get("amount_minor")? },
-        state: ProductState::parse(&state)
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("unknown product state {state:?}")))?,
+        state: state
+            .parse()
+            .map_err(|_| Error::Internal(anyhow::anyhow!("unknown product state {state:?}")))?,
         revision: row.get("revision")?,
         create_time: row.get("create_time")?,
         update_time: row.get("update_time")?,
@@ -74,15 +65,8 @@ pub async fn insert_family(db: &Database, family: &Family) -> Result<(), Error> 
 }
 
 pub async fn family(db: &Database, id: &str) -> Result<Family, Error> {
-    let row = db
-        .query("SELECT family_id, display_name, description, create_time FROM families WHERE family_id = $1")
-        .bind(id)
-        .fetch_optional()
-        .await?;
-    match row {
-        Some(row) => family_from_row(&row),
-        None => Err(Error::NotFound { resource: "family", id: id.to_owned() }),
-    }
+    let sql = "SELECT family_id, display_name, description, create_time FROM families WHERE family_id = $1";
+    family_from_row(&db.query(sql).bind(id).fetch_found("family", id).await?)
 }
 
 pub async fn family_exists(on: impl Executor<'_>, id: &str) -> Result<bool, Error> {
@@ -91,29 +75,13 @@ pub async fn family_exists(on: impl Executor<'_>, id: &str) -> Result<bool, Erro
 
 /// One page of families after the cursor `after`, in creation order.
 pub async fn list_families(db: &Database, after: Option<i64>, limit: u32) -> Result<Page<Family>, Error> {
-    let rows = db
-        .query(
-            "SELECT seq, family_id, display_name, description, create_time FROM families \
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after.unwrap_or(0))
-        .bind(i64::from(limit) + 1)
-        .fetch_all()
-        .await?;
-    keyset(rows, limit, family_from_row)
+    page(db, FAMILIES, &Filter::new(), after, limit, family_from_row).await
 }
 
 /// One product, through the pool or inside a unit of work.
 pub async fn product(on: impl Executor<'_>, id: &str) -> Result<Product, Error> {
-    let row = on
-        .query(concat!("SELECT ", product_columns!(), " FROM products WHERE product_id = $1"))
-        .bind(id)
-        .fetch_optional()
-        .await?;
-    match row {
-        Some(row) => product_from_row(&row),
-        None => Err(Error::NotFound { resource: "product", id: id.to_owned() }),
-    }
+    let sql = concat!("SELECT ", product_columns!(), " FROM products WHERE product_id = $1");
+    product_from_row(&on.query(sql).bind(id).fetch_found("product", id).await?)
 }
 
 /// The products among `ids` that exist, in no particular order.
@@ -136,39 +104,12 @@ pub async fn products(db: &Database, ids: &[String]) -> Result<Vec<Product>, Err
 /// One page of products after the cursor `after`, in creation order.
 pub async fn list_products(
     db: &Database,
-    filter: &ProductFilter,
+    filter: &Filter,
     after: Option<i64>,
     limit: u32,
 ) -> Result<Page<Product>, Error> {
-    // One statement per filter shape, so each can use its index.
-    let sql = match (&filter.family_id, &filter.state) {
-        (None, None) => {
-            concat!("SELECT ", product_columns!(), " FROM products WHERE seq > $1 ORDER BY seq LIMIT $2")
-        }
-        (Some(_), None) => concat!(
-            "SELECT ",
-            product_columns!(),
-            " FROM products WHERE seq > $1 AND family_id = $3 ORDER BY seq LIMIT $2"
-        ),
-        (None, Some(_)) => concat!(
-            "SELECT ",
-            product_columns!(),
-            " FROM products WHERE seq > $1 AND state = $3 ORDER BY seq LIMIT $2"
-        ),
-        (Some(_), Some(_)) => concat!(
-            "SELECT ",
-            product_columns!(),
-            " FROM products WHERE seq > $1 AND family_id = $3 AND state = $4 ORDER BY seq LIMIT $2"
-        ),
-    };
-    let mut query = db.query(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
-    if let Some(family) = &filter.family_id {
-        query = query.bind(family);
-    }
-    if let Some(state) = filter.state {
-        query = query.bind(state.as_str());
-    }
-    keyset(query.fetch_all().await?, limit, product_from_row)
+    page(db, concat!("SELECT ", product_columns!(), " FROM products"), filter, after, limit, product_from_row)
+        .await
 }
 
 /// Every product matching `filter`, in creation order, as batches read one
@@ -176,7 +117,7 @@ pub async fn list_products(
 /// reading, and memory holds one batch.
 pub fn stream_products(
     db: Database,
-    filter: ProductFilter,
+    filter: Filter,
     batch: u32,
 ) -> impl Stream<Item = Result<Vec<Product>, Error>> + Send + 'static {
     futures_util::stream::unfold(Some(0), move |after| {
@@ -196,48 +137,35 @@ pub fn stream_products(
     })
 }
 
+/// Binds what insert and save share: `$1` the id, `$2` to `$9` the
+/// fields that change.
+fn bind_product<'c>(statement: Statement<'c>, p: &Product) -> Statement<'c> {
+    statement
+        .bind(&p.id)
+        .bind(&p.display_name)
+        .bind(&p.description)
+        .bind(&p.family_id)
+        .bind(&p.price.currency_code)
+        .bind(p.price.amount_minor)
+        .bind(p.state.as_str())
+        .bind(p.revision)
+        .bind(p.update_time)
+}
+
 pub async fn insert_product(uow: &mut UnitOfWork, product: &Product) -> Result<(), Error> {
-    uow.query(concat!(
-        "INSERT INTO products (product_id, display_name, description, family_id, currency_code, ",
-        "amount_minor, state, revision, create_time, update_time) ",
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    ))
-    .bind(&product.id)
-    .bind(&product.display_name)
-    .bind(&product.description)
-    .bind(&product.family_id)
-    .bind(&product.price.currency_code)
-    .bind(product.price.amount_minor)
-    .bind(product.state.as_str())
-    .bind(product.revision)
-    .bind(product.create_time)
-    .bind(product.update_time)
-    .execute()
-    .await
-    .map(drop)
+    let sql = "INSERT INTO products (product_id, display_name, description, family_id, currency_code, \
+               amount_minor, state, revision, update_time, create_time) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    bind_product(uow.query(sql), product).bind(product.create_time).execute().await.map(drop)
 }
 
 /// Saves a changed product over the revision it was loaded at; another
 /// writer that got in between makes the etag stale.
 pub async fn save_product(uow: &mut UnitOfWork, product: &Product) -> Result<(), Error> {
-    let changed = uow
-        .query(
-            "UPDATE products SET display_name = $1, description = $2, family_id = $3, currency_code = $4, \
-             amount_minor = $5, state = $6, revision = $7, update_time = $8 \
-             WHERE product_id = $9 AND revision = $10",
-        )
-        .bind(&product.display_name)
-        .bind(&product.description)
-        .bind(&product.family_id)
-        .bind(&product.price.currency_code)
-        .bind(product.price.amount_minor)
-        .bind(product.state.as_str())
-        .bind(product.revision)
-        .bind(product.update_time)
-        .bind(&product.id)
-        .bind(product.revision - 1)
-        .execute()
-        .await?;
+    let sql = "UPDATE products SET display_name = $2, description = $3, family_id = $4, currency_code = $5, \
+               amount_minor = $6, state = $7, revision = $8, update_time = $9 \
+               WHERE product_id = $1 AND revision = $10";
+    let changed = bind_product(uow.query(sql), product).bind(product.revision - 1).execute().await?;
     if changed == 0 {
         return Err(Error::stale_etag("product", &product.id));
     }

@@ -10,10 +10,12 @@
 use agora_contracts::agora::customers::v1::{self as pb, customer_service_server::CustomerService};
 use agora_platform::{
     Database, Error, Shutdown, Violations,
-    outbox::{Outbox, Published, ResponseStream},
-    wire::{Paging, new_id, now_micros, required_id, timestamp_from_micros},
+    outbox::{Outbox, ResponseStream},
+    wire::{
+        Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros, update_paths,
+    },
 };
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use crate::{
     domain::{self, Customer, CustomerEvent, CustomerPatch, Email, NewCustomer},
@@ -40,23 +42,15 @@ impl CustomersApi {
 }
 
 /// An event of the outbox as the change feed tells it.
-fn event_message(published: Published<CustomerEvent>) -> pb::WatchCustomerEventsResponse {
+fn event_kind(event: CustomerEvent) -> pb::customer_event::Kind {
     use pb::customer_event::Kind;
-    let kind = match published.event {
+    match event {
         CustomerEvent::CustomerRegistered { customer_id } => {
             Kind::CustomerRegistered(pb::CustomerRegistered { customer_id })
         }
         CustomerEvent::CustomerDeleted { customer_id } => {
             Kind::CustomerDeleted(pb::CustomerDeleted { customer_id })
         }
-    };
-    pb::WatchCustomerEventsResponse {
-        event: Some(pb::CustomerEvent {
-            sequence: published.sequence,
-            occur_time: Some(timestamp_from_micros(published.occur_time)),
-            kind: Some(kind),
-        }),
-        head_sequence: published.head,
     }
 }
 
@@ -79,9 +73,7 @@ impl TryFrom<pb::CreateCustomerRequest> for NewCustomer {
 
     /// The customer to register; its id, etag and times are ignored.
     fn try_from(request: pb::CreateCustomerRequest) -> Result<Self, Error> {
-        let Some(c) = request.customer else {
-            return Err(Error::invalid("customer", "is required"));
-        };
+        let c = required("customer", request.customer)?;
         let mut v = Violations::new();
         let given_name = v.check("customer.given_name", domain::parse_name(&c.given_name));
         let family_name = v.check("customer.family_name", domain::parse_name(&c.family_name));
@@ -111,23 +103,17 @@ impl TryFrom<pb::UpdateCustomerRequest> for Update {
     /// answer names every problem. With no mask, every updatable field set
     /// in the request is updated (AIP-134).
     fn try_from(request: pb::UpdateCustomerRequest) -> Result<Self, Error> {
-        let Some(c) = request.customer else {
-            return Err(Error::invalid("customer", "is required"));
-        };
+        let c = required("customer", request.customer)?;
         let mut v = Violations::new();
         let id = v.check("customer.customer_id", domain::parse_id(&c.customer_id));
-        let paths: Vec<String> = match request.update_mask {
-            Some(mask) if !mask.paths.is_empty() => mask.paths,
-            _ => [
+        let paths = update_paths(
+            request.update_mask,
+            &[
                 (!c.given_name.is_empty(), "given_name"),
                 (!c.family_name.is_empty(), "family_name"),
                 (!c.email.is_empty(), "email"),
-            ]
-            .into_iter()
-            .filter(|(set, _)| *set)
-            .map(|(_, path)| path.to_owned())
-            .collect(),
-        };
+            ],
+        );
         let mut patch = CustomerPatch::default();
         for path in &paths {
             match path.as_str() {
@@ -157,7 +143,7 @@ impl CustomerService for CustomersApi {
     async fn create_customer(
         &self,
         request: Request<pb::CreateCustomerRequest>,
-    ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
+    ) -> Answer<pb::CreateCustomerResponse> {
         let new = NewCustomer::try_from(request.into_inner())?;
         let (customer, registered) = Customer::register(new_id("cus"), new, now_micros());
         let mut uow = self.db.begin().await?;
@@ -165,37 +151,35 @@ impl CustomerService for CustomersApi {
         uow.record(&registered).await?;
         uow.commit().await?;
         tracing::info!(customer_id = %customer.id, "customer registered");
-        Ok(Response::new(pb::CreateCustomerResponse { customer: Some(customer.into()) }))
+        reply(pb::CreateCustomerResponse { customer: Some(customer.into()) })
     }
 
     async fn get_customer(
         &self,
         request: Request<pb::GetCustomerRequest>,
-    ) -> Result<Response<pb::GetCustomerResponse>, Status> {
+    ) -> Answer<pb::GetCustomerResponse> {
         let id = required_id("customer_id", &request.into_inner().customer_id)?;
         let customer = store::customer(&self.db, &id).await?;
-        Ok(Response::new(pb::GetCustomerResponse { customer: Some(customer.into()) }))
+        reply(pb::GetCustomerResponse { customer: Some(customer.into()) })
     }
 
     async fn list_customers(
         &self,
         request: Request<pb::ListCustomersRequest>,
-    ) -> Result<Response<pb::ListCustomersResponse>, Status> {
+    ) -> Answer<pb::ListCustomersResponse> {
         let req = request.into_inner();
-        let mut v = Violations::new();
-        let paging = Paging::read(&mut v, req.page_size, &req.page_token, LIST_FILTER);
-        v.finish()?;
+        let paging = Paging::of(req.page_size, &req.page_token, LIST_FILTER)?;
         let page = store::list(&self.db, paging.after, paging.size).await?;
-        Ok(Response::new(pb::ListCustomersResponse {
+        reply(pb::ListCustomersResponse {
             next_page_token: paging.next_page_token(&page),
             customers: page.map(Into::into).items,
-        }))
+        })
     }
 
     async fn update_customer(
         &self,
         request: Request<pb::UpdateCustomerRequest>,
-    ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
+    ) -> Answer<pb::UpdateCustomerResponse> {
         let Update { id, etag, patch } = Update::try_from(request.into_inner())?;
         let mut uow = self.db.begin().await?;
         let mut customer = store::customer(&mut uow, &id).await?;
@@ -203,13 +187,13 @@ impl CustomerService for CustomersApi {
         store::save(&mut uow, &customer).await?;
         uow.commit().await?;
         tracing::info!(customer_id = %customer.id, "customer updated");
-        Ok(Response::new(pb::UpdateCustomerResponse { customer: Some(customer.into()) }))
+        reply(pb::UpdateCustomerResponse { customer: Some(customer.into()) })
     }
 
     async fn delete_customer(
         &self,
         request: Request<pb::DeleteCustomerRequest>,
-    ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
+    ) -> Answer<pb::DeleteCustomerResponse> {
         let req = request.into_inner();
         let id = required_id("customer_id", &req.customer_id)?;
         let mut uow = self.db.begin().await?;
@@ -221,7 +205,7 @@ impl CustomerService for CustomersApi {
         uow.record(&deleted).await?;
         uow.commit().await?;
         tracing::info!(customer_id = %id, "customer deleted");
-        Ok(Response::new(pb::DeleteCustomerResponse {}))
+        reply(pb::DeleteCustomerResponse {})
     }
 
     type WatchCustomerEventsStream = ResponseStream<pb::WatchCustomerEventsResponse>;
@@ -229,9 +213,9 @@ impl CustomerService for CustomersApi {
     async fn watch_customer_events(
         &self,
         request: Request<pb::WatchCustomerEventsRequest>,
-    ) -> Result<Response<Self::WatchCustomerEventsStream>, Status> {
+    ) -> Answer<Self::WatchCustomerEventsStream> {
         let after = request.into_inner().after_sequence;
-        let stream = self.outbox.serve(after, self.shutdown.clone(), event_message).await?;
-        Ok(Response::new(stream))
+        let stream = self.outbox.serve(after, self.shutdown.clone(), event_kind).await?;
+        reply(stream)
     }
 }

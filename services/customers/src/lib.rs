@@ -16,29 +16,16 @@ pub mod store;
 use agora_contracts::{
     FILE_DESCRIPTOR_SET, agora::customers::v1::customer_service_server::CustomerServiceServer,
 };
-use agora_platform::{
-    Application, Database, Migrations, ServiceSpec, Services, Settings, db::LegacyHistory, outbox::Outbox,
-};
+use agora_platform::{Application, Database, Migrations, ServiceSpec, Services, Settings, outbox::Outbox};
 
 /// Name and default ports of the customers service.
 pub const SPEC: ServiceSpec = ServiceSpec { name: "customers", grpc_port: 50052, admin_port: 9102 };
 
 /// The customers' tables, per dialect (the platform adds its own).
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "customers", include_str!("../migrations/sqlite/0001_customers.sql"))],
-    postgres: &[(1, "customers", include_str!("../migrations/postgres/0001_customers.sql"))],
-    legacy: Some(LegacyHistory {
-        sqlite: &[
-            (1, "customers", include_str!("../migrations/legacy/sqlite/0001_customers.sql")),
-            (2, "outbox", include_str!("../migrations/legacy/sqlite/0002_outbox.sql")),
-        ],
-        postgres: &[
-            (1, "customers", include_str!("../migrations/legacy/postgres/0001_customers.sql")),
-            (2, "outbox", include_str!("../migrations/legacy/postgres/0002_outbox.sql")),
-        ],
-        replaced_through: 1,
-    }),
-};
+pub const MIGRATIONS: Migrations = agora_platform::migrations!(
+    [(1, "0001_customers")],
+    legacy [(1, "0001_customers"), (2, "0002_outbox")] replaced through 1
+);
 
 /// The customers service, bound to its ports and ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {

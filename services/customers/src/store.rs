@@ -9,7 +9,7 @@
 
 use agora_platform::{
     Database, Error, UnitOfWork,
-    db::{Executor, Page, Row, Unique, keyset},
+    db::{Executor, Filter, Page, Row, Statement, Unique, page},
 };
 
 use crate::domain::{Customer, Email};
@@ -46,74 +46,46 @@ fn not_found(id: &str) -> Error {
     Error::NotFound { resource: "customer", id: id.to_owned() }
 }
 
+/// Binds what insert and save share: `$1` the id, `$2` to `$7` the fields
+/// that change. A duplicate email is ALREADY_EXISTS.
+fn bind_customer<'c>(statement: Statement<'c>, c: &Customer) -> Statement<'c> {
+    statement
+        .bind(&c.id)
+        .bind(&c.given_name)
+        .bind(&c.family_name)
+        .bind(c.email.as_str())
+        .bind(c.email.key())
+        .bind(c.revision)
+        .bind(c.update_time)
+        .on_unique_violation(EMAIL, email_taken)
+}
+
 /// Registers a customer; ALREADY_EXISTS when the email is taken.
 pub async fn insert(uow: &mut UnitOfWork, customer: &Customer) -> Result<(), Error> {
-    uow.query(concat!(
-        "INSERT INTO customers (customer_id, given_name, family_name, email, email_key, ",
-        "revision, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-    ))
-    .bind(&customer.id)
-    .bind(&customer.given_name)
-    .bind(&customer.family_name)
-    .bind(customer.email.as_str())
-    .bind(customer.email.key())
-    .bind(customer.revision)
-    .bind(customer.create_time)
-    .bind(customer.update_time)
-    .on_unique_violation(EMAIL, email_taken)
-    .execute()
-    .await
-    .map(drop)
+    let sql = "INSERT INTO customers (customer_id, given_name, family_name, email, email_key, revision, \
+               update_time, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    bind_customer(uow.query(sql), customer).bind(customer.create_time).execute().await.map(drop)
 }
 
 /// One customer, through the pool or inside a unit of work.
 pub async fn customer(on: impl Executor<'_>, id: &str) -> Result<Customer, Error> {
-    let row = on
-        .query(concat!("SELECT ", customer_columns!(), " FROM customers WHERE customer_id = $1"))
-        .bind(id)
-        .fetch_optional()
-        .await?;
-    match row {
-        Some(row) => customer_from_row(&row),
-        None => Err(not_found(id)),
-    }
+    let sql = concat!("SELECT ", customer_columns!(), " FROM customers WHERE customer_id = $1");
+    customer_from_row(&on.query(sql).bind(id).fetch_found("customer", id).await?)
 }
 
 /// One page of customers after the cursor `after`, in creation order.
 pub async fn list(db: &Database, after: Option<i64>, limit: u32) -> Result<Page<Customer>, Error> {
-    let rows = db
-        .query(concat!(
-            "SELECT ",
-            customer_columns!(),
-            " FROM customers WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(after.unwrap_or(0))
-        .bind(i64::from(limit) + 1)
-        .fetch_all()
-        .await?;
-    keyset(rows, limit, customer_from_row)
+    let select = concat!("SELECT ", customer_columns!(), " FROM customers");
+    page(db, select, &Filter::new(), after, limit, customer_from_row).await
 }
 
 /// Saves a changed customer over the revision it was loaded at; another
 /// writer that got in between makes the etag stale. ALREADY_EXISTS when the
 /// new email is another customer's.
 pub async fn save(uow: &mut UnitOfWork, customer: &Customer) -> Result<(), Error> {
-    let changed = uow
-        .query(
-            "UPDATE customers SET given_name = $1, family_name = $2, email = $3, email_key = $4, \
-             revision = $5, update_time = $6 WHERE customer_id = $7 AND revision = $8",
-        )
-        .bind(&customer.given_name)
-        .bind(&customer.family_name)
-        .bind(customer.email.as_str())
-        .bind(customer.email.key())
-        .bind(customer.revision)
-        .bind(customer.update_time)
-        .bind(&customer.id)
-        .bind(customer.revision - 1)
-        .on_unique_violation(EMAIL, email_taken)
-        .execute()
-        .await?;
+    let sql = "UPDATE customers SET given_name = $2, family_name = $3, email = $4, email_key = $5, \
+               revision = $6, update_time = $7 WHERE customer_id = $1 AND revision = $8";
+    let changed = bind_customer(uow.query(sql), customer).bind(customer.revision - 1).execute().await?;
     if changed == 0 {
         return Err(Error::stale_etag("customer", &customer.id));
     }

@@ -7,20 +7,21 @@ use agora_platform::{
     Database, Error, Precondition, Violations,
     db::IdempotencyKey,
     middleware::{Deadline, ExtraTrailers},
+    upstream::hosts,
     wire::{
-        Paging, micros_from_timestamp, new_id, now_micros, optional_id, parse_request_id, required_id,
-        timestamp_from_micros,
+        Answer, Paging, micros_from_timestamp, new_id, now_micros, optional_id, parse_request_id, reply,
+        required, required_id, timestamp_from_micros,
     },
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 use crate::{
-    domain::{self, MAX_AVAILABLE, NewOffer, Offer, OfferKind, OfferState, WindowProblem},
+    domain::{self, MAX_AVAILABLE, NewOffer, Offer, OfferKind, OfferState, Window, WindowProblem},
     fallback::Fallback,
-    store::{self, OfferFilter},
+    store,
     upstream::{
-        catalog::{Catalog, Offerable},
-        customers::Customers,
+        catalog::{Offerable, offerable},
+        customers,
     },
 };
 
@@ -28,8 +29,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct OffersApi {
     pub(crate) db: Database,
-    pub(crate) catalog: Catalog,
-    pub(crate) customers: Customers,
+    pub(crate) catalog: hosts::Catalog,
+    pub(crate) customers: hosts::Customers,
     pub(crate) fallback: Fallback,
 }
 
@@ -52,8 +53,8 @@ impl From<Offer> for pb::Offer {
             customer_id: o.customer_id.unwrap_or_default(),
             kind: kind.into(),
             discount_percent: o.discount_percent,
-            start_time: time(o.start_time),
-            end_time: time(o.end_time),
+            start_time: time(o.window.start),
+            end_time: time(o.window.end),
             state: state.into(),
             create_time: time(o.create_time),
         }
@@ -66,9 +67,7 @@ fn parse_new_offer(
     now: i64,
 ) -> Result<(Option<IdempotencyKey>, NewOffer), Error> {
     let request_id = parse_request_id(&request.request_id).map_err(|d| Error::invalid("request_id", d))?;
-    let Some(o) = request.offer else {
-        return Err(Error::invalid("offer", "is required"));
-    };
+    let o = required("offer", request.offer)?;
     let mut v = Violations::new();
     let product_id = v.check("offer.product_id", domain::parse_id(&o.product_id));
     let customer_id = optional_id(&mut v, "offer.customer_id", &o.customer_id);
@@ -92,35 +91,36 @@ fn parse_new_offer(
     };
     let start = time("offer.start_time", o.start_time.as_ref());
     let end = time("offer.end_time", o.end_time.as_ref());
-    if let (Some(kind), Some(start), Some(end)) = (kind, start, end) {
-        match domain::check_window(kind, start, end, now) {
-            Ok(()) => {}
-            Err(WindowProblem::Start(d)) => v.add("offer.start_time", d),
-            Err(WindowProblem::End(d)) => v.add("offer.end_time", d),
-        }
-    }
+    let window = match (kind, start, end) {
+        (Some(kind), Some(start), Some(end)) => match Window::new(kind, start, end, now) {
+            Ok(window) => Some(window),
+            Err(problem) => {
+                let (field, d) = match problem {
+                    WindowProblem::Start(d) => ("offer.start_time", d),
+                    WindowProblem::End(d) => ("offer.end_time", d),
+                };
+                v.add(field, d);
+                None
+            }
+        },
+        _ => None,
+    };
     v.finish()?;
     let new = NewOffer {
         product_id: product_id.unwrap_or_default(),
         customer_id,
         kind: kind.expect("checked"),
         discount_percent: discount.expect("checked"),
-        start_time: start.expect("checked"),
-        end_time: end.expect("checked"),
+        window: window.expect("checked"),
     };
-    let key = request_id.map(|request_id| IdempotencyKey {
-        request_id,
-        fingerprint: new.fingerprint(),
-        resource: "offer",
-    });
-    Ok((key, new))
+    Ok((IdempotencyKey::of(request_id, "offer", || new.fingerprint()), new))
 }
 
 impl OffersApi {
     /// The upstream checks of a new offer: the product is on sale, and a
     /// personal offer's customer exists.
     async fn check_references(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<(), Error> {
-        match self.catalog.offerable(&new.product_id, deadline).await? {
+        match offerable(&self.catalog, &new.product_id, deadline).await? {
             Offerable::Yes => {}
             Offerable::Unknown => {
                 return Err(Error::NotFound { resource: "product", id: new.product_id.clone() });
@@ -134,7 +134,7 @@ impl OffersApi {
             }
         }
         if let Some(customer_id) = &new.customer_id
-            && !self.customers.exists(customer_id, deadline).await?
+            && !customers::exists(&self.customers, customer_id, deadline).await?
         {
             return Err(Error::NotFound { resource: "customer", id: customer_id.clone() });
         }
@@ -147,7 +147,7 @@ impl OfferService for OffersApi {
     async fn create_offer(
         &self,
         request: Request<pb::CreateOfferRequest>,
-    ) -> Result<Response<pb::CreateOfferResponse>, Status> {
+    ) -> Answer<pb::CreateOfferResponse> {
         let deadline = Deadline::of(&request);
         let now = now_micros();
         let (key, new) = parse_new_offer(request.into_inner(), now)?;
@@ -159,27 +159,21 @@ impl OfferService for OffersApi {
         if let Some(earlier) = uow.claim(key.as_ref(), &offer.id).await? {
             drop(uow);
             let offer = store::offer(&self.db, &earlier).await?;
-            return Ok(Response::new(pb::CreateOfferResponse { offer: Some(offer.into()) }));
+            return reply(pb::CreateOfferResponse { offer: Some(offer.into()) });
         }
         store::insert(&mut uow, &offer).await?;
         uow.commit().await?;
         tracing::info!(offer_id = %offer.id, product_id = %offer.product_id, "offer created");
-        Ok(Response::new(pb::CreateOfferResponse { offer: Some(offer.into()) }))
+        reply(pb::CreateOfferResponse { offer: Some(offer.into()) })
     }
 
-    async fn get_offer(
-        &self,
-        request: Request<pb::GetOfferRequest>,
-    ) -> Result<Response<pb::GetOfferResponse>, Status> {
+    async fn get_offer(&self, request: Request<pb::GetOfferRequest>) -> Answer<pb::GetOfferResponse> {
         let id = required_id("offer_id", &request.into_inner().offer_id)?;
         let offer = store::offer(&self.db, &id).await?;
-        Ok(Response::new(pb::GetOfferResponse { offer: Some(offer.into()) }))
+        reply(pb::GetOfferResponse { offer: Some(offer.into()) })
     }
 
-    async fn list_offers(
-        &self,
-        request: Request<pb::ListOffersRequest>,
-    ) -> Result<Response<pb::ListOffersResponse>, Status> {
+    async fn list_offers(&self, request: Request<pb::ListOffersRequest>) -> Answer<pb::ListOffersResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
         let size = Paging::size(&mut v, req.page_size);
@@ -192,21 +186,20 @@ impl OfferService for OffersApi {
                 None
             }
         };
-        let filter =
-            OfferFilter { product_id: (!req.product_id.is_empty()).then_some(req.product_id), state };
+        let filter = store::offer_filter((!req.product_id.is_empty()).then_some(req.product_id), state);
         let paging = size.token(&mut v, &req.page_token, filter.fingerprint());
         v.finish()?;
         let page = store::list(&self.db, &filter, paging.after, paging.size).await?;
-        Ok(Response::new(pb::ListOffersResponse {
+        reply(pb::ListOffersResponse {
             next_page_token: paging.next_page_token(&page),
             offers: page.map(Into::into).items,
-        }))
+        })
     }
 
     async fn withdraw_offer(
         &self,
         request: Request<pb::WithdrawOfferRequest>,
-    ) -> Result<Response<pb::WithdrawOfferResponse>, Status> {
+    ) -> Answer<pb::WithdrawOfferResponse> {
         let req = request.into_inner();
         let id = required_id("offer_id", &req.offer_id)?;
         let mut uow = self.db.begin().await?;
@@ -215,13 +208,13 @@ impl OfferService for OffersApi {
             store::save(&mut uow, &offer).await?;
             uow.commit().await?;
         }
-        Ok(Response::new(pb::WithdrawOfferResponse { offer: Some(offer.into()) }))
+        reply(pb::WithdrawOfferResponse { offer: Some(offer.into()) })
     }
 
     async fn list_available_offers(
         &self,
         request: Request<pb::ListAvailableOffersRequest>,
-    ) -> Result<Response<pb::ListAvailableOffersResponse>, Status> {
+    ) -> Answer<pb::ListAvailableOffersResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
         let customer_id = optional_id(&mut v, "customer_id", &req.customer_id);
@@ -236,10 +229,10 @@ impl OfferService for OffersApi {
         )
         .await;
         match found {
-            Ok(offers) => Ok(Response::new(pb::ListAvailableOffersResponse {
+            Ok(offers) => reply(pb::ListAvailableOffersResponse {
                 offers: offers.into_iter().map(Into::into).collect(),
                 fallback: false,
-            })),
+            }),
             Err(err) => {
                 // The data layer failed: answer with the default set, and
                 // say so in the body, in a trailer and in the metrics.

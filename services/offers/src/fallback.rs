@@ -12,7 +12,7 @@
 
 use serde::Deserialize;
 
-use crate::domain::{self, Offer, OfferKind, OfferState};
+use crate::domain::{self, Offer, OfferKind, OfferState, Window};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +37,7 @@ impl Fallback {
         let mut offers = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
             let kind =
-                OfferKind::parse(&e.kind).ok_or_else(|| format!("[{i}].kind: expected SPEED or LAST_DAY"))?;
+                e.kind.parse::<OfferKind>().map_err(|_| format!("[{i}].kind: expected SPEED or LAST_DAY"))?;
             let discount_percent = domain::check_discount(e.discount_percent)
                 .map_err(|d| format!("[{i}].discount_percent: {d}"))?;
             let product_id = domain::parse_id(&e.product_id).map_err(|d| format!("[{i}].product_id: {d}"))?;
@@ -48,8 +48,7 @@ impl Fallback {
                 customer_id: None,
                 kind,
                 discount_percent,
-                start_time: 0,
-                end_time: 0,
+                window: Window { start: 0, end: 0 },
                 state: OfferState::Active,
                 revision: 0,
                 create_time: 0,

@@ -23,47 +23,22 @@ use agora_contracts::{FILE_DESCRIPTOR_SET, agora::offers::v1::offer_service_serv
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
-    db::LegacyHistory,
-    feed,
-    upstream::UpstreamSettings,
+    upstream::hosts::Addresses,
 };
 
 pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, admin_port: 9103 };
 
 /// The offers table, per dialect (the platform adds its own).
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "offers", include_str!("../migrations/sqlite/0001_offers.sql"))],
-    postgres: &[(1, "offers", include_str!("../migrations/postgres/0001_offers.sql"))],
-    legacy: Some(LegacyHistory {
-        sqlite: &[
-            (1, "offers", include_str!("../migrations/legacy/sqlite/0001_offers.sql")),
-            (2, "feed cursors", include_str!("../migrations/legacy/sqlite/0002_feed_cursors.sql")),
-            (
-                3,
-                "available by product",
-                include_str!("../migrations/legacy/sqlite/0003_available_by_product.sql"),
-            ),
-        ],
-        postgres: &[
-            (1, "offers", include_str!("../migrations/legacy/postgres/0001_offers.sql")),
-            (2, "feed cursors", include_str!("../migrations/legacy/postgres/0002_feed_cursors.sql")),
-            (
-                3,
-                "available by product",
-                include_str!("../migrations/legacy/postgres/0003_available_by_product.sql"),
-            ),
-        ],
-        replaced_through: 1,
-    }),
-};
+pub const MIGRATIONS: Migrations = agora_platform::migrations!(
+    [(1, "0001_offers")],
+    legacy [(1, "0001_offers"), (2, "0002_feed_cursors"), (3, "0003_available_by_product")] replaced through 1
+);
 
 /// What offers needs beyond the shared settings.
 #[derive(Debug, Clone)]
 pub struct OffersSettings {
-    /// The catalog (`AGORA_CATALOG_ADDRS`, default `http://127.0.0.1:50051`).
-    pub catalog: UpstreamSettings,
-    /// Customers (`AGORA_CUSTOMERS_ADDRS`, default `http://127.0.0.1:50052`).
-    pub customers: UpstreamSettings,
+    /// Where catalog and customers are.
+    pub upstreams: Addresses,
     /// The default offers of a database failure.
     pub fallback: fallback::Fallback,
 }
@@ -74,8 +49,7 @@ impl OffersSettings {
     /// `AGORA_OFFERS_FALLBACK` (JSON) or `AGORA_OFFERS_FALLBACK_FILE`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut env = EnvReader::new(|name| std::env::var(name).ok());
-        let catalog = UpstreamSettings::read(&mut env, "catalog", "http://127.0.0.1:50051");
-        let customers = UpstreamSettings::read(&mut env, "customers", "http://127.0.0.1:50052");
+        let upstreams = Addresses::read(&mut env);
         let json = match (env.optional("AGORA_OFFERS_FALLBACK"), env.optional("AGORA_OFFERS_FALLBACK_FILE")) {
             (Some(inline), _) => Some(("AGORA_OFFERS_FALLBACK".to_owned(), Ok(inline))),
             (None, Some(path)) => {
@@ -95,7 +69,7 @@ impl OffersSettings {
             }),
         };
         env.finish()?;
-        Ok(Self { catalog, customers, fallback })
+        Ok(Self { upstreams, fallback })
     }
 }
 
@@ -107,21 +81,13 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 /// The offers service, bound to its ports and ready to run.
 pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let api = api::OffersApi {
-        db: database.clone(),
-        catalog: upstream::catalog::Catalog::connect(&offers.catalog)?,
-        customers: upstream::customers::Customers::connect(&offers.customers)?,
-        fallback: offers.fallback,
-    };
+    let (catalog, customers) = offers.upstreams.connect()?;
+    // Follow the upstreams' change feeds in the background.
+    let [catalog_feed, customers_feed] = upstream::feeds::follow(&catalog, &customers, &database);
+    let api = api::OffersApi { db: database.clone(), catalog, customers, fallback: offers.fallback };
     let server = OfferServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    // Follow the upstreams' change feeds in the background.
-    let catalog_feed = upstream::feeds::CatalogFeed::connect(&offers.catalog)?;
-    let customers_feed = upstream::feeds::CustomersFeed::connect(&offers.customers)?;
-    let services = Services::new(FILE_DESCRIPTOR_SET)
-        .with(server)
-        .task(feed::consumer(catalog_feed, database.clone()))
-        .task(feed::consumer(customers_feed, database.clone()));
+    let services = Services::new(FILE_DESCRIPTOR_SET).with(server).task(catalog_feed).task(customers_feed);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

@@ -6,10 +6,10 @@
 
 use agora_platform::{
     Database, Error, UnitOfWork,
-    db::{Executor, Page, Row, keyset},
+    db::{Executor, Filter, Page, Row, page},
 };
 
-use crate::domain::{Offer, OfferKind, OfferState};
+use crate::domain::{Offer, OfferState, Window};
 
 macro_rules! offer_columns {
     () => {
@@ -18,22 +18,9 @@ macro_rules! offer_columns {
     };
 }
 
-/// Which offers a list wants.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OfferFilter {
-    pub product_id: Option<String>,
-    pub state: Option<OfferState>,
-}
-
-impl OfferFilter {
-    /// A canonical rendering, bound into page tokens.
-    pub fn fingerprint(&self) -> String {
-        format!(
-            "product={};state={}",
-            self.product_id.as_deref().unwrap_or(""),
-            self.state.map_or("", OfferState::as_str)
-        )
-    }
+/// Which offers a list wants: on one product, in one state.
+pub fn offer_filter(product_id: Option<String>, state: Option<OfferState>) -> Filter {
+    Filter::new().by("product", "product_id", product_id).by("state", "state", state.map(OfferState::as_str))
 }
 
 fn offer_from_row(row: &Row) -> Result<Offer, Error> {
@@ -46,11 +33,10 @@ fn offer_from_row(row: &Row) -> Result<Offer, Error> {
         id: row.get("offer_id")?,
         product_id: row.get("product_id")?,
         customer_id: (!customer_id.is_empty()).then_some(customer_id),
-        kind: OfferKind::parse(&kind).ok_or_else(|| unknown("offer kind", kind))?,
+        kind: kind.parse().map_err(|_| unknown("offer kind", kind))?,
         discount_percent: i32::try_from(discount).map_err(|e| Error::Internal(e.into()))?,
-        start_time: row.get("start_time")?,
-        end_time: row.get("end_time")?,
-        state: OfferState::parse(&state).ok_or_else(|| unknown("offer state", state))?,
+        window: Window { start: row.get("start_time")?, end: row.get("end_time")? },
+        state: state.parse().map_err(|_| unknown("offer state", state))?,
         revision: row.get("revision")?,
         create_time: row.get("create_time")?,
         update_time: row.get("update_time")?,
@@ -68,8 +54,8 @@ pub async fn insert(uow: &mut UnitOfWork, offer: &Offer) -> Result<(), Error> {
     .bind(offer.customer_id.as_deref().unwrap_or(""))
     .bind(offer.kind.as_str())
     .bind(i64::from(offer.discount_percent))
-    .bind(offer.start_time)
-    .bind(offer.end_time)
+    .bind(offer.window.start)
+    .bind(offer.window.end)
     .bind(offer.state.as_str())
     .bind(offer.revision)
     .bind(offer.create_time)
@@ -81,15 +67,8 @@ pub async fn insert(uow: &mut UnitOfWork, offer: &Offer) -> Result<(), Error> {
 
 /// One offer, through the pool or inside a unit of work.
 pub async fn offer(on: impl Executor<'_>, id: &str) -> Result<Offer, Error> {
-    let row = on
-        .query(concat!("SELECT ", offer_columns!(), " FROM offers WHERE offer_id = $1"))
-        .bind(id)
-        .fetch_optional()
-        .await?;
-    match row {
-        Some(row) => offer_from_row(&row),
-        None => Err(Error::NotFound { resource: "offer", id: id.to_owned() }),
-    }
+    let sql = concat!("SELECT ", offer_columns!(), " FROM offers WHERE offer_id = $1");
+    offer_from_row(&on.query(sql).bind(id).fetch_found("offer", id).await?)
 }
 
 /// Saves a changed offer over the revision it was loaded at.
@@ -114,41 +93,11 @@ pub async fn save(uow: &mut UnitOfWork, offer: &Offer) -> Result<(), Error> {
 /// One page of offers after the cursor `after`, in creation order.
 pub async fn list(
     db: &Database,
-    filter: &OfferFilter,
+    filter: &Filter,
     after: Option<i64>,
     limit: u32,
 ) -> Result<Page<Offer>, Error> {
-    // One statement per filter shape, so each can use its index.
-    let sql = match (&filter.product_id, &filter.state) {
-        (None, None) => {
-            concat!("SELECT ", offer_columns!(), " FROM offers WHERE seq > $1 ORDER BY seq LIMIT $2")
-        }
-        (Some(_), None) => concat!(
-            "SELECT ",
-            offer_columns!(),
-            " FROM offers WHERE seq > $1 AND product_id = $3 ORDER BY seq LIMIT $2"
-        ),
-        (None, Some(_)) => {
-            concat!(
-                "SELECT ",
-                offer_columns!(),
-                " FROM offers WHERE seq > $1 AND state = $3 ORDER BY seq LIMIT $2"
-            )
-        }
-        (Some(_), Some(_)) => concat!(
-            "SELECT ",
-            offer_columns!(),
-            " FROM offers WHERE seq > $1 AND product_id = $3 AND state = $4 ORDER BY seq LIMIT $2"
-        ),
-    };
-    let mut query = db.query(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
-    if let Some(product) = &filter.product_id {
-        query = query.bind(product);
-    }
-    if let Some(state) = filter.state {
-        query = query.bind(state.as_str());
-    }
-    keyset(query.fetch_all().await?, limit, offer_from_row)
+    page(db, concat!("SELECT ", offer_columns!(), " FROM offers"), filter, after, limit, offer_from_row).await
 }
 
 /// Which offers a feed event withdraws.

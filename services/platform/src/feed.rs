@@ -2,10 +2,12 @@
 //! upstream's Watch stream and applies each event to this service's own
 //! database.
 //!
-//! A consumer service brings a [`Follower`]: how to open the feed and what
-//! an event does here. Everything else is this module's: reading the
-//! envelope every Agora feed shares, applying each event and storing the
-//! cursor in one unit of work, reconnecting, leadership, metrics.
+//! The upstream's side comes as a [`Feed`], made by the open host's
+//! [`Upstream`](crate::upstream::Upstream) (`watch_catalog_events`,
+//! `watch_customer_events`); the consumer service brings what an event does
+//! to its own data ([`Apply`]). Everything else is this module's: reading
+//! the envelope every Agora feed shares, applying each event and storing
+//! the cursor in one unit of work, reconnecting, leadership, metrics.
 //!
 //! Each event is applied and the consumer's cursor stored in one
 //! transaction, so after a crash the consumer resumes exactly after the
@@ -22,11 +24,14 @@
 //! takes over at its next try (the lock goes with the dead connection).
 //! SQLite is one process's file, so there is nobody to share with.
 
-use std::time::{Duration, Instant};
+use std::{
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use agora_contracts::feed::{ChangeFeedMessage, Envelope};
 use futures_util::StreamExt as _;
-use tonic::Status;
+use tonic::{Status, Streaming};
 
 use crate::{
     Database, Error,
@@ -35,37 +40,50 @@ use crate::{
     wire::{micros_from_timestamp, now_micros},
 };
 
-/// What a consumer service brings: how to open the upstream's feed, and
-/// what an event does to its own data.
-#[tonic::async_trait]
-pub trait Follower: Send + Sync + 'static {
-    /// The upstream's Watch message.
-    type Message: ChangeFeedMessage;
+/// How a feed's Watch stream opens after a sequence.
+type Open<M> =
+    Box<dyn Fn(i64) -> Pin<Box<dyn Future<Output = Result<Streaming<M>, Status>> + Send>> + Send + Sync>;
 
-    /// The feed's name: its cursor's key, its lock and its metrics label.
-    fn feed(&self) -> &'static str;
-
-    /// Opens the upstream's Watch stream after `after`.
-    async fn open(&self, after: i64) -> Result<tonic::Streaming<Self::Message>, Status>;
-
-    /// Applies one event inside the unit of work that also moves the
-    /// cursor. Events of no interest here change nothing.
-    async fn apply(
-        &self,
-        uow: &mut UnitOfWork,
-        event: <Self::Message as ChangeFeedMessage>::Kind,
-    ) -> Result<(), Error>;
+/// An upstream's change feed, as a consumer follows it: its name (the
+/// cursor's key, the lock's and the metrics' label) and how to open it.
+pub struct Feed<M> {
+    name: &'static str,
+    open: Open<M>,
 }
 
-/// The background task that follows `follower`'s feed until shutdown.
-pub fn consumer<F: Follower>(follower: F, db: Database) -> Task {
-    let name = follower.feed();
+impl<M: ChangeFeedMessage> Feed<M> {
+    /// The feed `name`, opened by `open` after the sequence it is given.
+    pub fn new<F, Fut>(name: &'static str, open: F) -> Self
+    where
+        F: Fn(i64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Streaming<M>, Status>> + Send + 'static,
+    {
+        Self { name, open: Box::new(move |after| Box::pin(open(after))) }
+    }
+}
+
+/// What a consumer service brings: what an event of a feed does to its own
+/// data, inside the unit of work that also moves the cursor. Events of no
+/// interest here change nothing.
+#[tonic::async_trait]
+pub trait Apply<K>: Send + Sync + 'static {
+    async fn apply(&self, uow: &mut UnitOfWork, event: K) -> Result<(), Error>;
+}
+
+/// The background task that follows `feed` and applies its events with
+/// `effects`, until shutdown.
+pub fn consumer<M, A>(feed: Feed<M>, effects: A, db: Database) -> Task
+where
+    M: ChangeFeedMessage,
+    A: Apply<M::Kind>,
+{
+    let name = feed.name;
     Task::new(name, move |shutdown| async move {
         tokio::select! {
-            _ = consume(&follower, &db) => {}
+            _ = consume(&feed, &effects, &db) => {}
             _ = shutdown.wait() => {}
         }
-        metrics::gauge!("agora_feed_connected", "feed" => follower.feed()).set(0.0);
+        metrics::gauge!("agora_feed_connected", "feed" => name).set(0.0);
     })
 }
 
@@ -81,8 +99,8 @@ pub async fn cursor(on: impl Executor<'_>, feed: &str) -> Result<i64, Error> {
 /// consumer that starts beside its upstream waits for it quietly.
 const QUIET: Duration = Duration::from_secs(10);
 
-async fn consume<F: Follower>(follower: &F, db: &Database) {
-    let feed = follower.feed();
+async fn consume<M: ChangeFeedMessage, A: Apply<M::Kind>>(source: &Feed<M>, effects: &A, db: &Database) {
+    let feed = source.name;
     let mut backoff = Backoff::default();
     // Since when the feed has been out of reach, while it is.
     let mut failing_since: Option<Instant> = None;
@@ -101,7 +119,7 @@ async fn consume<F: Follower>(follower: &F, db: &Database) {
                 continue;
             }
         };
-        match follow(follower, db, &mut failing_since).await {
+        match follow(source, effects, db, &mut failing_since).await {
             Ok(()) => {
                 // The upstream ended the stream (it is shutting down, say).
                 backoff.reset();
@@ -122,14 +140,15 @@ async fn consume<F: Follower>(follower: &F, db: &Database) {
 }
 
 /// Follows the feed from the stored cursor until the stream ends or fails.
-async fn follow<F: Follower>(
-    follower: &F,
+async fn follow<M: ChangeFeedMessage, A: Apply<M::Kind>>(
+    source: &Feed<M>,
+    effects: &A,
     db: &Database,
     failing_since: &mut Option<Instant>,
 ) -> Result<(), String> {
-    let feed = follower.feed();
+    let feed = source.name;
     let mut after = cursor(db, feed).await.map_err(|e| e.to_string())?;
-    let mut stream = match follower.open(after).await {
+    let mut stream = match (source.open)(after).await {
         Ok(stream) => stream,
         Err(status) if status.code() == tonic::Code::OutOfRange => {
             // The upstream no longer keeps the events after our cursor.
@@ -137,7 +156,7 @@ async fn follow<F: Follower>(
             // that is kept; what was pruned in between is lost, and said so.
             tracing::error!(feed, cursor = after, "feed cursor too old; replaying every event still kept");
             metrics::counter!("agora_feed_resyncs_total", "feed" => feed).increment(1);
-            follower.open(0).await.map_err(|s| s.to_string())?
+            (source.open)(0).await.map_err(|s| s.to_string())?
         }
         Err(status) => return Err(status.to_string()),
     };
@@ -153,7 +172,7 @@ async fn follow<F: Follower>(
         }
         let Envelope { sequence, head_sequence, .. } = envelope;
         let occur_time = envelope.occur_time.as_ref().and_then(micros_from_timestamp).unwrap_or(0);
-        apply_one(follower, db, sequence, envelope.kind).await.map_err(|e| e.to_string())?;
+        apply_one(feed, effects, db, sequence, envelope.kind).await.map_err(|e| e.to_string())?;
         after = sequence;
         metrics::counter!("agora_feed_applied_total", "feed" => feed).increment(1);
         metrics::gauge!("agora_feed_lag_events", "feed" => feed)
@@ -164,15 +183,16 @@ async fn follow<F: Follower>(
     Ok(())
 }
 
-async fn apply_one<F: Follower>(
-    follower: &F,
+async fn apply_one<K, A: Apply<K>>(
+    feed: &str,
+    effects: &A,
     db: &Database,
     sequence: i64,
-    kind: Option<<F::Message as ChangeFeedMessage>::Kind>,
+    kind: Option<K>,
 ) -> Result<(), Error> {
     let mut uow = db.begin().await?;
     if let Some(kind) = kind {
-        follower.apply(&mut uow, kind).await?;
+        effects.apply(&mut uow, kind).await?;
     }
     // Only ever forward: a replica that lost its lock mid-way cannot move
     // the cursor back.
@@ -181,7 +201,7 @@ async fn apply_one<F: Follower>(
          ON CONFLICT (feed) DO UPDATE SET sequence = excluded.sequence \
          WHERE feed_cursors.sequence < excluded.sequence",
     )
-    .bind(follower.feed())
+    .bind(feed)
     .bind(sequence)
     .execute()
     .await?;

@@ -19,11 +19,16 @@
 
 use std::{collections::VecDeque, pin::Pin, time::Duration};
 
+use agora_contracts::feed::{ChangeFeedMessage, Envelope};
 use futures_util::{Stream, StreamExt as _};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 
-use crate::{Database, Error, Shutdown, server::Task, wire::now_micros};
+use crate::{
+    Database, Error, Shutdown,
+    server::Task,
+    wire::{now_micros, timestamp_from_micros},
+};
 
 /// A domain event a service publishes on its change feed: stored as JSON in
 /// the outbox, with its kind beside it.
@@ -73,19 +78,28 @@ impl Outbox {
     }
 
     /// A Watch RPC's answer: checks the cursor, then streams the events
-    /// after it, each turned into the contract's message by `message`.
-    pub async fn serve<E, T>(
+    /// after it, each told as the contract's message `M`, with its kind
+    /// from `kind`.
+    pub async fn serve<E, M>(
         &self,
         after: i64,
         shutdown: Shutdown,
-        message: fn(Published<E>) -> T,
-    ) -> Result<ResponseStream<T>, Error>
+        kind: fn(E) -> M::Kind,
+    ) -> Result<ResponseStream<M>, Error>
     where
         E: DomainEvent,
-        T: Send + 'static,
+        M: ChangeFeedMessage,
     {
         self.check_cursor(after).await?;
-        let stream = self.watch::<E>(after, shutdown).map(move |item| item.map(message).map_err(Into::into));
+        let stream = self.watch::<E>(after, shutdown).map(move |item| {
+            let published = item?;
+            Ok(M::from_envelope(Envelope {
+                sequence: published.sequence,
+                occur_time: Some(timestamp_from_micros(published.occur_time)),
+                head_sequence: published.head,
+                kind: Some(kind(published.event)),
+            }))
+        });
         Ok(Box::pin(stream))
     }
 

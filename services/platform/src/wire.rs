@@ -47,6 +47,14 @@ pub fn parse_id(raw: &str) -> Result<String, String> {
     }
 }
 
+/// What a handler answers: `tonic`'s result of a call.
+pub type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
+
+/// A handler's successful answer.
+pub fn reply<T>(message: T) -> Answer<T> {
+    Ok(tonic::Response::new(message))
+}
+
 /// A required id field of a request: INVALID_ARGUMENT naming `field`.
 pub fn required_id(field: &str, raw: &str) -> Result<String, Error> {
     parse_id(raw).map_err(|description| Error::invalid(field, description))
@@ -55,6 +63,21 @@ pub fn required_id(field: &str, raw: &str) -> Result<String, Error> {
 /// An id field that may be empty (None); its problem is collected in `v`.
 pub fn optional_id(v: &mut Violations, field: &str, raw: &str) -> Option<String> {
     if raw.is_empty() { None } else { v.check(field, parse_id(raw)) }
+}
+
+/// The fields an update changes (AIP-134): the paths of `mask`, or, with
+/// no mask (or an empty one), every field of `set` that the request set.
+pub fn update_paths(mask: Option<prost_types::FieldMask>, set: &[(bool, &str)]) -> Vec<String> {
+    match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths,
+        _ => set.iter().filter(|(is_set, _)| *is_set).map(|(_, path)| (*path).to_owned()).collect(),
+    }
+}
+
+/// A field a request must carry (a message field is optional on the wire):
+/// INVALID_ARGUMENT naming `field` when it is missing.
+pub fn required<T>(field: &str, value: Option<T>) -> Result<T, Error> {
+    value.ok_or_else(|| Error::invalid(field, "is required"))
 }
 
 /// Longest idempotency key (`request_id`) of a create call.
@@ -119,6 +142,13 @@ impl Paging {
     /// Reads the two fields; problems are collected in `v`.
     pub fn read(v: &mut Violations, page_size: i32, page_token: &str, filter: impl Into<String>) -> Self {
         Self::size(v, page_size).token(v, page_token, filter)
+    }
+
+    /// Reads the two fields of a List call that has nothing else to check.
+    pub fn of(page_size: i32, page_token: &str, filter: impl Into<String>) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        let paging = Self::read(&mut v, page_size, page_token, filter);
+        v.finish().map(|()| paging)
     }
 
     /// Reads `page_size` alone, for a call that reads its filter before the

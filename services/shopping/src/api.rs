@@ -10,16 +10,17 @@ use agora_contracts::agora::shopping::v1::{self as pb, shopping_list_service_ser
 use agora_platform::{
     Database, Error, Precondition, Violations,
     middleware::Deadline,
-    wire::{Paging, new_id, now_micros, required_id, timestamp_from_micros},
+    upstream::hosts,
+    wire::{Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros},
 };
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use crate::{
     domain::{self, NewList, ShoppingList},
     store,
     upstream::{
-        catalog::{Catalog, Listable},
-        customers::Customers,
+        catalog::{Listable, listable},
+        customers,
     },
 };
 
@@ -27,8 +28,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct ShoppingApi {
     pub(crate) db: Database,
-    pub(crate) catalog: Catalog,
-    pub(crate) customers: Customers,
+    pub(crate) catalog: hosts::Catalog,
+    pub(crate) customers: hosts::Customers,
 }
 
 impl From<ShoppingList> for pb::ShoppingList {
@@ -59,9 +60,7 @@ impl TryFrom<pb::CreateShoppingListRequest> for NewList {
     /// The owner and the title; anything else in the list is ignored, as
     /// the contract says: a list starts empty.
     fn try_from(request: pb::CreateShoppingListRequest) -> Result<Self, Error> {
-        let Some(l) = request.shopping_list else {
-            return Err(Error::invalid("shopping_list", "is required"));
-        };
+        let l = required("shopping_list", request.shopping_list)?;
         let mut v = Violations::new();
         let customer_id = v.check("shopping_list.customer_id", domain::parse_id(&l.customer_id));
         let title = v.check("shopping_list.title", domain::parse_title(&l.title));
@@ -115,7 +114,7 @@ fn list_filter(customer_id: &str) -> String {
 impl ShoppingApi {
     /// The owner of a new list must be a customer.
     async fn check_customer(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        if self.customers.exists(customer_id, deadline).await? {
+        if customers::exists(&self.customers, customer_id, deadline).await? {
             Ok(())
         } else {
             Err(Error::NotFound { resource: "customer", id: customer_id.to_owned() })
@@ -124,7 +123,7 @@ impl ShoppingApi {
 
     /// Only a product on sale goes on a list.
     async fn check_listable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        match self.catalog.listable(product_id, deadline).await? {
+        match listable(&self.catalog, product_id, deadline).await? {
             Listable::Yes => Ok(()),
             Listable::Unknown => Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
             Listable::NotOnSale => Err(Error::FailedPrecondition {
@@ -143,7 +142,7 @@ impl ShoppingListService for ShoppingApi {
     async fn create_shopping_list(
         &self,
         request: Request<pb::CreateShoppingListRequest>,
-    ) -> Result<Response<pb::CreateShoppingListResponse>, Status> {
+    ) -> Answer<pb::CreateShoppingListResponse> {
         let deadline = Deadline::of(&request);
         let new = NewList::try_from(request.into_inner())?;
         self.check_customer(&new.customer_id, deadline).await?;
@@ -152,22 +151,22 @@ impl ShoppingListService for ShoppingApi {
         store::insert(&mut uow, &list).await?;
         uow.commit().await?;
         tracing::info!(list_id = %list.id, customer_id = %list.customer_id, "shopping list created");
-        Ok(Response::new(pb::CreateShoppingListResponse { shopping_list: Some(list.into()) }))
+        reply(pb::CreateShoppingListResponse { shopping_list: Some(list.into()) })
     }
 
     async fn get_shopping_list(
         &self,
         request: Request<pb::GetShoppingListRequest>,
-    ) -> Result<Response<pb::GetShoppingListResponse>, Status> {
+    ) -> Answer<pb::GetShoppingListResponse> {
         let id = required_id("list_id", &request.into_inner().list_id)?;
         let list = store::list(&self.db, &id).await?;
-        Ok(Response::new(pb::GetShoppingListResponse { shopping_list: Some(list.into()) }))
+        reply(pb::GetShoppingListResponse { shopping_list: Some(list.into()) })
     }
 
     async fn list_shopping_lists(
         &self,
         request: Request<pb::ListShoppingListsRequest>,
-    ) -> Result<Response<pb::ListShoppingListsResponse>, Status> {
+    ) -> Answer<pb::ListShoppingListsResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
         // Not asked of customers: an unknown customer simply has no lists.
@@ -175,16 +174,13 @@ impl ShoppingListService for ShoppingApi {
         let paging = Paging::read(&mut v, req.page_size, &req.page_token, list_filter(&customer_id));
         v.finish()?;
         let page = store::lists_of(&self.db, &customer_id, paging.after, paging.size).await?;
-        Ok(Response::new(pb::ListShoppingListsResponse {
+        reply(pb::ListShoppingListsResponse {
             next_page_token: paging.next_page_token(&page),
             shopping_lists: page.map(Into::into).items,
-        }))
+        })
     }
 
-    async fn add_item(
-        &self,
-        request: Request<pb::AddItemRequest>,
-    ) -> Result<Response<pb::AddItemResponse>, Status> {
+    async fn add_item(&self, request: Request<pb::AddItemRequest>) -> Answer<pb::AddItemResponse> {
         let deadline = Deadline::of(&request);
         let add = ItemToAdd::try_from(request.into_inner())?;
         // Asked before the unit of work: no transaction stays open while
@@ -196,13 +192,10 @@ impl ShoppingListService for ShoppingApi {
         store::save_addition(&mut uow, &list, &add.product_id, addition).await?;
         uow.commit().await?;
         tracing::info!(list_id = %list.id, product_id = %add.product_id, quantity = add.quantity, "item added");
-        Ok(Response::new(pb::AddItemResponse { shopping_list: Some(list.into()) }))
+        reply(pb::AddItemResponse { shopping_list: Some(list.into()) })
     }
 
-    async fn remove_item(
-        &self,
-        request: Request<pb::RemoveItemRequest>,
-    ) -> Result<Response<pb::RemoveItemResponse>, Status> {
+    async fn remove_item(&self, request: Request<pb::RemoveItemRequest>) -> Answer<pb::RemoveItemResponse> {
         let req = request.into_inner();
         let (list_id, product_id) = parse_removal(&req)?;
         let mut uow = self.db.begin().await?;
@@ -212,13 +205,13 @@ impl ShoppingListService for ShoppingApi {
             uow.commit().await?;
             tracing::info!(list_id = %list.id, product_id = %product_id, "item removed");
         }
-        Ok(Response::new(pb::RemoveItemResponse { shopping_list: Some(list.into()) }))
+        reply(pb::RemoveItemResponse { shopping_list: Some(list.into()) })
     }
 
     async fn delete_shopping_list(
         &self,
         request: Request<pb::DeleteShoppingListRequest>,
-    ) -> Result<Response<pb::DeleteShoppingListResponse>, Status> {
+    ) -> Answer<pb::DeleteShoppingListResponse> {
         let req = request.into_inner();
         let id = required_id("list_id", &req.list_id)?;
         let mut uow = self.db.begin().await?;
@@ -226,6 +219,6 @@ impl ShoppingListService for ShoppingApi {
         store::delete(&mut uow, &id).await?;
         uow.commit().await?;
         tracing::info!(list_id = %id, "shopping list deleted");
-        Ok(Response::new(pb::DeleteShoppingListResponse {}))
+        reply(pb::DeleteShoppingListResponse {})
     }
 }

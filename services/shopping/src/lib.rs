@@ -24,66 +24,23 @@ use agora_contracts::{
     FILE_DESCRIPTOR_SET, agora::shopping::v1::shopping_list_service_server::ShoppingListServiceServer,
 };
 use agora_platform::{
-    Application, Database, Migrations, ServiceSpec, Services, Settings,
-    config::{ConfigError, EnvReader},
-    db::LegacyHistory,
-    feed,
-    upstream::UpstreamSettings,
+    Application, Database, Migrations, ServiceSpec, Services, Settings, upstream::hosts::Addresses,
 };
 
 /// Name and default ports of the shopping service.
 pub const SPEC: ServiceSpec = ServiceSpec { name: "shopping", grpc_port: 50054, admin_port: 9104 };
 
 /// The shopping tables, per dialect (the platform adds its own).
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "shopping", include_str!("../migrations/sqlite/0001_shopping.sql"))],
-    postgres: &[(1, "shopping", include_str!("../migrations/postgres/0001_shopping.sql"))],
-    legacy: Some(LegacyHistory {
-        sqlite: &[
-            (1, "shopping", include_str!("../migrations/legacy/sqlite/0001_shopping.sql")),
-            (2, "feed cursors", include_str!("../migrations/legacy/sqlite/0002_feed_cursors.sql")),
-            (3, "items by product", include_str!("../migrations/legacy/sqlite/0003_items_by_product.sql")),
-        ],
-        postgres: &[
-            (1, "shopping", include_str!("../migrations/legacy/postgres/0001_shopping.sql")),
-            (2, "feed cursors", include_str!("../migrations/legacy/postgres/0002_feed_cursors.sql")),
-            (3, "items by product", include_str!("../migrations/legacy/postgres/0003_items_by_product.sql")),
-        ],
-        replaced_through: 1,
-    }),
-};
+pub const MIGRATIONS: Migrations = agora_platform::migrations!(
+    [(1, "0001_shopping")],
+    legacy [(1, "0001_shopping"), (2, "0002_feed_cursors"), (3, "0003_items_by_product")] replaced through 1
+);
 
-/// What shopping needs beyond the shared settings: where its upstreams are.
-#[derive(Debug, Clone)]
-pub struct ShoppingSettings {
-    /// The catalog (`AGORA_CATALOG_ADDRS`, default `http://127.0.0.1:50051`),
-    /// asked whether a product can go on a list, and followed for
-    /// discontinued products.
-    pub catalog: UpstreamSettings,
-    /// Customers (`AGORA_CUSTOMERS_ADDRS`, default `http://127.0.0.1:50052`),
-    /// asked whether a list's owner exists, and followed for deleted
-    /// customers.
-    pub customers: UpstreamSettings,
-}
-
-impl ShoppingSettings {
-    /// From the process environment: `AGORA_CATALOG_ADDRS`,
-    /// `AGORA_CUSTOMERS_ADDRS` and the shared `AGORA_UPSTREAM_*` variables.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut env = EnvReader::new(|name| std::env::var(name).ok());
-        let settings = Self::read(&mut env);
-        env.finish()?;
-        Ok(settings)
-    }
-
-    /// From any lookup; problems are collected in `env`.
-    pub fn read<F: Fn(&str) -> Option<String>>(env: &mut EnvReader<F>) -> Self {
-        Self {
-            catalog: UpstreamSettings::read(env, "catalog", "http://127.0.0.1:50051"),
-            customers: UpstreamSettings::read(env, "customers", "http://127.0.0.1:50052"),
-        }
-    }
-}
+/// What shopping needs beyond the shared settings: where catalog and
+/// customers are, asked whether a list's owner exists and whether a product
+/// can go on a list, and followed for deleted customers and discontinued
+/// products.
+pub type ShoppingSettings = Addresses;
 
 /// The shopping service from the environment.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
@@ -96,27 +53,21 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 /// followed in the background and caught up with when they return.
 pub async fn build_with(settings: Settings, shopping: ShoppingSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let api = api::ShoppingApi {
-        db: database.clone(),
-        catalog: upstream::catalog::Catalog::connect(&shopping.catalog)?,
-        customers: upstream::customers::Customers::connect(&shopping.customers)?,
-    };
+    let (catalog, customers) = shopping.connect()?;
+    // Follow the upstreams' change feeds in the background.
+    let [catalog_feed, customers_feed] = upstream::feeds::follow(&catalog, &customers, &database);
+    let api = api::ShoppingApi { db: database.clone(), catalog, customers };
     let server = ShoppingListServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    // Follow the upstreams' change feeds in the background.
-    let catalog_feed = upstream::feeds::CatalogFeed::connect(&shopping.catalog)?;
-    let customers_feed = upstream::feeds::CustomersFeed::connect(&shopping.customers)?;
-    let services = Services::new(FILE_DESCRIPTOR_SET)
-        .with(server)
-        .task(feed::consumer(catalog_feed, database.clone()))
-        .task(feed::consumer(customers_feed, database.clone()));
+    let services = Services::new(FILE_DESCRIPTOR_SET).with(server).task(catalog_feed).task(customers_feed);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agora_platform::config::{ConfigError, EnvReader};
     use std::collections::HashMap;
 
     fn read(vars: &[(&str, &str)]) -> Result<ShoppingSettings, ConfigError> {

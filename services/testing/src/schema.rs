@@ -1,7 +1,7 @@
 //! The shape of a database, for tests of its migrations: what the tables,
 //! columns and indexes are, told alike whichever history made them.
 
-use agora_platform::{Backend, Database, Migrations};
+use agora_platform::{Backend, Database, Migrations, db::Row};
 
 use crate::TestDatabase;
 
@@ -55,40 +55,34 @@ async fn sqlite_schema(db: &Database) -> Vec<String> {
     let mut lines = Vec::new();
     for table in tables {
         let table: String = table.get("name").expect("a name");
-        let columns = db
-            .query("SELECT name, type, \"notnull\" AS required, pk FROM pragma_table_info($1)")
-            .bind(&table)
-            .fetch_all()
-            .await
-            .expect("the columns");
-        for c in columns {
+        for c in
+            about(db, "SELECT name, type, \"notnull\" AS required, pk FROM pragma_table_info($1)", &table)
+                .await
+        {
             let (name, kind): (String, String) = (c.get("name").unwrap(), c.get("type").unwrap());
             let (required, pk): (i64, i64) = (c.get("required").unwrap(), c.get("pk").unwrap());
             lines.push(format!("{table}.{name} {kind} required={required} pk={pk}"));
         }
-        let indexes = db
-            .query("SELECT name, \"unique\" AS uniq, origin FROM pragma_index_list($1)")
-            .bind(&table)
-            .fetch_all()
-            .await
-            .expect("the indexes");
-        for i in indexes {
+        for i in about(db, "SELECT name, \"unique\" AS uniq, origin FROM pragma_index_list($1)", &table).await
+        {
             let (name, origin): (String, String) = (i.get("name").unwrap(), i.get("origin").unwrap());
             let unique: i64 = i.get("uniq").unwrap();
-            let columns: Vec<String> = db
-                .query("SELECT name FROM pragma_index_info($1) ORDER BY seqno")
-                .bind(&name)
-                .fetch_all()
-                .await
-                .expect("the index's columns")
-                .iter()
-                .map(|r| r.get("name").unwrap())
-                .collect();
+            let columns: Vec<String> =
+                about(db, "SELECT name FROM pragma_index_info($1) ORDER BY seqno", &name)
+                    .await
+                    .iter()
+                    .map(|r| r.get("name").unwrap())
+                    .collect();
             let label = if origin == "c" { name } else { origin };
             lines.push(format!("{table} index {label} unique={unique} ({})", columns.join(", ")));
         }
     }
     lines
+}
+
+/// The rows of a statement about one table or index, `subject`.
+async fn about(db: &Database, sql: &'static str, subject: &str) -> Vec<Row> {
+    db.query(sql).bind(subject).fetch_all().await.expect(sql)
 }
 
 async fn postgres_schema(db: &Database) -> Vec<String> {

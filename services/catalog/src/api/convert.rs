@@ -6,8 +6,7 @@ use agora_contracts::agora::{catalog::v1 as pb, common::v1::Money as PbMoney};
 use agora_platform::{
     Error, Violations,
     db::IdempotencyKey,
-    outbox::Published,
-    wire::{parse_request_id, timestamp_from_micros},
+    wire::{parse_request_id, required, timestamp_from_micros, update_paths},
 };
 
 use crate::domain::{
@@ -46,9 +45,9 @@ impl From<Product> for pb::Product {
 }
 
 /// An event of the outbox as the change feed tells it.
-pub fn event_message(published: Published<CatalogEvent>) -> pb::WatchCatalogEventsResponse {
+pub fn event_kind(event: CatalogEvent) -> pb::catalog_event::Kind {
     use pb::catalog_event::Kind;
-    let kind = match published.event {
+    match event {
         CatalogEvent::ProductCreated(p) => {
             Kind::ProductCreated(pb::ProductCreated { product: Some(p.into()) })
         }
@@ -58,14 +57,6 @@ pub fn event_message(published: Published<CatalogEvent>) -> pb::WatchCatalogEven
         CatalogEvent::ProductDiscontinued { product_id } => {
             Kind::ProductDiscontinued(pb::ProductDiscontinued { product_id })
         }
-    };
-    pb::WatchCatalogEventsResponse {
-        event: Some(pb::CatalogEvent {
-            sequence: published.sequence,
-            occur_time: Some(timestamp_from_micros(published.occur_time)),
-            kind: Some(kind),
-        }),
-        head_sequence: published.head,
     }
 }
 
@@ -100,9 +91,7 @@ pub fn state_filter(v: &mut Violations, field: &str, raw: i32) -> Option<Product
 }
 
 pub fn new_family(request: pb::CreateFamilyRequest) -> Result<NewFamily, Error> {
-    let Some(f) = request.family else {
-        return Err(Error::invalid("family", "is required"));
-    };
+    let f = required("family", request.family)?;
     let mut v = Violations::new();
     let display_name = v.check("family.display_name", domain::parse_display_name(&f.display_name));
     let description = v.check("family.description", domain::parse_description(&f.description));
@@ -133,31 +122,22 @@ pub fn new_product(request: pb::CreateProductRequest) -> Result<(Option<Idempote
         family_id: family_id.unwrap_or_default(),
         price: price.expect("checked by finish"),
     };
-    let key = request_id.map(|request_id| IdempotencyKey {
-        request_id,
-        fingerprint: new.fingerprint(),
-        resource: "product",
-    });
-    Ok((key, new))
+    Ok((IdempotencyKey::of(request_id, "product", || new.fingerprint()), new))
 }
 
 /// The fields an UpdateProduct changes. With no mask, every updatable field
 /// set in the request is updated (AIP-134).
 pub fn patch(p: &pb::Product, mask: Option<prost_types::FieldMask>) -> Result<ProductPatch, Error> {
     let mut v = Violations::new();
-    let paths: Vec<String> = match mask {
-        Some(mask) if !mask.paths.is_empty() => mask.paths,
-        _ => [
+    let paths = update_paths(
+        mask,
+        &[
             (!p.display_name.is_empty(), "display_name"),
             (!p.description.is_empty(), "description"),
             (!p.family_id.is_empty(), "family_id"),
             (p.price.is_some(), "price"),
-        ]
-        .into_iter()
-        .filter(|(set, _)| *set)
-        .map(|(_, path)| path.to_owned())
-        .collect(),
-    };
+        ],
+    );
     let mut patch = ProductPatch::default();
     for path in &paths {
         match path.as_str() {

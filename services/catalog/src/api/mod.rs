@@ -10,15 +10,16 @@ use std::collections::HashMap;
 use agora_contracts::agora::catalog::v1::{self as pb, catalog_service_server::CatalogService};
 use agora_platform::{
     Database, Error, Shutdown, UnitOfWork, Violations,
+    db::Filter,
     outbox::{Outbox, ResponseStream},
-    wire::{Paging, new_id, now_micros, required_id},
+    wire::{Answer, Paging, new_id, now_micros, reply, required, required_id},
 };
 use futures_util::StreamExt as _;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use crate::{
     domain::{self, CatalogEvent, Family, MAX_BATCH, Product},
-    store::{self, ProductFilter},
+    store,
 };
 
 /// Products per StreamProducts message: big enough to amortise a message,
@@ -53,11 +54,11 @@ impl CatalogApi {
 }
 
 /// A filter of ListProducts or StreamProducts; problems are collected in `v`.
-fn product_filter(v: &mut Violations, family_id: String, state: i32) -> ProductFilter {
-    ProductFilter {
-        family_id: (!family_id.is_empty()).then_some(family_id),
-        state: convert::state_filter(v, "state", state),
-    }
+fn product_filter(v: &mut Violations, family_id: String, state: i32) -> Filter {
+    store::product_filter(
+        (!family_id.is_empty()).then_some(family_id),
+        convert::state_filter(v, "state", state),
+    )
 }
 
 #[tonic::async_trait]
@@ -65,7 +66,7 @@ impl CatalogService for CatalogApi {
     async fn create_family(
         &self,
         request: Request<pb::CreateFamilyRequest>,
-    ) -> Result<Response<pb::CreateFamilyResponse>, Status> {
+    ) -> Answer<pb::CreateFamilyResponse> {
         let new = convert::new_family(request.into_inner())?;
         let family = Family {
             id: new_id("fam"),
@@ -74,44 +75,39 @@ impl CatalogService for CatalogApi {
             create_time: now_micros(),
         };
         store::insert_family(&self.db, &family).await?;
-        Ok(Response::new(pb::CreateFamilyResponse { family: Some(family.into()) }))
+        reply(pb::CreateFamilyResponse { family: Some(family.into()) })
     }
 
-    async fn get_family(
-        &self,
-        request: Request<pb::GetFamilyRequest>,
-    ) -> Result<Response<pb::GetFamilyResponse>, Status> {
+    async fn get_family(&self, request: Request<pb::GetFamilyRequest>) -> Answer<pb::GetFamilyResponse> {
         let id = required_id("family_id", &request.into_inner().family_id)?;
         let family = store::family(&self.db, &id).await?;
-        Ok(Response::new(pb::GetFamilyResponse { family: Some(family.into()) }))
+        reply(pb::GetFamilyResponse { family: Some(family.into()) })
     }
 
     async fn list_families(
         &self,
         request: Request<pb::ListFamiliesRequest>,
-    ) -> Result<Response<pb::ListFamiliesResponse>, Status> {
+    ) -> Answer<pb::ListFamiliesResponse> {
         let req = request.into_inner();
-        let mut v = Violations::new();
-        let paging = Paging::read(&mut v, req.page_size, &req.page_token, FAMILIES);
-        v.finish()?;
+        let paging = Paging::of(req.page_size, &req.page_token, FAMILIES)?;
         let page = store::list_families(&self.db, paging.after, paging.size).await?;
-        Ok(Response::new(pb::ListFamiliesResponse {
+        reply(pb::ListFamiliesResponse {
             next_page_token: paging.next_page_token(&page),
             families: page.map(Into::into).items,
-        }))
+        })
     }
 
     async fn create_product(
         &self,
         request: Request<pb::CreateProductRequest>,
-    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+    ) -> Answer<pb::CreateProductResponse> {
         let (key, new) = convert::new_product(request.into_inner())?;
         let (product, created) = Product::create(new_id("prd"), new, now_micros());
         let mut uow = self.db.begin().await?;
         if let Some(earlier) = uow.claim(key.as_ref(), &product.id).await? {
             drop(uow);
             let product = store::product(&self.db, &earlier).await?;
-            return Ok(Response::new(pb::CreateProductResponse { product: Some(product.into()) }));
+            return reply(pb::CreateProductResponse { product: Some(product.into()) });
         }
         if !store::family_exists(&mut uow, &product.family_id).await? {
             return Err(Error::invalid("product.family_id", "no family has this id").into());
@@ -120,22 +116,19 @@ impl CatalogService for CatalogApi {
         uow.record(&created).await?;
         uow.commit().await?;
         tracing::info!(product_id = %product.id, "product created");
-        Ok(Response::new(pb::CreateProductResponse { product: Some(product.into()) }))
+        reply(pb::CreateProductResponse { product: Some(product.into()) })
     }
 
-    async fn get_product(
-        &self,
-        request: Request<pb::GetProductRequest>,
-    ) -> Result<Response<pb::GetProductResponse>, Status> {
+    async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Answer<pb::GetProductResponse> {
         let id = required_id("product_id", &request.into_inner().product_id)?;
         let product = store::product(&self.db, &id).await?;
-        Ok(Response::new(pb::GetProductResponse { product: Some(product.into()) }))
+        reply(pb::GetProductResponse { product: Some(product.into()) })
     }
 
     async fn batch_get_products(
         &self,
         request: Request<pb::BatchGetProductsRequest>,
-    ) -> Result<Response<pb::BatchGetProductsResponse>, Status> {
+    ) -> Answer<pb::BatchGetProductsResponse> {
         let ids = request.into_inner().product_ids;
         let mut v = Violations::new();
         if ids.is_empty() {
@@ -159,13 +152,13 @@ impl CatalogService for CatalogApi {
                 None => missing_product_ids.push(id),
             }
         }
-        Ok(Response::new(pb::BatchGetProductsResponse { products, missing_product_ids }))
+        reply(pb::BatchGetProductsResponse { products, missing_product_ids })
     }
 
     async fn list_products(
         &self,
         request: Request<pb::ListProductsRequest>,
-    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+    ) -> Answer<pb::ListProductsResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
         let size = Paging::size(&mut v, req.page_size);
@@ -173,20 +166,18 @@ impl CatalogService for CatalogApi {
         let paging = size.token(&mut v, &req.page_token, filter.fingerprint());
         v.finish()?;
         let page = store::list_products(&self.db, &filter, paging.after, paging.size).await?;
-        Ok(Response::new(pb::ListProductsResponse {
+        reply(pb::ListProductsResponse {
             next_page_token: paging.next_page_token(&page),
             products: page.map(Into::into).items,
-        }))
+        })
     }
 
     async fn update_product(
         &self,
         request: Request<pb::UpdateProductRequest>,
-    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+    ) -> Answer<pb::UpdateProductResponse> {
         let req = request.into_inner();
-        let Some(p) = req.product else {
-            return Err(Error::invalid("product", "is required").into());
-        };
+        let p = required("product", req.product)?;
         let id = required_id("product.product_id", &p.product_id)?;
         let patch = convert::patch(&p, req.update_mask)?;
         let new_family = patch.family_id.clone();
@@ -200,13 +191,13 @@ impl CatalogService for CatalogApi {
         }
         self.save(uow, &product, updated).await?;
         tracing::info!(product_id = %product.id, "product updated");
-        Ok(Response::new(pb::UpdateProductResponse { product: Some(product.into()) }))
+        reply(pb::UpdateProductResponse { product: Some(product.into()) })
     }
 
     async fn discontinue_product(
         &self,
         request: Request<pb::DiscontinueProductRequest>,
-    ) -> Result<Response<pb::DiscontinueProductResponse>, Status> {
+    ) -> Answer<pb::DiscontinueProductResponse> {
         let req = request.into_inner();
         let id = required_id("product_id", &req.product_id)?;
         let mut uow = self.db.begin().await?;
@@ -214,7 +205,7 @@ impl CatalogService for CatalogApi {
         if let Some(discontinued) = product.discontinue(&req.etag, now_micros())? {
             self.save(uow, &product, discontinued).await?;
         }
-        Ok(Response::new(pb::DiscontinueProductResponse { product: Some(product.into()) }))
+        reply(pb::DiscontinueProductResponse { product: Some(product.into()) })
     }
 
     type StreamProductsStream = ResponseStream<pb::StreamProductsResponse>;
@@ -222,7 +213,7 @@ impl CatalogService for CatalogApi {
     async fn stream_products(
         &self,
         request: Request<pb::StreamProductsRequest>,
-    ) -> Result<Response<Self::StreamProductsStream>, Status> {
+    ) -> Answer<Self::StreamProductsStream> {
         let req = request.into_inner();
         let mut v = Violations::new();
         let filter = product_filter(&mut v, req.family_id, req.state);
@@ -231,7 +222,7 @@ impl CatalogService for CatalogApi {
             let products = batch?.into_iter().map(Into::into).collect();
             Ok(pb::StreamProductsResponse { products })
         });
-        Ok(Response::new(Box::pin(stream)))
+        reply(Box::pin(stream))
     }
 
     type WatchCatalogEventsStream = ResponseStream<pb::WatchCatalogEventsResponse>;
@@ -239,9 +230,9 @@ impl CatalogService for CatalogApi {
     async fn watch_catalog_events(
         &self,
         request: Request<pb::WatchCatalogEventsRequest>,
-    ) -> Result<Response<Self::WatchCatalogEventsStream>, Status> {
+    ) -> Answer<Self::WatchCatalogEventsStream> {
         let after = request.into_inner().after_sequence;
-        let stream = self.outbox.serve(after, self.shutdown.clone(), convert::event_message).await?;
-        Ok(Response::new(stream))
+        let stream = self.outbox.serve(after, self.shutdown.clone(), convert::event_kind).await?;
+        reply(stream)
     }
 }

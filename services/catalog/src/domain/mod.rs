@@ -64,26 +64,19 @@ impl Money {
 }
 
 /// Where a product is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum ProductState {
     Active,
     Discontinued,
 }
 
 impl ProductState {
+    /// How it is stored (`ACTIVE`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "ACTIVE",
-            Self::Discontinued => "DISCONTINUED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ACTIVE" => Some(Self::Active),
-            "DISCONTINUED" => Some(Self::Discontinued),
-            _ => None,
-        }
+        self.into()
     }
 }
 

@@ -18,7 +18,8 @@ pub const MAX_AVAILABLE: u32 = 500;
 use agora_platform::Error;
 
 /// The members of the timed-offer family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum OfferKind {
     /// A short, sharp discount.
     Speed,
@@ -27,42 +28,23 @@ pub enum OfferKind {
 }
 
 impl OfferKind {
+    /// How it is stored (`LAST_DAY`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Speed => "SPEED",
-            Self::LastDay => "LAST_DAY",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "SPEED" => Some(Self::Speed),
-            "LAST_DAY" => Some(Self::LastDay),
-            _ => None,
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum OfferState {
     Active,
     Withdrawn,
 }
 
 impl OfferState {
+    /// How it is stored (`WITHDRAWN`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "ACTIVE",
-            Self::Withdrawn => "WITHDRAWN",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ACTIVE" => Some(Self::Active),
-            "WITHDRAWN" => Some(Self::Withdrawn),
-            _ => None,
-        }
+        self.into()
     }
 }
 
@@ -75,8 +57,7 @@ pub struct Offer {
     pub customer_id: Option<String>,
     pub kind: OfferKind,
     pub discount_percent: i32,
-    pub start_time: i64,
-    pub end_time: i64,
+    pub window: Window,
     pub state: OfferState,
     pub revision: i64,
     pub create_time: i64,
@@ -93,8 +74,7 @@ impl Offer {
             customer_id: new.customer_id,
             kind: new.kind,
             discount_percent: new.discount_percent,
-            start_time: new.start_time,
-            end_time: new.end_time,
+            window: new.window,
             state: OfferState::Active,
             revision: 1,
             create_time: now,
@@ -126,8 +106,7 @@ impl Offer {
     /// agreement on the same rows.
     pub fn is_available(&self, customer_id: Option<&str>, now: i64) -> bool {
         self.state == OfferState::Active
-            && self.start_time <= now
-            && now < self.end_time
+            && self.window.contains(now)
             && (self.customer_id.is_none() || self.customer_id.as_deref() == customer_id)
     }
 }
@@ -139,8 +118,7 @@ pub struct NewOffer {
     pub customer_id: Option<String>,
     pub kind: OfferKind,
     pub discount_percent: i32,
-    pub start_time: i64,
-    pub end_time: i64,
+    pub window: Window,
 }
 
 impl NewOffer {
@@ -152,8 +130,8 @@ impl NewOffer {
             self.customer_id.as_deref().unwrap_or(""),
             self.kind.as_str(),
             self.discount_percent,
-            self.start_time,
-            self.end_time
+            self.window.start,
+            self.window.end
         )
     }
 }
@@ -164,6 +142,27 @@ pub fn check_discount(percent: i32) -> Result<i32, String> {
         Ok(percent)
     } else {
         Err(format!("must be between {} and {} percent", DISCOUNT_PERCENT.start(), DISCOUNT_PERCENT.end()))
+    }
+}
+
+/// When an offer runs: from `start`, included, to `end`, excluded
+/// (microseconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Window {
+    /// A window of an offer of `kind`, made at `now`, if it follows the
+    /// rules of its kind ([`check_window`]).
+    pub fn new(kind: OfferKind, start: i64, end: i64, now: i64) -> Result<Self, WindowProblem> {
+        check_window(kind, start, end, now).map(|()| Self { start, end })
+    }
+
+    /// Whether `now` is inside the window.
+    pub fn contains(&self, now: i64) -> bool {
+        self.start <= now && now < self.end
     }
 }
 
@@ -228,8 +227,7 @@ mod tests {
             customer_id: Some("cus_1".into()),
             kind: OfferKind::Speed,
             discount_percent: 10,
-            start_time: 10,
-            end_time: 20,
+            window: Window { start: 10, end: 20 },
             state: OfferState::Active,
             revision: 1,
             create_time: 1,
@@ -252,8 +250,7 @@ mod tests {
             customer_id: None,
             kind: OfferKind::Speed,
             discount_percent: 10,
-            start_time: 10,
-            end_time: 20,
+            window: Window { start: 10, end: 20 },
         };
         let mut offer = Offer::create("off_1".into(), new, 5);
         assert!(matches!(offer.withdraw("r9", 6), Err(Error::FailedPrecondition { .. })));

@@ -1,11 +1,7 @@
 //! What offers needs to know of the catalog: can a product be put on offer?
 
-use agora_contracts::agora::catalog::v1::{self as catalog, catalog_service_client::CatalogServiceClient};
-use agora_platform::{
-    Error,
-    middleware::Deadline,
-    upstream::{Upstream, UpstreamChannel, UpstreamSettings},
-};
+use agora_contracts::agora::catalog::v1 as catalog;
+use agora_platform::{Error, middleware::Deadline, upstream::hosts};
 
 /// A product, as the offers context sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,21 +15,15 @@ pub enum Offerable {
     Unknown,
 }
 
-#[derive(Debug, Clone)]
-pub struct Catalog(Upstream<CatalogServiceClient<UpstreamChannel>>);
-
-impl Catalog {
-    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
-        Ok(Self(Upstream::connect(settings, CatalogServiceClient::new)?))
-    }
-
-    pub async fn offerable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<Offerable, Error> {
-        let request = catalog::GetProductRequest { product_id: product_id.to_owned() };
-        let answer = self.0.ask(deadline, request, |mut c, r| async move { c.get_product(r).await }).await?;
-        let Some(answer) = answer else { return Ok(Offerable::Unknown) };
-        Ok(match self.0.required("GetProduct", "product", answer.product)?.state() {
-            catalog::ProductState::Active => Offerable::Yes,
-            _ => Offerable::Discontinued,
-        })
-    }
+/// Whether offers may be made on the product now.
+pub async fn offerable(
+    catalog: &hosts::Catalog,
+    id: &str,
+    deadline: Option<Deadline>,
+) -> Result<Offerable, Error> {
+    Ok(match catalog.get_product(id, deadline).await?.map(|p| p.state()) {
+        Some(catalog::ProductState::Active) => Offerable::Yes,
+        Some(_) => Offerable::Discontinued,
+        None => Offerable::Unknown,
+    })
 }

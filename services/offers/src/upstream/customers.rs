@@ -1,27 +1,15 @@
 //! What offers needs to know of customers: does a customer exist?
 
-use agora_contracts::agora::customers::v1::{
-    self as customers, customer_service_client::CustomerServiceClient,
-};
-use agora_platform::{
-    Error,
-    middleware::Deadline,
-    upstream::{Upstream, UpstreamChannel, UpstreamSettings},
-};
+use agora_contracts::agora::customers::v1 as customers;
+use agora_platform::{Error, middleware::Deadline, upstream::hosts};
 
-#[derive(Debug, Clone)]
-pub struct Customers(Upstream<CustomerServiceClient<UpstreamChannel>>);
-
-impl Customers {
-    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
-        Ok(Self(Upstream::connect(settings, CustomerServiceClient::new)?))
-    }
-
-    /// Whether the customer exists. Nothing else of theirs is asked for:
-    /// an offer keeps the id only.
-    pub async fn exists(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<bool, Error> {
-        let request = customers::GetCustomerRequest { customer_id: customer_id.to_owned() };
-        let answer = self.0.ask(deadline, request, |mut c, r| async move { c.get_customer(r).await }).await?;
-        Ok(answer.is_some())
-    }
+/// Whether the customer exists. Nothing else of theirs is kept: an offer
+/// holds the id only.
+pub async fn exists(
+    customers: &hosts::Customers,
+    id: &str,
+    deadline: Option<Deadline>,
+) -> Result<bool, Error> {
+    let customer: Option<customers::Customer> = customers.get_customer(id, deadline).await?;
+    Ok(customer.is_some())
 }

@@ -3,78 +3,55 @@
 //! customer who left takes their personal offers. Every other event only
 //! moves the cursor.
 
-use agora_contracts::agora::{
-    catalog::v1::{self as catalog, catalog_service_client::CatalogServiceClient},
-    customers::v1::{self as customers, customer_service_client::CustomerServiceClient},
-};
+use agora_contracts::agora::{catalog::v1::catalog_event, customers::v1::customer_event};
 use agora_platform::{
-    Error, UnitOfWork,
-    feed::Follower,
-    upstream::{UpstreamSettings, feed_channel},
+    Database, Error, UnitOfWork,
+    feed::{Apply, consumer},
+    server::Task,
+    upstream::hosts,
     wire::now_micros,
 };
-use tonic::{Status, Streaming, transport::Channel};
 
 use crate::store::{self, Withdrawn};
 
-/// The catalog's feed: a discontinued product's offers are withdrawn.
-pub struct CatalogFeed(CatalogServiceClient<Channel>);
+/// The consumers of both feeds, as background tasks.
+pub fn follow(catalog: &hosts::Catalog, customers: &hosts::Customers, db: &Database) -> [Task; 2] {
+    [
+        consumer(catalog.watch_catalog_events(), Offers, db.clone()),
+        consumer(customers.watch_customer_events(), Offers, db.clone()),
+    ]
+}
 
-impl CatalogFeed {
-    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
-        Ok(Self(CatalogServiceClient::new(feed_channel(settings)?)))
+/// The offers context, as the feeds change it.
+struct Offers;
+
+#[tonic::async_trait]
+impl Apply<catalog_event::Kind> for Offers {
+    async fn apply(&self, uow: &mut UnitOfWork, event: catalog_event::Kind) -> Result<(), Error> {
+        match event {
+            catalog_event::Kind::ProductDiscontinued(e) => {
+                withdraw(uow, Withdrawn::OfProduct(&e.product_id)).await
+            }
+            _ => Ok(()),
+        }
     }
 }
 
 #[tonic::async_trait]
-impl Follower for CatalogFeed {
-    type Message = catalog::WatchCatalogEventsResponse;
-
-    fn feed(&self) -> &'static str {
-        "catalog"
-    }
-
-    async fn open(&self, after: i64) -> Result<Streaming<Self::Message>, Status> {
-        let request = catalog::WatchCatalogEventsRequest { after_sequence: after };
-        Ok(self.0.clone().watch_catalog_events(request).await?.into_inner())
-    }
-
-    async fn apply(&self, uow: &mut UnitOfWork, event: catalog::catalog_event::Kind) -> Result<(), Error> {
-        if let catalog::catalog_event::Kind::ProductDiscontinued(e) = event {
-            let n = store::withdraw_all(uow, Withdrawn::OfProduct(&e.product_id), now_micros()).await?;
-            tracing::info!(product_id = %e.product_id, withdrawn = n, "product discontinued: its offers withdrawn");
+impl Apply<customer_event::Kind> for Offers {
+    async fn apply(&self, uow: &mut UnitOfWork, event: customer_event::Kind) -> Result<(), Error> {
+        match event {
+            customer_event::Kind::CustomerDeleted(e) => {
+                withdraw(uow, Withdrawn::OfCustomer(&e.customer_id)).await
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
-/// The customers feed: a deleted customer's personal offers are withdrawn.
-pub struct CustomersFeed(CustomerServiceClient<Channel>);
-
-impl CustomersFeed {
-    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
-        Ok(Self(CustomerServiceClient::new(feed_channel(settings)?)))
-    }
-}
-
-#[tonic::async_trait]
-impl Follower for CustomersFeed {
-    type Message = customers::WatchCustomerEventsResponse;
-
-    fn feed(&self) -> &'static str {
-        "customers"
-    }
-
-    async fn open(&self, after: i64) -> Result<Streaming<Self::Message>, Status> {
-        let request = customers::WatchCustomerEventsRequest { after_sequence: after };
-        Ok(self.0.clone().watch_customer_events(request).await?.into_inner())
-    }
-
-    async fn apply(&self, uow: &mut UnitOfWork, event: customers::customer_event::Kind) -> Result<(), Error> {
-        if let customers::customer_event::Kind::CustomerDeleted(e) = event {
-            let n = store::withdraw_all(uow, Withdrawn::OfCustomer(&e.customer_id), now_micros()).await?;
-            tracing::info!(customer_id = %e.customer_id, withdrawn = n, "customer deleted: their personal offers withdrawn");
-        }
-        Ok(())
-    }
+/// Withdraws the offers an event takes away.
+async fn withdraw(uow: &mut UnitOfWork, which: Withdrawn<'_>) -> Result<(), Error> {
+    let withdrawn = store::withdraw_all(uow, which, now_micros()).await?;
+    tracing::info!(?which, withdrawn, "offers withdrawn");
+    Ok(())
 }

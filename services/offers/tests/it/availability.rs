@@ -5,7 +5,7 @@
 
 use agora_offers::{
     MIGRATIONS,
-    domain::{NewOffer, Offer, OfferKind},
+    domain::{NewOffer, Offer, OfferKind, Window},
     store,
 };
 
@@ -36,8 +36,7 @@ async fn the_available_query_and_the_domain_rule_agree(db: TestDatabase) {
                         customer_id: customer.map(str::to_owned),
                         kind: OfferKind::Speed,
                         discount_percent: 10,
-                        start_time: now + start * HOUR,
-                        end_time: now + end * HOUR + n,
+                        window: Window { start: now + start * HOUR, end: now + end * HOUR + n },
                     };
                     let mut offer = Offer::create(format!("off_{n:03}"), new, now);
                     if withdraw {
@@ -67,7 +66,7 @@ async fn the_available_query_and_the_domain_rule_agree(db: TestDatabase) {
                     .iter()
                     .filter(|o| o.is_available(customer, at) && product.is_none_or(|p| o.product_id == p))
                     .collect();
-                by_rule.sort_by_key(|o| o.end_time);
+                by_rule.sort_by_key(|o| o.window.end);
                 let by_rule: Vec<String> = by_rule.into_iter().map(|o| o.id.clone()).collect();
                 assert_eq!(from_sql, by_rule, "customer {customer:?}, product {product:?}, at {at}");
                 compared += by_rule.len();

@@ -9,7 +9,10 @@ pub use agora_contracts::agora::{
     catalog::v1 as catalog_pb, common::v1::Money, customers::v1 as customers_pb, offers::v1 as pb,
 };
 use agora_offers::{OffersSettings, fallback::Fallback};
-use agora_platform::{Settings, upstream::UpstreamSettings};
+use agora_platform::{
+    Settings,
+    upstream::{UpstreamSettings, hosts::Addresses},
+};
 pub use agora_testing::{Proxy, TestDatabase, TestServer};
 use catalog_pb::catalog_service_client::CatalogServiceClient;
 use customers_pb::customer_service_client::CustomerServiceClient;
@@ -53,14 +56,7 @@ pub async fn start_with(
     let catalog_proxy = Proxy::start(catalog_server.grpc_addr).await;
 
     let mut settings = agora_testing::settings(&offers_db);
-    let mut offers = OffersSettings {
-        catalog: UpstreamSettings::for_tests("catalog", vec![format!("http://{}", catalog_proxy.addr)]),
-        customers: UpstreamSettings::for_tests(
-            "customers",
-            vec![format!("http://{}", customers_server.grpc_addr)],
-        ),
-        fallback: Fallback::parse(FALLBACK).unwrap(),
-    };
+    let mut offers = offers_settings(catalog_proxy.addr, customers_server.grpc_addr);
     tweak(&mut settings, &mut offers);
     let offers_server =
         TestServer::start(agora_offers::build_with(settings, offers).await.expect("offers builds")).await;
@@ -80,11 +76,11 @@ pub async fn start_with(
 
 /// Offers' settings for a catalog and a customers service at these addresses.
 pub fn offers_settings(catalog: std::net::SocketAddr, customers: std::net::SocketAddr) -> OffersSettings {
-    OffersSettings {
+    let upstreams = Addresses {
         catalog: UpstreamSettings::for_tests("catalog", vec![format!("http://{catalog}")]),
         customers: UpstreamSettings::for_tests("customers", vec![format!("http://{customers}")]),
-        fallback: Fallback::parse(FALLBACK).unwrap(),
-    }
+    };
+    OffersSettings { upstreams, fallback: Fallback::parse(FALLBACK).unwrap() }
 }
 
 impl System {

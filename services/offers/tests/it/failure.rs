@@ -114,7 +114,8 @@ async fn retries_hide_a_flaky_catalog() {
 #[tokio::test]
 async fn the_retry_budget_caps_the_attempts_of_an_outage() {
     let mut s =
-        start_with(TestDatabase::sqlite(), |_, offers| offers.catalog.breaker_failures = 100_000).await;
+        start_with(TestDatabase::sqlite(), |_, offers| offers.upstreams.catalog.breaker_failures = 100_000)
+            .await;
     s.catalog_proxy.set_mode(proxy_mode::FAIL_ALL);
     let calls = 300;
     for _ in 0..calls {

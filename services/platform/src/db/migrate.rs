@@ -60,20 +60,46 @@ pub struct LegacyHistory {
     pub replaced_through: i64,
 }
 
+/// The migrations of the crate that names them, embedded from its
+/// `migrations/` folder: each step is a version and a file stem, read from
+/// `migrations/sqlite/<stem>.sql` and `migrations/postgres/<stem>.sql`; a
+/// legacy history from `migrations/legacy/<dialect>/`.
+///
+/// ```ignore
+/// pub const MIGRATIONS: Migrations = agora_platform::migrations!(
+///     [(1, "0001_catalog")],
+///     legacy [(1, "0001_catalog"), (2, "0002_idempotency_keys"), (3, "0003_outbox")] replaced through 1
+/// );
+/// ```
+#[macro_export]
+macro_rules! migrations {
+    ([$(($v:literal, $stem:literal)),* $(,)?]) => {
+        $crate::db::Migrations {
+            sqlite: $crate::migrations!(@steps "sqlite", $(($v, $stem)),*),
+            postgres: $crate::migrations!(@steps "postgres", $(($v, $stem)),*),
+            legacy: None,
+        }
+    };
+    ([$(($v:literal, $stem:literal)),* $(,)?],
+     legacy [$(($lv:literal, $lstem:literal)),* $(,)?] replaced through $through:literal) => {
+        $crate::db::Migrations {
+            sqlite: $crate::migrations!(@steps "sqlite", $(($v, $stem)),*),
+            postgres: $crate::migrations!(@steps "postgres", $(($v, $stem)),*),
+            legacy: Some($crate::db::LegacyHistory {
+                sqlite: $crate::migrations!(@steps "legacy/sqlite", $(($lv, $lstem)),*),
+                postgres: $crate::migrations!(@steps "legacy/postgres", $(($lv, $lstem)),*),
+                replaced_through: $through,
+            }),
+        }
+    };
+    (@steps $dir:literal, $(($v:literal, $stem:literal)),*) => {
+        &[$(($v, $stem, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $dir, "/", $stem, ".sql")))),*]
+    };
+}
+
 /// The platform's own tables.
-const PLATFORM: Migrations = Migrations {
-    sqlite: &[
-        (1, "idempotency keys", include_str!("../../migrations/sqlite/0001_idempotency_keys.sql")),
-        (2, "outbox", include_str!("../../migrations/sqlite/0002_outbox.sql")),
-        (3, "feed cursors", include_str!("../../migrations/sqlite/0003_feed_cursors.sql")),
-    ],
-    postgres: &[
-        (1, "idempotency keys", include_str!("../../migrations/postgres/0001_idempotency_keys.sql")),
-        (2, "outbox", include_str!("../../migrations/postgres/0002_outbox.sql")),
-        (3, "feed cursors", include_str!("../../migrations/postgres/0003_feed_cursors.sql")),
-    ],
-    legacy: None,
-};
+const PLATFORM: Migrations =
+    crate::migrations!([(1, "0001_idempotency_keys"), (2, "0002_outbox"), (3, "0003_feed_cursors")]);
 
 /// Where each history is recorded.
 const PLATFORM_TABLE: &str = "_agora_platform_migrations";

@@ -33,7 +33,7 @@ use sqlx::{
 use tokio::sync::watch;
 
 pub use migrate::{LegacyHistory, Migrations, Step};
-pub use page::{Page, keyset};
+pub use page::{Filter, Page, keyset, page};
 pub use statement::{Column, Executor, Row, Statement, Unique, Value};
 pub use unit::{IdempotencyKey, UnitOfWork};
 

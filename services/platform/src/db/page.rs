@@ -2,7 +2,7 @@
 //! that orders rows by creation. A deep page costs what the first does: the
 //! query seeks to `seq > cursor` on the index.
 
-use super::Row;
+use super::{Database, Row};
 use crate::Error;
 
 /// One page of a listing: the items and the cursor of the next page.
@@ -42,4 +42,59 @@ pub fn keyset<T>(
         .map(|row| Ok((row.get::<i64>("seq")?, read(row)?)))
         .collect::<Result<Vec<_>, Error>>()?;
     Ok(Page::cut(items, limit))
+}
+
+/// What a listing keeps: equality on the columns that have a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Name in page tokens, column, value (None: any).
+    fields: Vec<(&'static str, &'static str, Option<String>)>,
+}
+
+impl Filter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the rows whose `column` is `value`, when there is a value;
+    /// `name` stands for it in page tokens.
+    pub fn by(mut self, name: &'static str, column: &'static str, value: Option<impl Into<String>>) -> Self {
+        self.fields.push((name, column, value.map(Into::into)));
+        self
+    }
+
+    /// A canonical rendering (`family=fam_1;state=`), bound into page
+    /// tokens so that a token only continues the listing it came from.
+    pub fn fingerprint(&self) -> String {
+        let fields =
+            self.fields.iter().map(|(name, _, value)| format!("{name}={}", value.as_deref().unwrap_or("")));
+        fields.collect::<Vec<_>>().join(";")
+    }
+}
+
+/// One page of a listing in creation order: `select` (`SELECT <columns>
+/// FROM <table>`) narrowed by `filter`, the rows after the cursor `after`,
+/// read by `read`. The text differs by which filters are set, so each shape
+/// can use its index; only column names from the caller's code go into it,
+/// every value is bound.
+pub async fn page<T>(
+    db: &Database,
+    select: &'static str,
+    filter: &Filter,
+    after: Option<i64>,
+    limit: u32,
+    read: impl Fn(&Row) -> Result<T, Error>,
+) -> Result<Page<T>, Error> {
+    let mut sql = format!("{select} WHERE seq > $1");
+    let set: Vec<(&str, &str)> =
+        filter.fields.iter().filter_map(|(_, column, value)| Some((*column, value.as_deref()?))).collect();
+    for (n, (column, _)) in set.iter().enumerate() {
+        sql.push_str(&format!(" AND {column} = ${}", n + 3));
+    }
+    sql.push_str(" ORDER BY seq LIMIT $2");
+    let mut query = db.query_built(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
+    for (_, value) in set {
+        query = query.bind(value);
+    }
+    keyset(query.fetch_all().await?, limit, read)
 }

@@ -138,6 +138,12 @@ impl<'c> Statement<'c> {
         result.map_err(|e| translate(e, unique))
     }
 
+    /// Runs a statement that reads one resource, `resource` `id`; no row is
+    /// NOT_FOUND.
+    pub async fn fetch_found(self, resource: &'static str, id: &str) -> Result<Row, Error> {
+        self.fetch_optional().await?.ok_or_else(|| Error::NotFound { resource, id: id.to_owned() })
+    }
+
     /// Runs a statement that always yields a row (an aggregate, a
     /// `RETURNING`); no row is an internal error.
     pub async fn fetch_one(self) -> Result<Row, Error> {

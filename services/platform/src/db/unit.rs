@@ -62,6 +62,18 @@ pub struct IdempotencyKey {
     pub resource: &'static str,
 }
 
+impl IdempotencyKey {
+    /// The key of a create call that sent `request_id` (none sent: no key),
+    /// for a request `fingerprint` renders.
+    pub fn of(
+        request_id: Option<String>,
+        resource: &'static str,
+        fingerprint: impl FnOnce() -> String,
+    ) -> Option<Self> {
+        request_id.map(|request_id| Self { request_id, fingerprint: fingerprint(), resource })
+    }
+}
+
 impl UnitOfWork {
     pub fn backend(&self) -> Backend {
         self.db.backend()

@@ -12,7 +12,7 @@ mod trailers;
 pub use admission::AdmissionLayer;
 pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
 pub use observe::ObserveLayer;
-pub use trailers::{ExtraTrailers, TrailersLayer};
+pub use trailers::{ExtraTrailers, with_extra_trailers};
 
 use http::Response;
 use tower_http::catch_panic::ResponseForPanic;

@@ -1,59 +1,27 @@
 //! Trailers chosen by a handler. tonic sends a successful unary answer's
 //! trailers itself (`grpc-status: 0`) and offers no way to add to them; a
 //! handler that must say something in the trailers (offers' fallback marker)
-//! puts [`ExtraTrailers`] in its response's extensions, and this layer adds
-//! them to the trailers frame on the way out.
+//! puts [`ExtraTrailers`] in its response's extensions, and
+//! [`with_extra_trailers`] adds them to the trailers frame on the way out.
 
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
-use tower::{Layer, Service};
 
 /// Headers to add to the response's trailers.
 #[derive(Debug, Clone, Default)]
 pub struct ExtraTrailers(pub HeaderMap);
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TrailersLayer;
-
-impl<S> Layer<S> for TrailersLayer {
-    type Service = Trailers<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Trailers { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Trailers<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Trailers<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Body,
-{
-    type Response = Response<WithTrailers<ResBody>>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut response = fut.await?;
-            let extra = response.extensions_mut().remove::<ExtraTrailers>().map(|t| t.0);
-            Ok(response.map(|inner| WithTrailers { inner, extra }))
-        })
-    }
+/// Moves the trailers a handler asked for from the response's extensions
+/// into its body, which adds them to the trailers frame. A plain response
+/// map (`ServiceBuilder::map_response`): nothing to do before the call.
+pub fn with_extra_trailers<B>(mut response: Response<B>) -> Response<WithTrailers<B>> {
+    let extra = response.extensions_mut().remove::<ExtraTrailers>().map(|t| t.0);
+    response.map(|inner| WithTrailers { inner, extra })
 }
 
 pin_project_lite::pin_project! {

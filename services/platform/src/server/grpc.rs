@@ -20,7 +20,7 @@ use crate::{
     config::Settings,
     health::Health,
     middleware::{
-        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, TrailersLayer,
+        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, with_extra_trailers,
     },
 };
 
@@ -76,7 +76,7 @@ pub(super) async fn serve(
         // Early in the stack, so a refusal costs little of a busy core.
         .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
         // Trailers a handler asked for (ExtraTrailers) join grpc-status.
-        .layer(TrailersLayer)
+        .map_response(with_extra_trailers)
         // A panicking handler answers INTERNAL instead of resetting the stream.
         .layer(CatchPanicLayer::custom(PanicToInternal))
         // Honour grpc-timeout (capped by the server's own limit): DEADLINE_EXCEEDED.

@@ -32,6 +32,7 @@
 //! The anti-corruption layers only read from their upstreams, so retrying
 //! any of their calls is safe.
 
+pub mod hosts;
 mod stack;
 
 use std::time::Duration;
@@ -121,11 +122,16 @@ impl UpstreamSettings {
 }
 
 /// One upstream as an anti-corruption layer sees it: its generated client
-/// on the resilient channel, and the one meaning of its answers.
+/// on the resilient channel, the one meaning of its answers, and the plain
+/// channel its change feed streams on. The open host services' questions
+/// and feeds are asked here once for every context ([`hosts`]).
 #[derive(Debug, Clone)]
 pub struct Upstream<C> {
     name: &'static str,
     client: C,
+    /// For the change feed: one long stream, without the calls' deadline
+    /// and retries; its consumer reconnects with its own backoff.
+    feed: tonic::transport::Channel,
 }
 
 impl<C: Clone> Upstream<C> {
@@ -134,7 +140,12 @@ impl<C: Clone> Upstream<C> {
     /// failures, so the downstream starts while the upstream is still down
     /// and recovers without a restart.
     pub fn connect(settings: &UpstreamSettings, client: fn(UpstreamChannel) -> C) -> anyhow::Result<Self> {
-        Ok(Self { name: settings.name, client: client(channel(settings)?) })
+        Ok(Self { name: settings.name, client: client(channel(settings)?), feed: feed_channel(settings)? })
+    }
+
+    /// The upstream's name ("catalog").
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// Asks one question. `deadline` is the caller's, when this is asked
@@ -197,7 +208,7 @@ fn failure(upstream: &str, status: Status) -> Error {
 /// A channel for an upstream's change feed: balanced over its addresses,
 /// connecting lazily, without the call stack's deadline and retries. A feed
 /// is one long stream; its consumer reconnects with its own backoff.
-pub fn feed_channel(settings: &UpstreamSettings) -> anyhow::Result<tonic::transport::Channel> {
+fn feed_channel(settings: &UpstreamSettings) -> anyhow::Result<tonic::transport::Channel> {
     let endpoints = settings
         .addrs
         .iter()

@@ -1,12 +1,8 @@
 //! What shopping needs to know of the catalog: can this product go on a
 //! list? Its name, price and family stay with the catalog.
 
-use agora_contracts::agora::catalog::v1::{self as catalog, catalog_service_client::CatalogServiceClient};
-use agora_platform::{
-    Error,
-    middleware::Deadline,
-    upstream::{Upstream, UpstreamChannel, UpstreamSettings},
-};
+use agora_contracts::agora::catalog::v1 as catalog;
+use agora_platform::{Error, middleware::Deadline, upstream::hosts};
 
 /// A product, as the shopping context sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,22 +16,15 @@ pub enum Listable {
     Unknown,
 }
 
-#[derive(Debug, Clone)]
-pub struct Catalog(Upstream<CatalogServiceClient<UpstreamChannel>>);
-
-impl Catalog {
-    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
-        Ok(Self(Upstream::connect(settings, CatalogServiceClient::new)?))
-    }
-
-    /// Whether the product may be added to a list now.
-    pub async fn listable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<Listable, Error> {
-        let request = catalog::GetProductRequest { product_id: product_id.to_owned() };
-        let answer = self.0.ask(deadline, request, |mut c, r| async move { c.get_product(r).await }).await?;
-        let Some(answer) = answer else { return Ok(Listable::Unknown) };
-        Ok(match self.0.required("GetProduct", "product", answer.product)?.state() {
-            catalog::ProductState::Active => Listable::Yes,
-            _ => Listable::NotOnSale,
-        })
-    }
+/// Whether the product may be added to a list now.
+pub async fn listable(
+    catalog: &hosts::Catalog,
+    id: &str,
+    deadline: Option<Deadline>,
+) -> Result<Listable, Error> {
+    Ok(match catalog.get_product(id, deadline).await?.map(|p| p.state()) {
+        Some(catalog::ProductState::Active) => Listable::Yes,
+        Some(_) => Listable::NotOnSale,
+        None => Listable::Unknown,
+    })
 }

@@ -3,45 +3,32 @@
 //! marked unavailable, and a customer who left takes their lists with them.
 //! Every other event only moves the cursor.
 
-use agora_contracts::agora::{
-    catalog::v1::{self as catalog, catalog_service_client::CatalogServiceClient},
-    customers::v1::{self as customers, customer_service_client::CustomerServiceClient},
-};
+use agora_contracts::agora::{catalog::v1::catalog_event, customers::v1::customer_event};
 use agora_platform::{
-    Error, UnitOfWork,
-    feed::Follower,
-    upstream::{UpstreamSettings, feed_channel},
+    Database, Error, UnitOfWork,
+    feed::{Apply, consumer},
+    server::Task,
+    upstream::hosts,
     wire::now_micros,
 };
-use tonic::{Status, Streaming, transport::Channel};
 
 use crate::store;
 
-/// The catalog's feed: a discontinued product is marked unavailable on
-/// every list that holds it.
-pub struct CatalogFeed(CatalogServiceClient<Channel>);
-
-impl CatalogFeed {
-    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
-        Ok(Self(CatalogServiceClient::new(feed_channel(settings)?)))
-    }
+/// The consumers of both feeds, as background tasks.
+pub fn follow(catalog: &hosts::Catalog, customers: &hosts::Customers, db: &Database) -> [Task; 2] {
+    [
+        consumer(catalog.watch_catalog_events(), Lists, db.clone()),
+        consumer(customers.watch_customer_events(), Lists, db.clone()),
+    ]
 }
 
+/// Shopping lists, as the feeds change them.
+struct Lists;
+
 #[tonic::async_trait]
-impl Follower for CatalogFeed {
-    type Message = catalog::WatchCatalogEventsResponse;
-
-    fn feed(&self) -> &'static str {
-        "catalog"
-    }
-
-    async fn open(&self, after: i64) -> Result<Streaming<Self::Message>, Status> {
-        let request = catalog::WatchCatalogEventsRequest { after_sequence: after };
-        Ok(self.0.clone().watch_catalog_events(request).await?.into_inner())
-    }
-
-    async fn apply(&self, uow: &mut UnitOfWork, event: catalog::catalog_event::Kind) -> Result<(), Error> {
-        if let catalog::catalog_event::Kind::ProductDiscontinued(e) = event {
+impl Apply<catalog_event::Kind> for Lists {
+    async fn apply(&self, uow: &mut UnitOfWork, event: catalog_event::Kind) -> Result<(), Error> {
+        if let catalog_event::Kind::ProductDiscontinued(e) = event {
             let lists = store::mark_unavailable(uow, &e.product_id, now_micros()).await?;
             tracing::info!(product_id = %e.product_id, lists, "product discontinued: marked unavailable on its lists");
         }
@@ -49,30 +36,10 @@ impl Follower for CatalogFeed {
     }
 }
 
-/// The customers feed: a deleted customer's lists are deleted.
-pub struct CustomersFeed(CustomerServiceClient<Channel>);
-
-impl CustomersFeed {
-    pub fn connect(settings: &UpstreamSettings) -> anyhow::Result<Self> {
-        Ok(Self(CustomerServiceClient::new(feed_channel(settings)?)))
-    }
-}
-
 #[tonic::async_trait]
-impl Follower for CustomersFeed {
-    type Message = customers::WatchCustomerEventsResponse;
-
-    fn feed(&self) -> &'static str {
-        "customers"
-    }
-
-    async fn open(&self, after: i64) -> Result<Streaming<Self::Message>, Status> {
-        let request = customers::WatchCustomerEventsRequest { after_sequence: after };
-        Ok(self.0.clone().watch_customer_events(request).await?.into_inner())
-    }
-
-    async fn apply(&self, uow: &mut UnitOfWork, event: customers::customer_event::Kind) -> Result<(), Error> {
-        if let customers::customer_event::Kind::CustomerDeleted(e) = event {
+impl Apply<customer_event::Kind> for Lists {
+    async fn apply(&self, uow: &mut UnitOfWork, event: customer_event::Kind) -> Result<(), Error> {
+        if let customer_event::Kind::CustomerDeleted(e) = event {
             let lists = store::delete_lists_of(uow, &e.customer_id).await?;
             tracing::info!(customer_id = %e.customer_id, lists, "customer deleted: their lists deleted");
         }

@@ -1,0 +1,118 @@
+//! What downstream contexts ask of the open host services, catalog and
+//! customers, and the feeds they follow: asked, and read, once here for
+//! every context. Each answer has one meaning everywhere (an OK answer
+//! without the thing asked for is the upstream's bug: INTERNAL); what it
+//! means to a context (`Offerable`, `Listable`) is that context's own
+//! anti-corruption layer's to say.
+
+use agora_contracts::agora::{
+    catalog::v1::{self as catalog, catalog_service_client::CatalogServiceClient as CatalogClient},
+    customers::v1::{self as customers, customer_service_client::CustomerServiceClient as CustomersClient},
+};
+use tonic::{Response, Status, Streaming, transport::Channel};
+
+use super::{Upstream, UpstreamChannel, UpstreamSettings};
+use crate::{
+    Error,
+    config::{ConfigError, EnvReader},
+    feed::Feed,
+    middleware::Deadline,
+};
+
+/// The catalog, as a downstream context reaches it.
+pub type Catalog = Upstream<CatalogClient<UpstreamChannel>>;
+/// Customers, as a downstream context reaches them.
+pub type Customers = Upstream<CustomersClient<UpstreamChannel>>;
+
+/// An answer about one thing: None when the upstream has no such thing.
+pub type Found<T> = Result<Option<T>, Error>;
+
+/// Where the open host services are, and how hard to try them.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// The catalog (`AGORA_CATALOG_ADDRS`, default `http://127.0.0.1:50051`).
+    pub catalog: UpstreamSettings,
+    /// Customers (`AGORA_CUSTOMERS_ADDRS`, default `http://127.0.0.1:50052`).
+    pub customers: UpstreamSettings,
+}
+
+impl Addresses {
+    /// From the process environment: `AGORA_CATALOG_ADDRS`,
+    /// `AGORA_CUSTOMERS_ADDRS` and the shared `AGORA_UPSTREAM_*` variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut env = EnvReader::new(|name| std::env::var(name).ok());
+        let addresses = Self::read(&mut env);
+        env.finish().map(|()| addresses)
+    }
+
+    /// From any lookup; problems are collected in `env`.
+    pub fn read<F: Fn(&str) -> Option<String>>(env: &mut EnvReader<F>) -> Self {
+        Self {
+            catalog: UpstreamSettings::read(env, "catalog", "http://127.0.0.1:50051"),
+            customers: UpstreamSettings::read(env, "customers", "http://127.0.0.1:50052"),
+        }
+    }
+
+    /// Both upstreams. Connections are made on first use, so a downstream
+    /// starts while they are still down.
+    pub fn connect(&self) -> anyhow::Result<(Catalog, Customers)> {
+        Ok((
+            Upstream::connect(&self.catalog, CatalogClient::new)?,
+            Upstream::connect(&self.customers, CustomersClient::new)?,
+        ))
+    }
+}
+
+impl Catalog {
+    /// GetProduct: the product, or None when the catalog has none.
+    pub async fn get_product(&self, product_id: &str, deadline: Option<Deadline>) -> Found<catalog::Product> {
+        let request = catalog::GetProductRequest { product_id: product_id.to_owned() };
+        let answer = self.ask(deadline, request, |mut c, r| async move { c.get_product(r).await }).await?;
+        answer.map(|a| self.required("GetProduct", "product", a.product)).transpose()
+    }
+
+    /// WatchCatalogEvents: the catalog's change feed.
+    pub fn watch_catalog_events(&self) -> Feed<catalog::WatchCatalogEventsResponse> {
+        self.feed(CatalogClient::new, |mut c, after_sequence| async move {
+            c.watch_catalog_events(catalog::WatchCatalogEventsRequest { after_sequence }).await
+        })
+    }
+}
+
+impl Customers {
+    /// GetCustomer: the customer, or None when there is no such customer.
+    pub async fn get_customer(
+        &self,
+        customer_id: &str,
+        deadline: Option<Deadline>,
+    ) -> Found<customers::Customer> {
+        let request = customers::GetCustomerRequest { customer_id: customer_id.to_owned() };
+        let found = self.ask(deadline, request, |mut c, r| async move { c.get_customer(r).await }).await?;
+        found.map(|f| self.required("GetCustomer", "customer", f.customer)).transpose()
+    }
+
+    /// WatchCustomerEvents: customers' change feed.
+    pub fn watch_customer_events(&self) -> Feed<customers::WatchCustomerEventsResponse> {
+        self.feed(CustomersClient::new, |mut c, after_sequence| async move {
+            c.watch_customer_events(customers::WatchCustomerEventsRequest { after_sequence }).await
+        })
+    }
+}
+
+impl<C: Clone> Upstream<C> {
+    /// The upstream's change feed, opened by `watch` on a client of the
+    /// feed's own channel.
+    fn feed<F, M, W, Fut>(&self, client: fn(Channel) -> F, watch: W) -> Feed<M>
+    where
+        F: Clone + Send + Sync + 'static,
+        M: agora_contracts::feed::ChangeFeedMessage,
+        W: Fn(F, i64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<Streaming<M>>, Status>> + Send + 'static,
+    {
+        let client = client(self.feed.clone());
+        Feed::new(self.name, move |after| {
+            let answer = watch(client.clone(), after);
+            async move { answer.await.map(Response::into_inner) }
+        })
+    }
+}
