@@ -142,9 +142,9 @@ impl TryFrom<pb::UpdateCustomerRequest> for Update {
 impl CustomerService for CustomersApi {
     async fn create_customer(
         &self,
-        request: Request<pb::CreateCustomerRequest>,
+        req: Request<pb::CreateCustomerRequest>,
     ) -> Answer<pb::CreateCustomerResponse> {
-        let new = NewCustomer::try_from(request.into_inner())?;
+        let new = NewCustomer::try_from(req.into_inner())?;
         let (customer, registered) = Customer::register(new_id("cus"), new, now_micros());
         let mut uow = self.db.begin().await?;
         store::insert(&mut uow, &customer).await?;
@@ -154,20 +154,17 @@ impl CustomerService for CustomersApi {
         reply(pb::CreateCustomerResponse { customer: Some(customer.into()) })
     }
 
-    async fn get_customer(
-        &self,
-        request: Request<pb::GetCustomerRequest>,
-    ) -> Answer<pb::GetCustomerResponse> {
-        let id = required_id("customer_id", &request.into_inner().customer_id)?;
+    async fn get_customer(&self, req: Request<pb::GetCustomerRequest>) -> Answer<pb::GetCustomerResponse> {
+        let id = required_id("customer_id", &req.into_inner().customer_id)?;
         let customer = store::customer(&self.db, &id).await?;
         reply(pb::GetCustomerResponse { customer: Some(customer.into()) })
     }
 
     async fn list_customers(
         &self,
-        request: Request<pb::ListCustomersRequest>,
+        req: Request<pb::ListCustomersRequest>,
     ) -> Answer<pb::ListCustomersResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let paging = Paging::of(req.page_size, &req.page_token, LIST_FILTER)?;
         let page = store::list(&self.db, paging.after, paging.size).await?;
         reply(pb::ListCustomersResponse {
@@ -178,9 +175,9 @@ impl CustomerService for CustomersApi {
 
     async fn update_customer(
         &self,
-        request: Request<pb::UpdateCustomerRequest>,
+        req: Request<pb::UpdateCustomerRequest>,
     ) -> Answer<pb::UpdateCustomerResponse> {
-        let Update { id, etag, patch } = Update::try_from(request.into_inner())?;
+        let Update { id, etag, patch } = Update::try_from(req.into_inner())?;
         let mut uow = self.db.begin().await?;
         let mut customer = store::customer(&mut uow, &id).await?;
         customer.update(patch, &etag, now_micros())?;
@@ -192,9 +189,9 @@ impl CustomerService for CustomersApi {
 
     async fn delete_customer(
         &self,
-        request: Request<pb::DeleteCustomerRequest>,
+        req: Request<pb::DeleteCustomerRequest>,
     ) -> Answer<pb::DeleteCustomerResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let id = required_id("customer_id", &req.customer_id)?;
         let mut uow = self.db.begin().await?;
         let customer = store::customer(&mut uow, &id).await?;
@@ -212,9 +209,9 @@ impl CustomerService for CustomersApi {
 
     async fn watch_customer_events(
         &self,
-        request: Request<pb::WatchCustomerEventsRequest>,
+        req: Request<pb::WatchCustomerEventsRequest>,
     ) -> Answer<Self::WatchCustomerEventsStream> {
-        let after = request.into_inner().after_sequence;
+        let after = req.into_inner().after_sequence;
         let stream = self.outbox.serve(after, self.shutdown.clone(), event_kind).await?;
         reply(stream)
     }

@@ -7,7 +7,7 @@ use agora_platform::{
     Database, Error, Precondition, Violations,
     db::IdempotencyKey,
     middleware::{Deadline, ExtraTrailers},
-    upstream::hosts,
+    upstream::hosts::Hosts,
     wire::{
         Answer, Paging, micros_from_timestamp, new_id, now_micros, optional_id, parse_request_id, reply,
         required, required_id, timestamp_from_micros,
@@ -19,18 +19,15 @@ use crate::{
     domain::{self, MAX_AVAILABLE, NewOffer, Offer, OfferKind, OfferState, Window, WindowProblem},
     fallback::Fallback,
     store,
-    upstream::{
-        catalog::{Offerable, offerable},
-        customers,
-    },
+    upstream::{self, Offerable},
 };
 
 /// The offers context's `OfferService` implementation.
 #[derive(Debug, Clone)]
 pub struct OffersApi {
     pub(crate) db: Database,
-    pub(crate) catalog: hosts::Catalog,
-    pub(crate) customers: hosts::Customers,
+    /// Catalog and customers, asked through [`upstream`].
+    pub(crate) hosts: Hosts,
     pub(crate) fallback: Fallback,
 }
 
@@ -120,7 +117,7 @@ impl OffersApi {
     /// The upstream checks of a new offer: the product is on sale, and a
     /// personal offer's customer exists.
     async fn check_references(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<(), Error> {
-        match offerable(&self.catalog, &new.product_id, deadline).await? {
+        match upstream::offerable(&self.hosts, &new.product_id, deadline).await? {
             Offerable::Yes => {}
             Offerable::Unknown => {
                 return Err(Error::NotFound { resource: "product", id: new.product_id.clone() });
@@ -134,7 +131,7 @@ impl OffersApi {
             }
         }
         if let Some(customer_id) = &new.customer_id
-            && !customers::exists(&self.customers, customer_id, deadline).await?
+            && !upstream::customer_exists(&self.hosts, customer_id, deadline).await?
         {
             return Err(Error::NotFound { resource: "customer", id: customer_id.clone() });
         }
@@ -144,13 +141,10 @@ impl OffersApi {
 
 #[tonic::async_trait]
 impl OfferService for OffersApi {
-    async fn create_offer(
-        &self,
-        request: Request<pb::CreateOfferRequest>,
-    ) -> Answer<pb::CreateOfferResponse> {
-        let deadline = Deadline::of(&request);
+    async fn create_offer(&self, req: Request<pb::CreateOfferRequest>) -> Answer<pb::CreateOfferResponse> {
+        let deadline = Deadline::of(&req);
         let now = now_micros();
-        let (key, new) = parse_new_offer(request.into_inner(), now)?;
+        let (key, new) = parse_new_offer(req.into_inner(), now)?;
         // Asked before the unit of work: no transaction stays open while
         // another service is waited for.
         self.check_references(&new, deadline).await?;
@@ -167,14 +161,14 @@ impl OfferService for OffersApi {
         reply(pb::CreateOfferResponse { offer: Some(offer.into()) })
     }
 
-    async fn get_offer(&self, request: Request<pb::GetOfferRequest>) -> Answer<pb::GetOfferResponse> {
-        let id = required_id("offer_id", &request.into_inner().offer_id)?;
+    async fn get_offer(&self, req: Request<pb::GetOfferRequest>) -> Answer<pb::GetOfferResponse> {
+        let id = required_id("offer_id", &req.into_inner().offer_id)?;
         let offer = store::offer(&self.db, &id).await?;
         reply(pb::GetOfferResponse { offer: Some(offer.into()) })
     }
 
-    async fn list_offers(&self, request: Request<pb::ListOffersRequest>) -> Answer<pb::ListOffersResponse> {
-        let req = request.into_inner();
+    async fn list_offers(&self, req: Request<pb::ListOffersRequest>) -> Answer<pb::ListOffersResponse> {
+        let req = req.into_inner();
         let mut v = Violations::new();
         let size = Paging::size(&mut v, req.page_size);
         let state = match pb::OfferState::try_from(req.state) {
@@ -198,9 +192,9 @@ impl OfferService for OffersApi {
 
     async fn withdraw_offer(
         &self,
-        request: Request<pb::WithdrawOfferRequest>,
+        req: Request<pb::WithdrawOfferRequest>,
     ) -> Answer<pb::WithdrawOfferResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let id = required_id("offer_id", &req.offer_id)?;
         let mut uow = self.db.begin().await?;
         let mut offer = store::offer(&mut uow, &id).await?;
@@ -213,9 +207,9 @@ impl OfferService for OffersApi {
 
     async fn list_available_offers(
         &self,
-        request: Request<pb::ListAvailableOffersRequest>,
+        req: Request<pb::ListAvailableOffersRequest>,
     ) -> Answer<pb::ListAvailableOffersResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let mut v = Violations::new();
         let customer_id = optional_id(&mut v, "customer_id", &req.customer_id);
         let product_id = optional_id(&mut v, "product_id", &req.product_id);

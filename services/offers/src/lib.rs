@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`domain`]: offers, their kinds, windows and availability.
 //! - [`store`]: the repository: the offers database (SQLite or PostgreSQL).
-//! - [`upstream`]: the anti-corruption layer: catalog and customers clients.
+//! - [`upstream`]: the anti-corruption layer: what catalog's and customers'
+//!   answers and events mean here.
 //! - [`fallback`]: the default offers served when the database fails.
 //! - [`api`]: the `agora.offers.v1.OfferService` gRPC adapter.
 //! - [`build`]: wires them into a runnable [`Application`].
@@ -81,10 +82,10 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 /// The offers service, bound to its ports and ready to run.
 pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let (catalog, customers) = offers.upstreams.connect()?;
+    let hosts = offers.upstreams.connect()?;
     // Follow the upstreams' change feeds in the background.
-    let [catalog_feed, customers_feed] = upstream::feeds::follow(&catalog, &customers, &database);
-    let api = api::OffersApi { db: database.clone(), catalog, customers, fallback: offers.fallback };
+    let [catalog_feed, customers_feed] = upstream::follow(&hosts, &database);
+    let api = api::OffersApi { db: database.clone(), hosts, fallback: offers.fallback };
     let server = OfferServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);

@@ -101,19 +101,19 @@ pub async fn list(
 }
 
 /// Which offers a feed event withdraws.
-#[derive(Debug, Clone, Copy)]
-pub enum Withdrawn<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawn {
     /// Every active offer on a product.
-    OfProduct(&'a str),
+    OfProduct(String),
     /// Every active offer of one customer's.
-    OfCustomer(&'a str),
+    OfCustomer(String),
 }
 
 /// Withdraws, inside a feed consumer's unit of work, every active offer a
 /// feed event takes away, as [`Offer::withdraw`] would one by one: a new
 /// revision and update time each. Withdrawn offers are left alone, so
 /// applying the same event twice changes nothing. Returns how many went.
-pub async fn withdraw_all(uow: &mut UnitOfWork, which: Withdrawn<'_>, now: i64) -> Result<u64, Error> {
+pub async fn withdraw_all(uow: &mut UnitOfWork, which: &Withdrawn, now: i64) -> Result<u64, Error> {
     let (sql, id) = match which {
         Withdrawn::OfProduct(id) => (
             "UPDATE offers SET state = 'WITHDRAWN', revision = revision + 1, \

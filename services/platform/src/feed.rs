@@ -4,8 +4,9 @@
 //!
 //! The upstream's side comes as a [`Feed`], made by the open host's
 //! [`Upstream`](crate::upstream::Upstream) (`watch_catalog_events`,
-//! `watch_customer_events`); the consumer service brings what an event does
-//! to its own data ([`Apply`]). Everything else is this module's: reading
+//! `watch_customer_events`); the consumer service brings what an event
+//! means in its own terms ([`Translate`]) and what that does to its own data
+//! ([`Effects`]). Everything else is this module's: reading
 //! the envelope every Agora feed shares, applying each event and storing
 //! the cursor in one unit of work, reconnecting, leadership, metrics.
 //!
@@ -62,12 +63,21 @@ impl<M: ChangeFeedMessage> Feed<M> {
     }
 }
 
-/// What a consumer service brings: what an event of a feed does to its own
-/// data, inside the unit of work that also moves the cursor. Events of no
-/// interest here change nothing.
+/// What a consumer service brings: the changes of its own data that
+/// upstream events ask for, and how each is made, inside the unit of work
+/// that also moves the feed's cursor.
 #[tonic::async_trait]
-pub trait Apply<K>: Send + Sync + 'static {
-    async fn apply(&self, uow: &mut UnitOfWork, event: K) -> Result<(), Error>;
+pub trait Effects: Send + Sync + 'static {
+    /// A change of this context's data, in its own terms.
+    type Change: Send;
+
+    async fn apply(&self, uow: &mut UnitOfWork, change: Self::Change) -> Result<(), Error>;
+}
+
+/// Which events of a feed (of kind `K`) are changes here: the translation
+/// of an upstream's language into this context's. None: nothing to do.
+pub trait Translate<K>: Effects {
+    fn translate(&self, event: K) -> Option<Self::Change>;
 }
 
 /// The background task that follows `feed` and applies its events with
@@ -75,7 +85,7 @@ pub trait Apply<K>: Send + Sync + 'static {
 pub fn consumer<M, A>(feed: Feed<M>, effects: A, db: Database) -> Task
 where
     M: ChangeFeedMessage,
-    A: Apply<M::Kind>,
+    A: Translate<M::Kind>,
 {
     let name = feed.name;
     Task::new(name, move |shutdown| async move {
@@ -99,7 +109,7 @@ pub async fn cursor(on: impl Executor<'_>, feed: &str) -> Result<i64, Error> {
 /// consumer that starts beside its upstream waits for it quietly.
 const QUIET: Duration = Duration::from_secs(10);
 
-async fn consume<M: ChangeFeedMessage, A: Apply<M::Kind>>(source: &Feed<M>, effects: &A, db: &Database) {
+async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, effects: &A, db: &Database) {
     let feed = source.name;
     let mut backoff = Backoff::default();
     // Since when the feed has been out of reach, while it is.
@@ -140,7 +150,7 @@ async fn consume<M: ChangeFeedMessage, A: Apply<M::Kind>>(source: &Feed<M>, effe
 }
 
 /// Follows the feed from the stored cursor until the stream ends or fails.
-async fn follow<M: ChangeFeedMessage, A: Apply<M::Kind>>(
+async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     source: &Feed<M>,
     effects: &A,
     db: &Database,
@@ -183,7 +193,7 @@ async fn follow<M: ChangeFeedMessage, A: Apply<M::Kind>>(
     Ok(())
 }
 
-async fn apply_one<K, A: Apply<K>>(
+async fn apply_one<K, A: Translate<K>>(
     feed: &str,
     effects: &A,
     db: &Database,
@@ -191,8 +201,8 @@ async fn apply_one<K, A: Apply<K>>(
     kind: Option<K>,
 ) -> Result<(), Error> {
     let mut uow = db.begin().await?;
-    if let Some(kind) = kind {
-        effects.apply(&mut uow, kind).await?;
+    if let Some(change) = kind.and_then(|kind| effects.translate(kind)) {
+        effects.apply(&mut uow, change).await?;
     }
     // Only ever forward: a replica that lost its lock mid-way cannot move
     // the cursor back.

@@ -10,7 +10,7 @@ use agora_contracts::agora::shopping::v1::{self as pb, shopping_list_service_ser
 use agora_platform::{
     Database, Error, Precondition, Violations,
     middleware::Deadline,
-    upstream::hosts,
+    upstream::hosts::Hosts,
     wire::{Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros},
 };
 use tonic::Request;
@@ -18,18 +18,15 @@ use tonic::Request;
 use crate::{
     domain::{self, NewList, ShoppingList},
     store,
-    upstream::{
-        catalog::{Listable, listable},
-        customers,
-    },
+    upstream::{self, Listable},
 };
 
 /// The shopping context's `ShoppingListService` implementation.
 #[derive(Debug, Clone)]
 pub struct ShoppingApi {
     pub(crate) db: Database,
-    pub(crate) catalog: hosts::Catalog,
-    pub(crate) customers: hosts::Customers,
+    /// Catalog and customers, asked through [`upstream`].
+    pub(crate) hosts: Hosts,
 }
 
 impl From<ShoppingList> for pb::ShoppingList {
@@ -114,7 +111,7 @@ fn list_filter(customer_id: &str) -> String {
 impl ShoppingApi {
     /// The owner of a new list must be a customer.
     async fn check_customer(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        if customers::exists(&self.customers, customer_id, deadline).await? {
+        if upstream::customer_exists(&self.hosts, customer_id, deadline).await? {
             Ok(())
         } else {
             Err(Error::NotFound { resource: "customer", id: customer_id.to_owned() })
@@ -123,7 +120,7 @@ impl ShoppingApi {
 
     /// Only a product on sale goes on a list.
     async fn check_listable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        match listable(&self.catalog, product_id, deadline).await? {
+        match upstream::listable(&self.hosts, product_id, deadline).await? {
             Listable::Yes => Ok(()),
             Listable::Unknown => Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
             Listable::NotOnSale => Err(Error::FailedPrecondition {
@@ -141,10 +138,10 @@ impl ShoppingApi {
 impl ShoppingListService for ShoppingApi {
     async fn create_shopping_list(
         &self,
-        request: Request<pb::CreateShoppingListRequest>,
+        req: Request<pb::CreateShoppingListRequest>,
     ) -> Answer<pb::CreateShoppingListResponse> {
-        let deadline = Deadline::of(&request);
-        let new = NewList::try_from(request.into_inner())?;
+        let deadline = Deadline::of(&req);
+        let new = NewList::try_from(req.into_inner())?;
         self.check_customer(&new.customer_id, deadline).await?;
         let list = ShoppingList::create(new_id("lst"), new, now_micros());
         let mut uow = self.db.begin().await?;
@@ -156,18 +153,18 @@ impl ShoppingListService for ShoppingApi {
 
     async fn get_shopping_list(
         &self,
-        request: Request<pb::GetShoppingListRequest>,
+        req: Request<pb::GetShoppingListRequest>,
     ) -> Answer<pb::GetShoppingListResponse> {
-        let id = required_id("list_id", &request.into_inner().list_id)?;
+        let id = required_id("list_id", &req.into_inner().list_id)?;
         let list = store::list(&self.db, &id).await?;
         reply(pb::GetShoppingListResponse { shopping_list: Some(list.into()) })
     }
 
     async fn list_shopping_lists(
         &self,
-        request: Request<pb::ListShoppingListsRequest>,
+        req: Request<pb::ListShoppingListsRequest>,
     ) -> Answer<pb::ListShoppingListsResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let mut v = Violations::new();
         // Not asked of customers: an unknown customer simply has no lists.
         let customer_id = v.check("customer_id", domain::parse_id(&req.customer_id)).unwrap_or_default();
@@ -180,9 +177,9 @@ impl ShoppingListService for ShoppingApi {
         })
     }
 
-    async fn add_item(&self, request: Request<pb::AddItemRequest>) -> Answer<pb::AddItemResponse> {
-        let deadline = Deadline::of(&request);
-        let add = ItemToAdd::try_from(request.into_inner())?;
+    async fn add_item(&self, req: Request<pb::AddItemRequest>) -> Answer<pb::AddItemResponse> {
+        let deadline = Deadline::of(&req);
+        let add = ItemToAdd::try_from(req.into_inner())?;
         // Asked before the unit of work: no transaction stays open while
         // another service is waited for.
         self.check_listable(&add.product_id, deadline).await?;
@@ -195,8 +192,8 @@ impl ShoppingListService for ShoppingApi {
         reply(pb::AddItemResponse { shopping_list: Some(list.into()) })
     }
 
-    async fn remove_item(&self, request: Request<pb::RemoveItemRequest>) -> Answer<pb::RemoveItemResponse> {
-        let req = request.into_inner();
+    async fn remove_item(&self, req: Request<pb::RemoveItemRequest>) -> Answer<pb::RemoveItemResponse> {
+        let req = req.into_inner();
         let (list_id, product_id) = parse_removal(&req)?;
         let mut uow = self.db.begin().await?;
         let mut list = store::lock(&mut uow, &list_id).await?;
@@ -210,9 +207,9 @@ impl ShoppingListService for ShoppingApi {
 
     async fn delete_shopping_list(
         &self,
-        request: Request<pb::DeleteShoppingListRequest>,
+        req: Request<pb::DeleteShoppingListRequest>,
     ) -> Answer<pb::DeleteShoppingListResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let id = required_id("list_id", &req.list_id)?;
         let mut uow = self.db.begin().await?;
         store::lock(&mut uow, &id).await?.delete(&req.etag)?;

@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`domain`]: lists, their items and the rules of quantities and etags.
 //! - [`store`]: the repository: the shopping database (SQLite or PostgreSQL).
-//! - [`upstream`]: the anti-corruption layer: catalog and customers clients
+//! - [`upstream`]: the anti-corruption layer: what catalog's and customers'
 //!   and the handlers of their change feeds.
 //! - [`api`]: the `agora.shopping.v1.ShoppingListService` gRPC adapter.
 //! - [`build`]: wires them into a runnable [`Application`].
@@ -53,10 +53,10 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 /// followed in the background and caught up with when they return.
 pub async fn build_with(settings: Settings, shopping: ShoppingSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let (catalog, customers) = shopping.connect()?;
+    let hosts = shopping.connect()?;
     // Follow the upstreams' change feeds in the background.
-    let [catalog_feed, customers_feed] = upstream::feeds::follow(&catalog, &customers, &database);
-    let api = api::ShoppingApi { db: database.clone(), catalog, customers };
+    let [catalog_feed, customers_feed] = upstream::follow(&hosts, &database);
+    let api = api::ShoppingApi { db: database.clone(), hosts };
     let server = ShoppingListServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);

@@ -63,11 +63,8 @@ fn product_filter(v: &mut Violations, family_id: String, state: i32) -> Filter {
 
 #[tonic::async_trait]
 impl CatalogService for CatalogApi {
-    async fn create_family(
-        &self,
-        request: Request<pb::CreateFamilyRequest>,
-    ) -> Answer<pb::CreateFamilyResponse> {
-        let new = convert::new_family(request.into_inner())?;
+    async fn create_family(&self, req: Request<pb::CreateFamilyRequest>) -> Answer<pb::CreateFamilyResponse> {
+        let new = convert::new_family(req.into_inner())?;
         let family = Family {
             id: new_id("fam"),
             display_name: new.display_name,
@@ -78,17 +75,14 @@ impl CatalogService for CatalogApi {
         reply(pb::CreateFamilyResponse { family: Some(family.into()) })
     }
 
-    async fn get_family(&self, request: Request<pb::GetFamilyRequest>) -> Answer<pb::GetFamilyResponse> {
-        let id = required_id("family_id", &request.into_inner().family_id)?;
+    async fn get_family(&self, req: Request<pb::GetFamilyRequest>) -> Answer<pb::GetFamilyResponse> {
+        let id = required_id("family_id", &req.into_inner().family_id)?;
         let family = store::family(&self.db, &id).await?;
         reply(pb::GetFamilyResponse { family: Some(family.into()) })
     }
 
-    async fn list_families(
-        &self,
-        request: Request<pb::ListFamiliesRequest>,
-    ) -> Answer<pb::ListFamiliesResponse> {
-        let req = request.into_inner();
+    async fn list_families(&self, req: Request<pb::ListFamiliesRequest>) -> Answer<pb::ListFamiliesResponse> {
+        let req = req.into_inner();
         let paging = Paging::of(req.page_size, &req.page_token, FAMILIES)?;
         let page = store::list_families(&self.db, paging.after, paging.size).await?;
         reply(pb::ListFamiliesResponse {
@@ -99,9 +93,9 @@ impl CatalogService for CatalogApi {
 
     async fn create_product(
         &self,
-        request: Request<pb::CreateProductRequest>,
+        req: Request<pb::CreateProductRequest>,
     ) -> Answer<pb::CreateProductResponse> {
-        let (key, new) = convert::new_product(request.into_inner())?;
+        let (key, new) = convert::new_product(req.into_inner())?;
         let (product, created) = Product::create(new_id("prd"), new, now_micros());
         let mut uow = self.db.begin().await?;
         if let Some(earlier) = uow.claim(key.as_ref(), &product.id).await? {
@@ -119,17 +113,17 @@ impl CatalogService for CatalogApi {
         reply(pb::CreateProductResponse { product: Some(product.into()) })
     }
 
-    async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Answer<pb::GetProductResponse> {
-        let id = required_id("product_id", &request.into_inner().product_id)?;
+    async fn get_product(&self, req: Request<pb::GetProductRequest>) -> Answer<pb::GetProductResponse> {
+        let id = required_id("product_id", &req.into_inner().product_id)?;
         let product = store::product(&self.db, &id).await?;
         reply(pb::GetProductResponse { product: Some(product.into()) })
     }
 
     async fn batch_get_products(
         &self,
-        request: Request<pb::BatchGetProductsRequest>,
+        req: Request<pb::BatchGetProductsRequest>,
     ) -> Answer<pb::BatchGetProductsResponse> {
-        let ids = request.into_inner().product_ids;
+        let ids = req.into_inner().product_ids;
         let mut v = Violations::new();
         if ids.is_empty() {
             v.add("product_ids", "must name at least one product");
@@ -155,11 +149,8 @@ impl CatalogService for CatalogApi {
         reply(pb::BatchGetProductsResponse { products, missing_product_ids })
     }
 
-    async fn list_products(
-        &self,
-        request: Request<pb::ListProductsRequest>,
-    ) -> Answer<pb::ListProductsResponse> {
-        let req = request.into_inner();
+    async fn list_products(&self, req: Request<pb::ListProductsRequest>) -> Answer<pb::ListProductsResponse> {
+        let req = req.into_inner();
         let mut v = Violations::new();
         let size = Paging::size(&mut v, req.page_size);
         let filter = product_filter(&mut v, req.family_id, req.state);
@@ -174,9 +165,9 @@ impl CatalogService for CatalogApi {
 
     async fn update_product(
         &self,
-        request: Request<pb::UpdateProductRequest>,
+        req: Request<pb::UpdateProductRequest>,
     ) -> Answer<pb::UpdateProductResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let p = required("product", req.product)?;
         let id = required_id("product.product_id", &p.product_id)?;
         let patch = convert::patch(&p, req.update_mask)?;
@@ -196,9 +187,9 @@ impl CatalogService for CatalogApi {
 
     async fn discontinue_product(
         &self,
-        request: Request<pb::DiscontinueProductRequest>,
+        req: Request<pb::DiscontinueProductRequest>,
     ) -> Answer<pb::DiscontinueProductResponse> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let id = required_id("product_id", &req.product_id)?;
         let mut uow = self.db.begin().await?;
         let mut product = store::product(&mut uow, &id).await?;
@@ -212,9 +203,9 @@ impl CatalogService for CatalogApi {
 
     async fn stream_products(
         &self,
-        request: Request<pb::StreamProductsRequest>,
+        req: Request<pb::StreamProductsRequest>,
     ) -> Answer<Self::StreamProductsStream> {
-        let req = request.into_inner();
+        let req = req.into_inner();
         let mut v = Violations::new();
         let filter = product_filter(&mut v, req.family_id, req.state);
         v.finish()?;
@@ -229,9 +220,9 @@ impl CatalogService for CatalogApi {
 
     async fn watch_catalog_events(
         &self,
-        request: Request<pb::WatchCatalogEventsRequest>,
+        req: Request<pb::WatchCatalogEventsRequest>,
     ) -> Answer<Self::WatchCatalogEventsStream> {
-        let after = request.into_inner().after_sequence;
+        let after = req.into_inner().after_sequence;
         let stream = self.outbox.serve(after, self.shutdown.clone(), convert::event_kind).await?;
         reply(stream)
     }

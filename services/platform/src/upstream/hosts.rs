@@ -55,12 +55,19 @@ impl Addresses {
 
     /// Both upstreams. Connections are made on first use, so a downstream
     /// starts while they are still down.
-    pub fn connect(&self) -> anyhow::Result<(Catalog, Customers)> {
-        Ok((
-            Upstream::connect(&self.catalog, CatalogClient::new)?,
-            Upstream::connect(&self.customers, CustomersClient::new)?,
-        ))
+    pub fn connect(&self) -> anyhow::Result<Hosts> {
+        Ok(Hosts {
+            catalog: Upstream::connect(&self.catalog, CatalogClient::new)?,
+            customers: Upstream::connect(&self.customers, CustomersClient::new)?,
+        })
     }
+}
+
+/// Both open host services, as a downstream context reaches them.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    pub catalog: Catalog,
+    pub customers: Customers,
 }
 
 impl Catalog {
