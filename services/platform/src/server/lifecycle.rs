@@ -73,32 +73,8 @@ pub(super) async fn run(app: Application) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    // After the signal: NOT_SERVING, then the drain delay so load
-    // balancers notice, then the server stops accepting.
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain = {
-        let (shutdown, health, delay) = (shutdown.clone(), health.clone(), settings.drain_delay);
-        async move {
-            shutdown.wait().await;
-            health.drain().await;
-            tracing::info!(drain_delay_ms = delay.as_millis() as u64, "shutdown: draining");
-            tokio::time::sleep(delay).await;
-            let _ = drained_tx.send(());
-        }
-    };
-    let bound = settings.shutdown_timeout;
-    let serve = grpc::serve(services, &settings, &health, health_service, grpc_listener, drain);
-    let result = tokio::select! {
-        result = serve => result,
-        _ = async move {
-            // Never fires before the drain ended.
-            if drained_rx.await.is_err() { std::future::pending::<()>().await }
-            tokio::time::sleep(bound).await;
-        } => {
-            tracing::warn!(timeout_ms = bound.as_millis() as u64, "shutdown: calls still open at the bound; closing them");
-            Ok(())
-        }
-    };
+    let served =
+        serve_until_drained(services, &settings, &health, health_service, grpc_listener, &shutdown).await;
 
     // The rest of the mirror of start-up: the background tasks (told to
     // stop when shutdown began) end, then the admin server, then the
@@ -112,7 +88,45 @@ pub(super) async fn run(app: Application) -> anyhow::Result<()> {
     let _ = admin.await;
     database.close().await;
     tracing::info!(service = spec.name, "stopped");
-    result
+    served
+}
+
+/// Serves until shutdown begins, then: NOT_SERVING, the drain delay so load
+/// balancers notice, the listener closes, and the calls still open get
+/// `shutdown_timeout` to end before they are cut.
+async fn serve_until_drained(
+    services: super::Services,
+    settings: &crate::Settings,
+    health: &Health,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    listener: tokio::net::TcpListener,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = {
+        let (shutdown, health, delay) = (shutdown.clone(), health.clone(), settings.drain_delay);
+        async move {
+            shutdown.wait().await;
+            health.drain().await;
+            tracing::info!(drain_delay_ms = delay.as_millis() as u64, "shutdown: draining");
+            tokio::time::sleep(delay).await;
+            let _ = drained_tx.send(());
+        }
+    };
+    let bound = settings.shutdown_timeout;
+    tokio::select! {
+        result = grpc::serve(services, settings, health, health_service, listener, drain) => result,
+        _ = async move {
+            // Never fires before the drain ended.
+            if drained_rx.await.is_err() { std::future::pending::<()>().await }
+            tokio::time::sleep(bound).await;
+        } => {
+            tracing::warn!(timeout_ms = bound.as_millis() as u64, "shutdown: calls still open at the bound; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// What start-up left running: the background tasks and the database probe.
