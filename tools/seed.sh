@@ -5,8 +5,9 @@
 # after a partial one creates nothing twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GRPCURL=tools/.venv/bin/grpcurl
+source tools/lib.sh
 ADDR=${CATALOG_ADDR:-127.0.0.1:50051}
+require_running "$ADDR"
 call() { "$GRPCURL" -plaintext -max-time 5 -d "$2" "$ADDR" "agora.catalog.v1.CatalogService/$1"; }
 
 if call ListFamilies '{}' | grep -q familyId; then

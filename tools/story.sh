@@ -5,11 +5,14 @@
 # list. Every call is printed before its answer, with the real ids.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-G=tools/.venv/bin/grpcurl
+source tools/lib.sh
+G=$GRPCURL
 CATALOG=${CATALOG_ADDR:-127.0.0.1:50051}
 CUSTOMERS=${CUSTOMERS_ADDR:-127.0.0.1:50052}
 OFFERS=${OFFERS_ADDR:-127.0.0.1:50053}
 SHOPPING=${SHOPPING_ADDR:-127.0.0.1:50054}
+
+require_running "$CATALOG"
 
 call() { # addr method json
   echo "\$ grpcurl -plaintext -d '$3' $1 $2" >&2

@@ -150,8 +150,18 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
-    /// `name` parsed as `T`, or `default`; a value that does not parse is a problem.
+    /// `name` parsed as `T`, or `default`; a value that does not parse is a
+    /// problem, reported with the error (which says what is expected).
     pub fn parse<T>(&mut self, name: &str, default: T) -> T
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        self.parse_as(name, default, "")
+    }
+
+    /// As [`Self::parse`], the problem naming `form`, what is expected.
+    fn parse_as<T>(&mut self, name: &str, default: T, form: &str) -> T
     where
         T: FromStr,
         T::Err: fmt::Display,
@@ -160,17 +170,27 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             None => default,
             Some(raw) => match raw.parse() {
                 Ok(v) => v,
-                Err(e) => {
+                Err(e) if form.is_empty() => {
                     self.problems.push(format!("{name}={raw:?}: {e}"));
+                    default
+                }
+                Err(e) => {
+                    self.problems.push(format!("{name}={raw:?}: {e}; expected {form}"));
                     default
                 }
             },
         }
     }
 
+    /// `name` as a socket address.
+    pub fn address(&mut self, name: &str, default: SocketAddr) -> SocketAddr {
+        self.parse_as(name, default, "an address and port, such as 0.0.0.0:50051")
+    }
+
     /// `name` as a whole number of milliseconds within `range`.
     pub fn millis(&mut self, name: &str, default_ms: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
-        let ms = self.parse(name, default_ms);
+        let form = format!("milliseconds, a whole number from {} to {}", range.start(), range.end());
+        let ms = self.parse_as(name, default_ms, &form);
         self.check(name, ms, &range);
         Duration::from_millis(ms)
     }
@@ -181,7 +201,8 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         T: FromStr + PartialOrd + fmt::Display + Copy,
         T::Err: fmt::Display,
     {
-        let v = self.parse(name, default);
+        let form = format!("a number from {} to {}", range.start(), range.end());
+        let v = self.parse_as(name, default, &form);
         self.check(name, v, &range);
         v
     }
@@ -213,8 +234,8 @@ impl Settings {
 
     /// Settings from any lookup; tests pass a map.
     pub fn read<F: Fn(&str) -> Option<String>>(spec: &ServiceSpec, env: &mut EnvReader<F>) -> Self {
-        let grpc_addr = env.parse("AGORA_GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.grpc_port)));
-        let admin_addr = env.parse("AGORA_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.admin_port)));
+        let grpc_addr = env.address("AGORA_GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.grpc_port)));
+        let admin_addr = env.address("AGORA_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.admin_port)));
         let database_url =
             DatabaseUrl::new(env.string("AGORA_DATABASE_URL", &format!("sqlite:data/{}.db", spec.name)));
         if !database_url.is_postgres() && !database_url.is_sqlite() {
@@ -223,10 +244,17 @@ impl Settings {
                 database_url
             ));
         }
-        let log_filter = env
-            .optional("AGORA_LOG")
-            .or_else(|| env.optional("RUST_LOG"))
-            .unwrap_or_else(|| "info".to_owned());
+        let (log_filter, log_variable) = match (env.optional("AGORA_LOG"), env.optional("RUST_LOG")) {
+            (Some(filter), _) => (filter, "AGORA_LOG"),
+            (None, Some(filter)) => (filter, "RUST_LOG"),
+            (None, None) => ("info".to_owned(), ""),
+        };
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            env.problem(format!(
+                "{log_variable}={log_filter:?}: {err}; expected a level (error, warn, info, debug, trace) \
+                 or directives such as info,agora_platform=debug"
+            ));
+        }
         Self {
             grpc_addr,
             admin_addr,
@@ -305,6 +333,31 @@ mod tests {
         let text = err.to_string();
         for name in ["AGORA_GRPC_ADDR", "AGORA_CONCURRENCY_LIMIT", "AGORA_LOG_FORMAT", "AGORA_DATABASE_URL"] {
             assert!(text.contains(name), "{name} missing from {text}");
+        }
+        assert_eq!(err.0.len(), 4);
+    }
+
+    #[test]
+    fn every_problem_says_what_is_expected() {
+        let err = read(&[
+            ("AGORA_LOG", "info,agora=loud"),
+            ("AGORA_ADMIN_ADDR", "9101"),
+            ("AGORA_DRAIN_DELAY_MS", "soon"),
+            ("AGORA_DB_MAX_CONNECTIONS", "many"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "AGORA_LOG=\"info,agora=loud\"",
+            "expected a level (error, warn, info, debug, trace)",
+            "AGORA_ADMIN_ADDR=\"9101\"",
+            "expected an address and port, such as 0.0.0.0:50051",
+            "AGORA_DRAIN_DELAY_MS=\"soon\"",
+            "expected milliseconds, a whole number from 0 to 600000",
+            "AGORA_DB_MAX_CONNECTIONS=\"many\"",
+            "expected a number from 1 to 1000",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from {text}");
         }
         assert_eq!(err.0.len(), 4);
     }

@@ -59,6 +59,20 @@ macro_rules! on_both_backends {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Says that the running test skips its work, and why: on stderr, and as a
+/// line of the file `AGORA_SKIP_LOG` names (`make test` counts them there;
+/// nextest reports a test that returns early as passed).
+pub fn skipped(reason: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    eprintln!("SKIP {test}: {reason}");
+    if let Ok(path) = std::env::var("AGORA_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(path) {
+            let _ = writeln!(file, "{reason}\t{test}");
+        }
+    }
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
@@ -87,7 +101,7 @@ impl TestDatabase {
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
             Ok(conn) => conn,
             Err(err) if !required => {
-                eprintln!("skipping a PostgreSQL test: {admin_url} is unreachable ({err})");
+                skipped(&format!("PostgreSQL at {admin_url} is unreachable ({err})"));
                 return None;
             }
             Err(err) => {

@@ -18,8 +18,15 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
-use super::status_response;
+use super::{Refused, status_response};
 use crate::health::Health;
+
+/// The answer to a call turned away, marked so the observe layer knows.
+fn refused<B: Default>(status: tonic::Status) -> Response<B> {
+    let mut response = status_response(status);
+    response.extensions_mut().insert(Refused);
+    response
+}
 
 /// Paths that are always admitted.
 fn bypasses(path: &str) -> bool {
@@ -73,13 +80,13 @@ where
         }
         if !self.health.is_started() {
             let status = tonic::Status::unavailable("the service is starting");
-            return Box::pin(std::future::ready(Ok(status_response(status))));
+            return Box::pin(std::future::ready(Ok(refused(status))));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics::counter!("agora_grpc_server_shed_total").increment(1);
             let status =
                 tonic::Status::resource_exhausted("the server is at its concurrency limit; retry later");
-            return Box::pin(std::future::ready(Ok(status_response(status))));
+            return Box::pin(std::future::ready(Ok(refused(status))));
         };
         let fut = self.inner.call(req);
         Box::pin(async move {

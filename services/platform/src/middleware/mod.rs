@@ -49,6 +49,12 @@ impl tower_http::request_id::MakeRequestId for FastRequestId {
     }
 }
 
+/// Marks an answer the server gave on purpose without serving the call (it
+/// is still starting, or at its concurrency limit): the observe layer
+/// counts it, and logs it at debug, not as a failure.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused;
+
 /// A trailers-only gRPC response carrying `status`.
 pub(crate) fn status_response<B: Default>(status: tonic::Status) -> Response<B> {
     status.into_http()

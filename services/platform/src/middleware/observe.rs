@@ -125,7 +125,8 @@ where
             // A status in the headers is a trailers-only answer: the call is over.
             let guard = match code_of(&parts.headers) {
                 Some(code) => {
-                    guard.finish(code);
+                    let refused = parts.extensions.get::<super::Refused>().is_some();
+                    guard.finish_as(code, refused);
                     None
                 }
                 None => Some(guard),
@@ -153,10 +154,16 @@ impl CallGuard {
     }
 
     fn finish(mut self, code: usize) {
-        self.record(code);
+        self.record(code, false);
     }
 
-    fn record(&mut self, code: usize) {
+    /// As `finish`; `refused`: the server turned the call away on purpose
+    /// (starting, saturated), which is no failure to warn of.
+    fn finish_as(mut self, code: usize, refused: bool) {
+        self.record(code, refused);
+    }
+
+    fn record(&mut self, code: usize, refused: bool) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
@@ -174,11 +181,12 @@ impl CallGuard {
         let _entered = self.span.enter();
         match code {
             // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS:
-            // the server's side of the story, worth a look.
-            2 | 4 | 13 | 14 | 15 => tracing::warn!("call failed"),
-            // Successes and the caller's mistakes (refusals, shed calls) at
-            // debug: the metrics count them, and a flood of bad or excess
-            // calls must not become a flood of log lines.
+            // the server's side of the story, worth a look, unless the
+            // server refused the call itself (still starting, shedding).
+            2 | 4 | 13 | 14 | 15 if !refused => tracing::warn!("call failed"),
+            // Successes, refusals and the caller's mistakes at debug: the
+            // metrics count them, and a flood of bad or excess calls must
+            // not become a flood of log lines.
             _ => tracing::debug!("call finished"),
         }
     }
@@ -187,7 +195,7 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         // Dropped without a status: the client cancelled or the stream broke.
-        self.record(1);
+        self.record(1, false);
     }
 }
 
