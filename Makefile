@@ -10,7 +10,7 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run stop story seed test readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
+.PHONY: help run stop story seed token test readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ story: ## Walk through the story against the running services
 
 seed: ## Load the sample data into a running catalog
 	@tools/seed.sh
+
+token: ## Print a development token: ROLE=staff, or ROLE=customer SUBJECT=<customer_id> (make -s: the token alone)
+	@ROLE=$(ROLE) SUBJECT=$(SUBJECT) tools/token.sh
 
 test: ## Every test: the workspace's (nextest), then the Python client and grpcurl against the binaries
 	@tools/test.sh

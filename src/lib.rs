@@ -11,6 +11,8 @@
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus the well-known types
 //!   they import, for `tonic-reflection`.
 //! - [`feed`]: the envelope every change feed's Watch message shares.
+//! - [`CONTEXT_MAP`]: `proto/context_map.json`, which contexts call which
+//!   RPCs and follow which feeds; service authorization is derived from it.
 #![forbid(unsafe_code)]
 
 /// Generated code, one module per protobuf package.
@@ -45,6 +47,11 @@ pub mod agora {
 /// The encoded `google.protobuf.FileDescriptorSet` of every contract, with
 /// imports included, as server reflection needs it.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agora_descriptor");
+
+/// The context map (`proto/context_map.json`), declared once: which
+/// downstream calls which RPCs of which upstream and follows which feed.
+/// The servers grant services exactly what it declares.
+pub const CONTEXT_MAP: &str = include_str!("../proto/context_map.json");
 
 /// The envelope of the change feeds. Every upstream's Watch RPC answers
 /// with messages of one shape (an event with its sequence, time and kind,

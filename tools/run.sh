@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make run`: starts every Agora service locally, each with its own
-# database (SQLite files under data/, or PostgreSQL with DB=postgres), waits
-# until all report SERVING, loads the sample data, prints the endpoints and
-# calls to try, and stops them all cleanly on Ctrl-C or `make stop`.
-# PROFILE=release builds optimised binaries.
+# database (SQLite files under data/, or PostgreSQL with DB=postgres), as
+# production runs them: TLS with a certificate of a development CA, mTLS
+# between services, tokens checked against a development JWKS (all made
+# under data/dev by agora-dev). Waits until all report SERVING, loads the
+# sample data, prints the endpoints and calls to try, and stops them all
+# cleanly on Ctrl-C or `make stop`. PROFILE=release builds optimised binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/lib.sh
@@ -45,8 +47,11 @@ case "$DB" in
   *) echo "DB=$DB: expected sqlite (the default) or postgres" >&2; exit 2 ;;
 esac
 
-cargo build --profile "$PROFILE" $(for s in "${SERVICES[@]}"; do set -- $s; echo "-p agora-$1"; done)
+cargo build --profile "$PROFILE" -p agora-dev $(for s in "${SERVICES[@]}"; do set -- $s; echo "-p agora-$1"; done)
 mkdir -p data/logs
+# The development CA and token keys are made once and kept; the service
+# certificates are renewed at every start.
+"$target_dir/agora-dev" init --dir "$DEV_DIR"
 
 pids=()
 stop_all() {
@@ -64,10 +69,14 @@ trap 'stop_all; exit 0' INT TERM
 for s in "${SERVICES[@]}"; do
   set -- $s
   echo "== make run, $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"data/logs/$1.log"
-  AGORA_GRPC_ADDR="127.0.0.1:$2" AGORA_ADMIN_ADDR="127.0.0.1:$3" \
-  AGORA_DATABASE_URL="$url_prefix$1$url_suffix" \
-  AGORA_DRAIN_DELAY_MS="${AGORA_DRAIN_DELAY_MS:-500}" \
-    "$target_dir/agora-$1" >>"data/logs/$1.log" 2>&1 &
+  (
+    # TLS, client CA, JWKS, issuer and audience of the development credentials.
+    eval "$("$target_dir/agora-dev" env "$1" --dir "$DEV_DIR")"
+    AGORA_GRPC_ADDR="127.0.0.1:$2" AGORA_ADMIN_ADDR="127.0.0.1:$3" \
+    AGORA_DATABASE_URL="$url_prefix$1$url_suffix" \
+    AGORA_DRAIN_DELAY_MS="${AGORA_DRAIN_DELAY_MS:-500}" \
+      exec "$target_dir/agora-$1"
+  ) >>"data/logs/$1.log" 2>&1 &
   pids+=($!)
 done
 echo "$$ ${pids[*]}" | tr ' ' '\n' >"$PID_FILE"
@@ -82,11 +91,11 @@ failed() {
 for i in "${!SERVICES[@]}"; do
   set -- ${SERVICES[$i]}
   for _ in $(seq 1 100); do
-    serving "$2" && break
+    serving "$3" && break
     kill -0 "${pids[$i]}" 2>/dev/null || failed "$1" "it exited"
     sleep 0.1
   done
-  serving "$2" || failed "$1" "not SERVING after 10 s"
+  serving "$3" || failed "$1" "not SERVING after 10 s"
 done
 
 if [ "$SEED" = 1 ]; then tools/seed.sh; fi
@@ -94,10 +103,12 @@ if [ "$SEED" = 1 ]; then tools/seed.sh; fi
 cat <<TXT
 
 Agora is running (logs in data/logs/, databases $([ "$DB" = sqlite ] && echo "in data/*.db" || echo "agora_* on $server")):
-  catalog    gRPC 127.0.0.1:50051   metrics http://127.0.0.1:9101/metrics
-  customers  gRPC 127.0.0.1:50052   metrics http://127.0.0.1:9102/metrics
-  offers     gRPC 127.0.0.1:50053   metrics http://127.0.0.1:9103/metrics
-  shopping   gRPC 127.0.0.1:50054   metrics http://127.0.0.1:9104/metrics
+  catalog    gRPC (TLS) 127.0.0.1:50051   admin (health, metrics) http://127.0.0.1:9101
+  customers  gRPC (TLS) 127.0.0.1:50052   admin (health, metrics) http://127.0.0.1:9102
+  offers     gRPC (TLS) 127.0.0.1:50053   admin (health, metrics) http://127.0.0.1:9103
+  shopping   gRPC (TLS) 127.0.0.1:50054   admin (health, metrics) http://127.0.0.1:9104
+Every call needs a token: make -s token ROLE=staff, or ROLE=customer SUBJECT=<customer_id>.
+Clients trust the development CA: $DEV_DIR/ca.pem.
 
 Try it: make story (in a second terminal) walks through the story with real ids,
 or call it yourself with grpcurl ($GRPCURL), as the README shows.

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 source tools/lib.sh
 ADDR=${CATALOG_ADDR:-127.0.0.1:50051}
 require_running "$ADDR"
-call() { "$GRPCURL" -plaintext -max-time 5 -d "$2" "$ADDR" "agora.catalog.v1.CatalogService/$1"; }
+# Staff change the catalog.
+STAFF=$(token staff)
+call() { tls -max-time 5 -H "authorization: Bearer $STAFF" -d "$2" "$ADDR" "agora.catalog.v1.CatalogService/$1"; }
 
 if call ListFamilies '{}' | grep -q familyId; then
   echo "sample data: the catalog already has families; nothing loaded"

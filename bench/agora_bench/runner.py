@@ -195,9 +195,12 @@ class Server:
 
 
 def service_env(db_url: str, **extra) -> dict:
-    """The environment of an Agora service: free ports, the database, no drain delay, `extra` on top."""
+    """The environment of an Agora service: free ports, the database, no drain delay, `extra` on top.
+    Plaintext and without token checks (AGORA_INSECURE=1), as the bare tonic reference is, so a
+    ratio compares like with like; the security rows put TLS and tokens back (`extra`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_") and k != "RUST_LOG"}
     env.update(
+        AGORA_INSECURE="1",
         AGORA_GRPC_ADDR="127.0.0.1:0",
         AGORA_ADMIN_ADDR="127.0.0.1:0",
         AGORA_DATABASE_URL=db_url,

@@ -1,9 +1,12 @@
 """Starts the four Agora services on free loopback ports, each with its own
-SQLite file, and generates the Python client from proto/ with grpcio-tools.
+SQLite file, secured as `make run` secures them (TLS, mTLS between
+services, tokens), and generates the Python client from proto/ with
+grpcio-tools.
 
 Nothing here knows Rust: the services are the built binaries, found in
-target/debug (override with AGORA_BIN_DIR), and the client is what any
-Python user of the contracts would generate."""
+target/debug (override with AGORA_BIN_DIR), the credentials are made by
+the agora-dev binary beside them, and the client is what any Python user
+of the contracts would generate."""
 
 import os
 import socket
@@ -41,9 +44,10 @@ def generate_client(out: Path) -> None:
     assert code == 0, "protoc failed"
 
 
-def wait_serving(addr: str) -> None:
+def wait_serving(admin: str) -> None:
+    """Plaintext health on the admin port, as a Kubernetes probe asks."""
     deadline = time.monotonic() + BOUND_SECONDS
-    with grpc.insecure_channel(addr) as channel:
+    with grpc.insecure_channel(admin) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -53,7 +57,7 @@ def wait_serving(addr: str) -> None:
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{addr} is not SERVING after {BOUND_SECONDS} s")
+                raise TimeoutError(f"{admin} is not SERVING after {BOUND_SECONDS} s")
             time.sleep(0.05)
 
 
@@ -82,21 +86,58 @@ def pb():
     }
 
 
+class System:
+    """The running services and the credentials to call them with."""
+
+    def __init__(self, data: Path):
+        self.credentials = data / "dev"
+        self.addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
+        self.admins = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
+        self.dev("init")
+        self.ca = (self.credentials / "ca.pem").read_bytes()
+
+    def dev(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(BIN_DIR / "agora-dev"), *args, "--dir", str(self.credentials)],
+            capture_output=True, text=True, check=True,
+        )
+        return done.stdout.strip()
+
+    def env(self, name: str) -> dict:
+        """The variables `agora-dev env` gives a service: its certificate, the CA, the JWKS."""
+        variables = {}
+        for line in self.dev("env", name).splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            variables[key] = value.strip("'")
+        return variables
+
+    def token(self, role: str, subject: str = "") -> str:
+        return self.dev("token", role, *([subject] if subject else []))
+
+    def channel(self, name: str, token: str | None) -> grpc.Channel:
+        """A TLS channel to a service trusting the development CA, sending `token`."""
+        credentials = grpc.ssl_channel_credentials(self.ca)
+        if token:
+            credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
+        return grpc.secure_channel(self.addrs[name], credentials)
+
+
 @pytest.fixture(scope="session")
 def system():
-    """Addresses of the four running services; stopped with SIGTERM at the end."""
+    """The four running services; stopped with SIGTERM at the end."""
     data = Path(tempfile.mkdtemp(prefix="agora-python-data-"))
-    ports = {name: free_port() for name in SERVICES}
-    addrs = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    assert (BIN_DIR / "agora-dev").exists(), f"{BIN_DIR / 'agora-dev'} is missing: build the workspace first"
+    system = System(data)
     processes = []
     for name in SERVICES:
         env = dict(
             os.environ,
-            AGORA_GRPC_ADDR=addrs[name],
-            AGORA_ADMIN_ADDR=f"127.0.0.1:{free_port()}",
+            **system.env(name),
+            AGORA_GRPC_ADDR=system.addrs[name],
+            AGORA_ADMIN_ADDR=system.admins[name],
             AGORA_DATABASE_URL=f"sqlite:{data / name}.db",
-            AGORA_CATALOG_ADDRS=f"http://{addrs['catalog']}",
-            AGORA_CUSTOMERS_ADDRS=f"http://{addrs['customers']}",
+            AGORA_CATALOG_ADDRS=f"https://{system.addrs['catalog']}",
+            AGORA_CUSTOMERS_ADDRS=f"https://{system.addrs['customers']}",
             AGORA_DRAIN_DELAY_MS="0",
             AGORA_OUTBOX_POLL_MS="100",
             AGORA_LOG="warn",
@@ -106,8 +147,8 @@ def system():
         processes.append(subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr))
     try:
         for name in SERVICES:
-            wait_serving(addrs[name])
-        yield addrs
+            wait_serving(system.admins[name])
+        yield system
     finally:
         for p in processes:
             p.terminate()

@@ -1,7 +1,9 @@
 """The story of Agora told by a Python client generated from proto/ with
-grpcio-tools: a family and a product, a customer, an offer, the customer's
-available offers, a shopping list with an item, a discontinued product and
-its effects downstream, and the health of every service."""
+grpcio-tools, over TLS with tokens: staff make a family and a product, a
+customer and an offer; the customer, with a token of their own, reads their
+available offers and keeps a shopping list with an item; a discontinued
+product and its effects downstream; what another customer may not do; and
+the health of every service, which needs no token."""
 
 import time
 import uuid
@@ -13,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 BOUND_SECONDS = 15
 
 
-def stub(system, pb, context):
+def stub(system, pb, context, token):
     _, grpc_module = pb[context]
     service = {
         "catalog": "CatalogServiceStub",
@@ -21,7 +23,7 @@ def stub(system, pb, context):
         "offers": "OfferServiceStub",
         "shopping": "ShoppingListServiceStub",
     }[context]
-    return getattr(grpc_module, service)(grpc.insecure_channel(system[context]))
+    return getattr(grpc_module, service)(system.channel(context, token))
 
 
 def timestamp(seconds_from_now: int) -> Timestamp:
@@ -42,8 +44,9 @@ def test_the_story_of_a_shopper(system, pb):
     customers_pb2, _ = pb["customers"]
     offers_pb2, _ = pb["offers"]
     shopping_pb2, _ = pb["shopping"]
-    catalog, customers = stub(system, pb, "catalog"), stub(system, pb, "customers")
-    offers, shopping = stub(system, pb, "offers"), stub(system, pb, "shopping")
+    staff = system.token("staff")
+    catalog, customers = stub(system, pb, "catalog", staff), stub(system, pb, "customers", staff)
+    offers = stub(system, pb, "offers", staff)
 
     family = catalog.CreateFamily(
         catalog_pb2.CreateFamilyRequest(family=catalog_pb2.Family(display_name="Lamps")), timeout=5
@@ -81,7 +84,10 @@ def test_the_story_of_a_shopper(system, pb):
         ),
         timeout=5,
     ).offer
-    available = offers.ListAvailableOffers(
+    # The customer signs in: their id is their token's subject.
+    me = system.token("customer", customer.customer_id)
+    my_offers, shopping = stub(system, pb, "offers", me), stub(system, pb, "shopping", me)
+    available = my_offers.ListAvailableOffers(
         offers_pb2.ListAvailableOffersRequest(customer_id=customer.customer_id), timeout=5
     )
     assert not available.fallback
@@ -114,14 +120,30 @@ def test_the_story_of_a_shopper(system, pb):
 
     eventually(offer_withdrawn, "the offer on the discontinued product is withdrawn")
     eventually(item_unavailable, "the discontinued product is marked unavailable on the list")
-    assert not offers.ListAvailableOffers(
+    assert not my_offers.ListAvailableOffers(
         offers_pb2.ListAvailableOffersRequest(customer_id=customer.customer_id), timeout=5
     ).offers
+
+    # Another customer may neither read the list nor change the catalog.
+    other = system.token("customer", "cus_someone_else")
+    for call in (
+        lambda: stub(system, pb, "shopping", other).GetShoppingList(
+            shopping_pb2.GetShoppingListRequest(list_id=shopping_list.list_id), timeout=5
+        ),
+        lambda: stub(system, pb, "catalog", other).DiscontinueProduct(
+            catalog_pb2.DiscontinueProductRequest(product_id=product.product_id), timeout=5
+        ),
+    ):
+        try:
+            call()
+            raise AssertionError("another customer was let through")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err
 
 
 def test_errors_carry_their_code_and_field(system, pb):
     catalog_pb2, _ = pb["catalog"]
-    catalog = stub(system, pb, "catalog")
+    catalog = stub(system, pb, "catalog", system.token("staff"))
     try:
         catalog.CreateFamily(catalog_pb2.CreateFamilyRequest(family=catalog_pb2.Family(display_name="")), timeout=5)
         raise AssertionError("an empty name was accepted")
@@ -133,10 +155,19 @@ def test_errors_carry_their_code_and_field(system, pb):
         raise AssertionError("an unknown product was found")
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.NOT_FOUND
+    try:
+        stub(system, pb, "catalog", None).ListFamilies(catalog_pb2.ListFamiliesRequest(), timeout=5)
+        raise AssertionError("a call without a token was answered")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_every_service_is_serving(system):
-    for name, addr in system.items():
-        with grpc.insecure_channel(addr) as channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+    """Health needs no token: over TLS on the gRPC port, and in plaintext on the admin port."""
+    for name in system.addrs:
+        for channel in (system.channel(name, None), grpc.insecure_channel(system.admins[name])):
+            with channel:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5
+                )
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, name

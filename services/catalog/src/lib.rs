@@ -36,6 +36,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let catalog = CatalogServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = services.with(catalog).task(outbox.pruning(settings.outbox_retention));
+    let services = services.with(catalog, api::POLICY).task(outbox.pruning(settings.outbox_retention));
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

@@ -7,10 +7,14 @@
 //! The email is personal data: handlers log customer ids only, and no
 //! answer but the customer's own record carries the address.
 
-use agora_contracts::agora::customers::v1::{self as pb, customer_service_server::CustomerService};
+use agora_contracts::agora::customers::v1::{
+    self as pb,
+    customer_service_server::{CustomerService, SERVICE_NAME},
+};
 use agora_platform::{
     Database, Error, Shutdown, Violations,
     outbox::{Outbox, ResponseStream},
+    security::{Access, Audit, Grant, Policy, Rule},
     wire::{
         Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros, update_paths,
     },
@@ -20,6 +24,21 @@ use tonic::Request;
 use crate::{
     domain::{self, Customer, CustomerEvent, CustomerPatch, Email, NewCustomer},
     store,
+};
+
+/// Who may call what. Staff manage customers; a customer reads, updates and
+/// deletes their own record only; offers and shopping get what the context
+/// map grants them (GetCustomer and the change feed).
+pub const POLICY: Policy = Policy {
+    service: SERVICE_NAME,
+    rules: &[
+        Rule::new("CreateCustomer", Access::Staff).audited(),
+        Rule::new("GetCustomer", Access::StaffOrOwner),
+        Rule::new("ListCustomers", Access::Staff),
+        Rule::new("UpdateCustomer", Access::StaffOrOwner).audited(),
+        Rule::new("DeleteCustomer", Access::StaffOrOwner).audited(),
+        Rule::new("WatchCustomerEvents", Access::Services),
+    ],
 };
 
 /// What page tokens of ListCustomers are bound to: it has no filter, but a
@@ -144,18 +163,22 @@ impl CustomerService for CustomersApi {
         &self,
         req: Request<pb::CreateCustomerRequest>,
     ) -> Answer<pb::CreateCustomerResponse> {
+        let audit = Audit::of(&req);
         let new = NewCustomer::try_from(req.into_inner())?;
         let (customer, registered) = Customer::register(new_id("cus"), new, now_micros());
         let mut uow = self.db.begin().await?;
         store::insert(&mut uow, &customer).await?;
         uow.record(&registered).await?;
         uow.commit().await?;
+        audit.resource(&customer.id);
         tracing::info!(customer_id = %customer.id, "customer registered");
         reply(pb::CreateCustomerResponse { customer: Some(customer.into()) })
     }
 
     async fn get_customer(&self, req: Request<pb::GetCustomerRequest>) -> Answer<pb::GetCustomerResponse> {
+        let grant = Grant::of(&req)?.clone();
         let id = required_id("customer_id", &req.into_inner().customer_id)?;
+        grant.check_owner(&id)?;
         let customer = store::customer(&self.db, &id).await?;
         reply(pb::GetCustomerResponse { customer: Some(customer.into()) })
     }
@@ -177,7 +200,11 @@ impl CustomerService for CustomersApi {
         &self,
         req: Request<pb::UpdateCustomerRequest>,
     ) -> Answer<pb::UpdateCustomerResponse> {
+        let grant = Grant::of(&req)?.clone();
+        let audit = Audit::of(&req);
         let Update { id, etag, patch } = Update::try_from(req.into_inner())?;
+        audit.resource(&id);
+        grant.check_owner(&id)?;
         let mut uow = self.db.begin().await?;
         let mut customer = store::customer(&mut uow, &id).await?;
         customer.update(patch, &etag, now_micros())?;
@@ -191,8 +218,11 @@ impl CustomerService for CustomersApi {
         &self,
         req: Request<pb::DeleteCustomerRequest>,
     ) -> Answer<pb::DeleteCustomerResponse> {
+        let grant = Grant::of(&req)?.clone();
+        Audit::of(&req).resource(&req.get_ref().customer_id);
         let req = req.into_inner();
         let id = required_id("customer_id", &req.customer_id)?;
+        grant.check_owner(&id)?;
         let mut uow = self.db.begin().await?;
         let customer = store::customer(&mut uow, &id).await?;
         let deleted = customer.delete(&req.etag)?;

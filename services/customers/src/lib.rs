@@ -36,6 +36,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let customers = CustomerServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = services.with(customers).task(outbox.pruning(settings.outbox_retention));
+    let services = services.with(customers, api::POLICY).task(outbox.pruning(settings.outbox_retention));
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

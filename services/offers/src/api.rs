@@ -2,11 +2,15 @@
 //! upstreams through the anti-corruption layer where the rules need them,
 //! within the caller's deadline) → convert.
 
-use agora_contracts::agora::offers::v1::{self as pb, offer_service_server::OfferService};
+use agora_contracts::agora::offers::v1::{
+    self as pb,
+    offer_service_server::{OfferService, SERVICE_NAME},
+};
 use agora_platform::{
     Database, Error, Precondition, Violations,
     db::IdempotencyKey,
     middleware::{Deadline, ExtraTrailers},
+    security::{Access, Audit, Grant, Policy, Rule},
     upstream::hosts::Hosts,
     wire::{
         Answer, Paging, micros_from_timestamp, new_id, now_micros, optional_id, parse_request_id, reply,
@@ -20,6 +24,20 @@ use crate::{
     fallback::Fallback,
     store,
     upstream::{self, Offerable},
+};
+
+/// Who may call what. Staff create, list and withdraw offers, audited; a
+/// customer reads the offers meant for everyone and those meant for them.
+/// No service calls offers.
+pub const POLICY: Policy = Policy {
+    service: SERVICE_NAME,
+    rules: &[
+        Rule::new("CreateOffer", Access::Staff).audited(),
+        Rule::new("GetOffer", Access::StaffOrOwner),
+        Rule::new("ListOffers", Access::Staff),
+        Rule::new("WithdrawOffer", Access::Staff).audited(),
+        Rule::new("ListAvailableOffers", Access::StaffOrOwner),
+    ],
 };
 
 /// The offers context's `OfferService` implementation.
@@ -143,6 +161,7 @@ impl OffersApi {
 impl OfferService for OffersApi {
     async fn create_offer(&self, req: Request<pb::CreateOfferRequest>) -> Answer<pb::CreateOfferResponse> {
         let deadline = Deadline::of(&req);
+        let audit = Audit::of(&req);
         let now = now_micros();
         let (key, new) = parse_new_offer(req.into_inner(), now)?;
         // Asked before the unit of work: no transaction stays open while
@@ -153,17 +172,21 @@ impl OfferService for OffersApi {
         if let Some(earlier) = uow.claim(key.as_ref(), &offer.id).await? {
             drop(uow);
             let offer = store::offer(&self.db, &earlier).await?;
+            audit.resource(&offer.id);
             return reply(pb::CreateOfferResponse { offer: Some(offer.into()) });
         }
         store::insert(&mut uow, &offer).await?;
         uow.commit().await?;
+        audit.resource(&offer.id);
         tracing::info!(offer_id = %offer.id, product_id = %offer.product_id, "offer created");
         reply(pb::CreateOfferResponse { offer: Some(offer.into()) })
     }
 
     async fn get_offer(&self, req: Request<pb::GetOfferRequest>) -> Answer<pb::GetOfferResponse> {
+        let grant = Grant::of(&req)?.clone();
         let id = required_id("offer_id", &req.into_inner().offer_id)?;
-        let offer = store::offer(&self.db, &id).await?;
+        // A personal offer is its customer's; the others are everyone's.
+        let offer = grant.owned(store::offer(&self.db, &id).await, |o| o.customer_id.as_deref())?;
         reply(pb::GetOfferResponse { offer: Some(offer.into()) })
     }
 
@@ -194,6 +217,7 @@ impl OfferService for OffersApi {
         &self,
         req: Request<pb::WithdrawOfferRequest>,
     ) -> Answer<pb::WithdrawOfferResponse> {
+        Audit::of(&req).resource(&req.get_ref().offer_id);
         let req = req.into_inner();
         let id = required_id("offer_id", &req.offer_id)?;
         let mut uow = self.db.begin().await?;
@@ -209,11 +233,16 @@ impl OfferService for OffersApi {
         &self,
         req: Request<pb::ListAvailableOffersRequest>,
     ) -> Answer<pb::ListAvailableOffersResponse> {
+        let grant = Grant::of(&req)?.clone();
         let req = req.into_inner();
         let mut v = Violations::new();
         let customer_id = optional_id(&mut v, "customer_id", &req.customer_id);
         let product_id = optional_id(&mut v, "product_id", &req.product_id);
         v.finish()?;
+        // None asks as an anonymous shopper; a customer id must be the caller's.
+        if let Some(customer_id) = &customer_id {
+            grant.check_owner(customer_id)?;
+        }
         let found = store::available(
             &self.db,
             customer_id.as_deref(),

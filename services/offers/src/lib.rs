@@ -82,13 +82,14 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 /// The offers service, bound to its ports and ready to run.
 pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let hosts = offers.upstreams.connect()?;
+    let hosts = offers.upstreams.connect(&settings.security)?;
     // Follow the upstreams' change feeds in the background.
     let [catalog_feed, customers_feed] = upstream::follow(&hosts, &database);
     let api = api::OffersApi { db: database.clone(), hosts, fallback: offers.fallback };
     let server = OfferServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET).with(server).task(catalog_feed).task(customers_feed);
+    let services =
+        Services::new(FILE_DESCRIPTOR_SET).with(server, api::POLICY).task(catalog_feed).task(customers_feed);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

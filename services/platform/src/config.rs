@@ -108,6 +108,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// tracing filter directives (`AGORA_LOG`, else `RUST_LOG`, else `info`).
     pub log_filter: String,
+    /// TLS, tokens and the insecure opt-out (`AGORA_TLS_*`, `AGORA_JWT_*`, ...).
+    pub security: crate::security::SecuritySettings,
 }
 
 /// Every problem found in the environment, one line each.
@@ -273,10 +275,12 @@ impl Settings {
             ),
             log_format: env.parse("AGORA_LOG_FORMAT", LogFormat::Text),
             log_filter,
+            security: crate::security::SecuritySettings::read(env),
         }
     }
 
-    /// Settings for a test: loopback, free ports, short delays.
+    /// Settings for a test: loopback, free ports, short delays, and no
+    /// TLS or tokens (the test harness adds its own).
     pub fn for_tests(database_url: DatabaseUrl) -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -294,6 +298,7 @@ impl Settings {
             outbox_retention: Duration::from_secs(168 * 3600),
             log_format: LogFormat::Text,
             log_filter: "warn".into(),
+            security: crate::security::SecuritySettings::insecure(),
         }
     }
 }
@@ -313,8 +318,25 @@ mod tests {
     }
 
     #[test]
-    fn defaults_need_no_environment() {
-        let s = read(&[]).unwrap();
+    fn without_tls_and_token_keys_nothing_starts_unless_insecure_is_asked_for() {
+        let err = read(&[]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        for name in ["AGORA_TLS_CERT_FILE", "AGORA_TLS_KEY_FILE", "AGORA_JWKS_FILE", "AGORA_INSECURE=1"] {
+            assert!(err.0[0].contains(name), "{name} missing from {err}");
+        }
+        let half = read(&[("AGORA_TLS_CERT_FILE", "c.pem"), ("AGORA_TLS_KEY_FILE", "k.pem")]).unwrap_err();
+        assert!(
+            half.0[0].contains("AGORA_JWKS_FILE") && !half.0[0].contains("AGORA_TLS_CERT_FILE"),
+            "{half}"
+        );
+        let s = read(&[("AGORA_INSECURE", "1")]).unwrap();
+        assert_eq!(s.security.missing(), ["tls", "authentication"]);
+        assert!(read(&[("AGORA_INSECURE", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn defaults_need_no_environment_but_the_insecure_opt_in() {
+        let s = read(&[("AGORA_INSECURE", "1")]).unwrap();
         assert_eq!(s.grpc_addr.port(), 50051);
         assert_eq!(s.admin_addr.port(), 9101);
         assert_eq!(s.database_url.expose(), "sqlite:data/catalog.db");
@@ -324,6 +346,7 @@ mod tests {
     #[test]
     fn every_bad_variable_is_reported_at_once() {
         let err = read(&[
+            ("AGORA_INSECURE", "1"),
             ("AGORA_GRPC_ADDR", "nowhere"),
             ("AGORA_CONCURRENCY_LIMIT", "0"),
             ("AGORA_LOG_FORMAT", "xml"),
@@ -340,6 +363,7 @@ mod tests {
     #[test]
     fn every_problem_says_what_is_expected() {
         let err = read(&[
+            ("AGORA_INSECURE", "1"),
             ("AGORA_LOG", "info,agora=loud"),
             ("AGORA_ADMIN_ADDR", "9101"),
             ("AGORA_DRAIN_DELAY_MS", "soon"),

@@ -31,6 +31,11 @@ pub enum Error {
     /// The named resource does not exist.
     #[error("{resource} {id:?} not found")]
     NotFound { resource: &'static str, id: String },
+    /// The caller may not do this (to this resource, or at all). Also the
+    /// answer when a customer names a resource that does not exist, so
+    /// that ids cannot be probed.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Creating it would break a uniqueness rule.
     #[error("{0}")]
     AlreadyExists(String),
@@ -142,6 +147,19 @@ impl Violations {
     }
 }
 
+/// An error with its causes, as one line: a connection's failure is in its
+/// sources (`transport error: ... invalid peer certificate: Expired`).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
@@ -157,6 +175,10 @@ impl From<Error> for Status {
                 let Error::NotFound { resource, ref id } = err else { unreachable!() };
                 let details = ErrorDetails::with_resource_info(resource, id.clone(), "", err.to_string());
                 Status::with_error_details(Code::NotFound, err.to_string(), details)
+            }
+            Error::PermissionDenied(message) => {
+                metrics::counter!("agora_auth_rejections_total", "reason" => "forbidden").increment(1);
+                Status::permission_denied(message)
             }
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition { kind, subject, description } => {

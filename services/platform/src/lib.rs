@@ -15,7 +15,10 @@
 //! - [`outbox`]: the change feed a service publishes, served as a Watch stream.
 //! - [`feed`]: following an upstream's change feed, exactly once in effect.
 //! - [`upstream`]: the client stack and the one meaning of an upstream's answers.
-//! - [`metrics`]: the Prometheus recorder and the admin HTTP server.
+//! - [`metrics`]: the Prometheus recorder and the admin HTTP server
+//!   (`/metrics` and plaintext gRPC health for probes).
+//! - [`security`]: TLS and mTLS, bearer tokens, the policy tables and
+//!   the layer that enforces them.
 //! - [`error`]: the error vocabulary and its one mapping to gRPC statuses.
 //! - [`wire`]: what every handler reads: ids, idempotency keys, pages, timestamps.
 //! - [`server`]: [`Application`]: the start sequence, serving, draining, stopping.
@@ -32,6 +35,7 @@ pub mod health;
 pub mod metrics;
 pub mod middleware;
 pub mod outbox;
+pub mod security;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -1,11 +1,16 @@
 //! Prometheus metrics, rendered by `metrics-exporter-prometheus` and served
-//! on the admin HTTP port.
+//! on the admin HTTP port, beside a plaintext `grpc.health.v1` for probes.
+//!
+//! The admin port carries no application call and needs no credentials:
+//! kubelet gRPC probes speak plaintext without a token, and Prometheus
+//! scrapes it. Expose it to the cluster's probes and scrapers only.
 
 use std::{sync::OnceLock, time::Duration};
 
 use axum::{Router, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tonic_health::pb::health_server::HealthServer;
 
 /// Latency buckets in seconds: fine below 10 ms, where a healthy call lands.
 const LATENCY_BUCKETS: &[f64] =
@@ -36,12 +41,30 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Serves `/metrics` on an already bound listener until `shutdown` fires.
-pub async fn serve_admin(
+/// Serves `/metrics` and gRPC health (HTTP/2 without TLS, as kubelet
+/// probes speak it) on an already bound listener until `shutdown` fires.
+/// Reflection there describes health alone, so that
+/// `grpcurl -plaintext <admin> grpc.health.v1.Health/Check` needs no proto file.
+pub async fn serve_admin<H>(
     listener: TcpListener,
+    health: HealthServer<H>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    H: tonic_health::pb::health_server::Health,
+{
     let handle = handle();
-    let app = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let v1 = reflection().build_v1().map_err(std::io::Error::other)?;
+    let v1alpha = reflection().build_v1alpha().map_err(std::io::Error::other)?;
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route_service("/grpc.health.v1.Health/{*method}", health)
+        .route_service("/grpc.reflection.v1.ServerReflection/{*method}", v1)
+        .route_service("/grpc.reflection.v1alpha.ServerReflection/{*method}", v1alpha);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

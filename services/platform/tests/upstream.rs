@@ -13,7 +13,7 @@ use std::{
 
 use agora_platform::{
     middleware::{Deadline, parse_grpc_timeout},
-    upstream::{UpstreamChannel, UpstreamSettings, channel},
+    upstream::{Credentials, UpstreamChannel, UpstreamSettings, channel},
 };
 use agora_testing::wait_until;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -86,7 +86,7 @@ async fn dead_addr() -> SocketAddr {
 }
 
 fn client(settings: &UpstreamSettings) -> HealthClient<UpstreamChannel> {
-    HealthClient::new(channel(settings).unwrap())
+    HealthClient::new(channel(settings, &Credentials::default()).unwrap())
 }
 
 fn settings(addrs: &[SocketAddr]) -> UpstreamSettings {

@@ -6,10 +6,14 @@
 //! touch this context's own database only, so an outage of catalog or
 //! customers leaves them working.
 
-use agora_contracts::agora::shopping::v1::{self as pb, shopping_list_service_server::ShoppingListService};
+use agora_contracts::agora::shopping::v1::{
+    self as pb,
+    shopping_list_service_server::{SERVICE_NAME, ShoppingListService},
+};
 use agora_platform::{
     Database, Error, Precondition, Violations,
     middleware::Deadline,
+    security::{Access, Grant, Policy, Rule},
     upstream::hosts::Hosts,
     wire::{Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros},
 };
@@ -20,6 +24,25 @@ use crate::{
     store,
     upstream::{self, Listable},
 };
+
+/// Who may call what. A shopping list is its customer's alone: not even
+/// staff read it. No service calls shopping.
+pub const POLICY: Policy = Policy {
+    service: SERVICE_NAME,
+    rules: &[
+        Rule::new("CreateShoppingList", Access::Owner),
+        Rule::new("GetShoppingList", Access::Owner),
+        Rule::new("ListShoppingLists", Access::Owner),
+        Rule::new("AddItem", Access::Owner),
+        Rule::new("RemoveItem", Access::Owner),
+        Rule::new("DeleteShoppingList", Access::Owner),
+    ],
+};
+
+/// Whose a list is, for [`Grant::owned`].
+fn owner(list: &ShoppingList) -> Option<&str> {
+    Some(&list.customer_id)
+}
 
 /// The shopping context's `ShoppingListService` implementation.
 #[derive(Debug, Clone)]
@@ -141,7 +164,9 @@ impl ShoppingListService for ShoppingApi {
         req: Request<pb::CreateShoppingListRequest>,
     ) -> Answer<pb::CreateShoppingListResponse> {
         let deadline = Deadline::of(&req);
+        let grant = Grant::of(&req)?.clone();
         let new = NewList::try_from(req.into_inner())?;
+        grant.check_owner(&new.customer_id)?;
         self.check_customer(&new.customer_id, deadline).await?;
         let list = ShoppingList::create(new_id("lst"), new, now_micros());
         let mut uow = self.db.begin().await?;
@@ -155,8 +180,9 @@ impl ShoppingListService for ShoppingApi {
         &self,
         req: Request<pb::GetShoppingListRequest>,
     ) -> Answer<pb::GetShoppingListResponse> {
+        let grant = Grant::of(&req)?.clone();
         let id = required_id("list_id", &req.into_inner().list_id)?;
-        let list = store::list(&self.db, &id).await?;
+        let list = grant.owned(store::list(&self.db, &id).await, owner)?;
         reply(pb::GetShoppingListResponse { shopping_list: Some(list.into()) })
     }
 
@@ -164,12 +190,14 @@ impl ShoppingListService for ShoppingApi {
         &self,
         req: Request<pb::ListShoppingListsRequest>,
     ) -> Answer<pb::ListShoppingListsResponse> {
+        let grant = Grant::of(&req)?.clone();
         let req = req.into_inner();
         let mut v = Violations::new();
         // Not asked of customers: an unknown customer simply has no lists.
         let customer_id = v.check("customer_id", domain::parse_id(&req.customer_id)).unwrap_or_default();
         let paging = Paging::read(&mut v, req.page_size, &req.page_token, list_filter(&customer_id));
         v.finish()?;
+        grant.check_owner(&customer_id)?;
         let page = store::lists_of(&self.db, &customer_id, paging.after, paging.size).await?;
         reply(pb::ListShoppingListsResponse {
             next_page_token: paging.next_page_token(&page),
@@ -179,12 +207,18 @@ impl ShoppingListService for ShoppingApi {
 
     async fn add_item(&self, req: Request<pb::AddItemRequest>) -> Answer<pb::AddItemResponse> {
         let deadline = Deadline::of(&req);
+        let grant = Grant::of(&req)?.clone();
         let add = ItemToAdd::try_from(req.into_inner())?;
+        // Whose the list is, before the catalog is asked about a product
+        // for a list the caller may not touch.
+        if let Grant::Owner(_) = grant {
+            grant.owned(store::list(&self.db, &add.list_id).await, owner)?;
+        }
         // Asked before the unit of work: no transaction stays open while
         // another service is waited for.
         self.check_listable(&add.product_id, deadline).await?;
         let mut uow = self.db.begin().await?;
-        let mut list = store::lock(&mut uow, &add.list_id).await?;
+        let mut list = grant.owned(store::lock(&mut uow, &add.list_id).await, owner)?;
         let addition = list.add_item(&add.product_id, add.quantity, &add.etag, now_micros())?;
         store::save_addition(&mut uow, &list, &add.product_id, addition).await?;
         uow.commit().await?;
@@ -193,10 +227,11 @@ impl ShoppingListService for ShoppingApi {
     }
 
     async fn remove_item(&self, req: Request<pb::RemoveItemRequest>) -> Answer<pb::RemoveItemResponse> {
+        let grant = Grant::of(&req)?.clone();
         let req = req.into_inner();
         let (list_id, product_id) = parse_removal(&req)?;
         let mut uow = self.db.begin().await?;
-        let mut list = store::lock(&mut uow, &list_id).await?;
+        let mut list = grant.owned(store::lock(&mut uow, &list_id).await, owner)?;
         if list.remove_item(&product_id, &req.etag, now_micros())? {
             store::save_removal(&mut uow, &list, &product_id).await?;
             uow.commit().await?;
@@ -209,10 +244,11 @@ impl ShoppingListService for ShoppingApi {
         &self,
         req: Request<pb::DeleteShoppingListRequest>,
     ) -> Answer<pb::DeleteShoppingListResponse> {
+        let grant = Grant::of(&req)?.clone();
         let req = req.into_inner();
         let id = required_id("list_id", &req.list_id)?;
         let mut uow = self.db.begin().await?;
-        store::lock(&mut uow, &id).await?.delete(&req.etag)?;
+        grant.owned(store::lock(&mut uow, &id).await, owner)?.delete(&req.etag)?;
         store::delete(&mut uow, &id).await?;
         uow.commit().await?;
         tracing::info!(list_id = %id, "shopping list deleted");

@@ -53,14 +53,15 @@ pub async fn build(settings: Settings) -> anyhow::Result<Application> {
 /// followed in the background and caught up with when they return.
 pub async fn build_with(settings: Settings, shopping: ShoppingSettings) -> anyhow::Result<Application> {
     let database = Database::connect_lazy(&settings)?;
-    let hosts = shopping.connect()?;
+    let hosts = shopping.connect(&settings.security)?;
     // Follow the upstreams' change feeds in the background.
     let [catalog_feed, customers_feed] = upstream::follow(&hosts, &database);
     let api = api::ShoppingApi { db: database.clone(), hosts };
     let server = ShoppingListServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let services = Services::new(FILE_DESCRIPTOR_SET).with(server).task(catalog_feed).task(customers_feed);
+    let services =
+        Services::new(FILE_DESCRIPTOR_SET).with(server, api::POLICY).task(catalog_feed).task(customers_feed);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }
 
@@ -81,14 +82,22 @@ mod tests {
     fn upstreams_default_to_the_local_catalog_and_customers() {
         let s = read(&[]).unwrap();
         assert_eq!((s.catalog.name, s.customers.name), ("catalog", "customers"));
-        assert_eq!(s.catalog.addrs, ["http://127.0.0.1:50051"]);
-        assert_eq!(s.customers.addrs, ["http://127.0.0.1:50052"]);
+        assert_eq!(s.catalog.addrs, ["https://127.0.0.1:50051"]);
+        assert_eq!(s.customers.addrs, ["https://127.0.0.1:50052"]);
+    }
+
+    #[test]
+    fn a_plaintext_upstream_needs_the_insecure_opt_in() {
+        let err = read(&[("AGORA_CATALOG_ADDRS", "http://a:1")]).unwrap_err();
+        assert!(err.to_string().contains("AGORA_INSECURE=1"), "{err}");
+        let s = read(&[("AGORA_CATALOG_ADDRS", "http://a:1"), ("AGORA_INSECURE", "1")]).unwrap();
+        assert_eq!(s.catalog.addrs, ["http://a:1"]);
     }
 
     #[test]
     fn every_bad_upstream_address_is_reported() {
-        let s = read(&[("AGORA_CATALOG_ADDRS", "http://a:1, http://b:2")]).unwrap();
-        assert_eq!(s.catalog.addrs, ["http://a:1", "http://b:2"]);
+        let s = read(&[("AGORA_CATALOG_ADDRS", "https://a:1, https://b:2")]).unwrap();
+        assert_eq!(s.catalog.addrs, ["https://a:1", "https://b:2"]);
         let err =
             read(&[("AGORA_CATALOG_ADDRS", "catalog:50051"), ("AGORA_CUSTOMERS_ADDRS", " , ")]).unwrap_err();
         let text = err.to_string();

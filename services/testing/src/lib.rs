@@ -1,7 +1,8 @@
 //! Support for the integration tests of Agora's services: a real server on
-//! a free loopback port, a fresh database (a temporary SQLite file, or a
-//! new PostgreSQL database), waits on health with a bound instead of fixed
-//! sleeps, a fault-injecting proxy, reflection and log capture. A
+//! a free loopback port, secured as in production (TLS, mTLS, tokens from
+//! a test CA and signing key), a fresh database (a temporary SQLite file,
+//! or a new PostgreSQL database), waits on health with a bound instead of
+//! fixed sleeps, a fault-injecting proxy, reflection and log capture. A
 //! dev-dependency only: production binaries do not link it.
 //!
 //! PostgreSQL tests use `AGORA_TEST_POSTGRES_URL` (default
@@ -21,7 +22,7 @@ use std::{
 
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -29,12 +30,16 @@ use tonic_health::pb::{
 use agora_platform::{
     Database,
     config::{DatabaseUrl, Settings},
+    security::tls::ServerTls,
     server::{Application, Shutdown},
 };
 
 mod logs;
+pub mod matrix;
 mod schema;
+mod security;
 pub use logs::Captured;
+pub use security::{Bearer, Channel, TestPki, Who, channel_as, pki, plain_channel, tls_channel, url};
 
 /// Declares, for each async test function `name(db: TestDatabase)`, a
 /// module `name` with two tests: `sqlite` and `postgres` (skipped with a
@@ -138,7 +143,7 @@ impl TestDatabase {
     /// The database as a service opens it, for a test to read what the
     /// service wrote.
     pub fn open(&self) -> Database {
-        Database::connect_lazy(&settings(self)).expect("the database URL is valid")
+        Database::connect_lazy(&Settings::for_tests(self.url())).expect("the database URL is valid")
     }
 
     /// Runs `sql` on a connection of its own, from outside the service: the
@@ -206,10 +211,12 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Settings for a test server on `database`. With `AGORA_TEST_LOG` set (a
+/// Settings for a test server of `service` on `database`, secured as in
+/// production with the test credentials. With `AGORA_TEST_LOG` set (a
 /// tracing filter such as `debug`), the servers of a test log to stderr.
-pub fn settings(database: &TestDatabase) -> Settings {
+pub fn settings(service: &str, database: &TestDatabase) -> Settings {
     let mut settings = Settings::for_tests(database.url());
+    settings.security = pki().security(service);
     if let Ok(filter) = std::env::var("AGORA_TEST_LOG") {
         settings.log_filter = filter;
         agora_platform::telemetry::init(&settings);
@@ -222,15 +229,19 @@ pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub shutdown: Shutdown,
+    /// A channel as staff (plaintext and anonymous to an insecure server).
     pub channel: Channel,
+    /// The server's TLS, when it has it.
+    pub tls: Option<ServerTls>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
-    /// Runs `app` and waits (bounded) until its health is SERVING.
+    /// Runs `app` and waits (bounded) until its health is SERVING, asked
+    /// on the admin port as a probe asks.
     pub async fn start(app: Application) -> Self {
         let server = Self::start_unready(app).await;
-        wait_for_health(&server.channel, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+        wait_for_health(&server.admin_channel(), "", ServingStatus::Serving, Duration::from_secs(20)).await;
         server
     }
 
@@ -239,9 +250,32 @@ impl TestServer {
         let grpc_addr = app.grpc_addr();
         let admin_addr = app.admin_addr();
         let shutdown = app.shutdown();
+        let tls = app.tls();
         let task = tokio::spawn(app.run_until_stopped());
-        let channel = channel(grpc_addr);
-        Self { grpc_addr, admin_addr, shutdown, channel, task: Some(task) }
+        let channel = match tls {
+            Some(_) => channel_as(grpc_addr, &Who::Staff),
+            None => plain_channel(grpc_addr),
+        };
+        Self { grpc_addr, admin_addr, shutdown, channel, tls, task: Some(task) }
+    }
+
+    /// A channel to the server as `who`.
+    pub fn channel_as(&self, who: &Who) -> Channel {
+        match self.tls {
+            Some(_) => channel_as(self.grpc_addr, who),
+            None => plain_channel(self.grpc_addr),
+        }
+    }
+
+    /// A channel to the server as the Agora service `name`: mTLS with its
+    /// certificate, no token.
+    pub fn channel_of_service(&self, name: &str) -> Channel {
+        tls_channel(self.grpc_addr, &pki().service_tls(name), &Who::Nobody)
+    }
+
+    /// A plaintext channel to the admin port (health without credentials).
+    pub fn admin_channel(&self) -> Channel {
+        plain_channel(self.admin_addr)
     }
 
     /// Triggers shutdown and waits for the server to stop (bounded).
@@ -261,26 +295,25 @@ impl Drop for TestServer {
     }
 }
 
-/// A lazily connecting channel to a loopback server.
-pub fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid URI")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy()
+/// A plain HTTP/2 client over TLS without tonic's channel. A tonic
+/// `Channel` stops waiting at the request's own `grpc-timeout` and reports
+/// CANCELLED by itself; through this client a test sees what the server
+/// answers.
+pub type RawClient =
+    hyper_util::client::legacy::Client<agora_platform::security::tls::Connector, tonic::body::Body>;
+
+/// An HTTP/2 client over TLS for `tls`, as the origin `https://addr`.
+fn hyper_client(tls: &agora_platform::security::tls::ClientTls) -> RawClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(tls.connector())
 }
 
-/// A plain HTTP/2 client without tonic's channel. A tonic `Channel` stops
-/// waiting at the request's own `grpc-timeout` and reports CANCELLED by
-/// itself; through this client a test sees what the server answers.
-pub type RawClient =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
-
-/// A [`RawClient`] and the origin to give a generated client's `with_origin`.
-pub fn raw_client(addr: SocketAddr) -> (RawClient, http::Uri) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    (client, format!("http://{addr}").parse().expect("valid URI"))
+/// A [`RawClient`] to `server` as staff, and the origin to give a generated
+/// client's `with_origin`.
+pub fn raw_client(server: &TestServer) -> (InterceptedService<RawClient, Bearer>, http::Uri) {
+    let client = InterceptedService::new(hyper_client(&pki().client_tls()), Bearer::of(&Who::Staff));
+    (client, url(server.grpc_addr).parse().expect("valid URI"))
 }
 
 /// The health status of `service` ("" for the whole server), or None when
@@ -350,7 +383,10 @@ pub mod proxy_mode {
 
 /// A gRPC proxy in front of a real upstream, for tests of the client stack
 /// through real services: it counts the calls, records the `grpc-timeout`
-/// each carried, and fails calls with UNAVAILABLE on demand.
+/// each carried, and fails calls with UNAVAILABLE on demand. It serves TLS
+/// with a certificate of the test CA, and calls the upstream over TLS with
+/// the certificate of the service whose calls it carries, as a sidecar of
+/// that service would.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub mode: Arc<std::sync::atomic::AtomicU8>,
@@ -382,22 +418,33 @@ fn empty_answer() -> http::Response<tonic::body::Body> {
 }
 
 impl Proxy {
-    pub async fn start(target: SocketAddr) -> Self {
+    /// A proxy to `target` for the calls of `service` (`offers`).
+    pub async fn start(target: SocketAddr, service: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let served = pki().issue(&agora_dev::pki::Leaf::localhost());
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            agora_platform::security::tls::server_config(
+                served.cert_pem.as_bytes(),
+                served.key_pem.as_bytes(),
+                None,
+            )
+            .expect("the proxy's TLS"),
+        ));
         let addr = listener.local_addr().expect("bound");
         let mode = Arc::new(std::sync::atomic::AtomicU8::new(proxy_mode::FORWARD));
         let calls = Arc::new(AtomicU32::new(0));
         let by_method = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
         let empty = Arc::new(std::sync::Mutex::new(None::<String>));
-        let (client, _) = raw_client(target);
-        let origin = format!("http://{target}");
+        let client = hyper_client(&pki().service_tls(service));
+        let origin = url(target);
         let (m, c, t, b, e) =
             (mode.clone(), calls.clone(), timeouts.clone(), by_method.clone(), empty.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (client, origin, m, c, t, b, e) =
                     (client.clone(), origin.clone(), m.clone(), c.clone(), t.clone(), b.clone(), e.clone());
+                let acceptor = acceptor.clone();
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     c.fetch_add(1, Ordering::SeqCst);
                     let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
@@ -443,6 +490,7 @@ impl Proxy {
                     }
                 });
                 tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
                     let _ =
                         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

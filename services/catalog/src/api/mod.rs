@@ -7,11 +7,15 @@ mod convert;
 
 use std::collections::HashMap;
 
-use agora_contracts::agora::catalog::v1::{self as pb, catalog_service_server::CatalogService};
+use agora_contracts::agora::catalog::v1::{
+    self as pb,
+    catalog_service_server::{CatalogService, SERVICE_NAME},
+};
 use agora_platform::{
     Database, Error, Shutdown, UnitOfWork, Violations,
     db::Filter,
     outbox::{Outbox, ResponseStream},
+    security::{Access, Audit, Policy, Rule},
     wire::{Answer, Paging, new_id, now_micros, reply, required, required_id},
 };
 use futures_util::StreamExt as _;
@@ -20,6 +24,26 @@ use tonic::Request;
 use crate::{
     domain::{self, CatalogEvent, Family, MAX_BATCH, Product},
     store,
+};
+
+/// Who may call what. Everyone signed in reads the catalog; staff change
+/// it, and every change is audited; offers and shopping get what the
+/// context map grants them (GetProduct and the change feed).
+pub const POLICY: Policy = Policy {
+    service: SERVICE_NAME,
+    rules: &[
+        Rule::new("CreateFamily", Access::Staff).audited(),
+        Rule::new("GetFamily", Access::Everyone),
+        Rule::new("ListFamilies", Access::Everyone),
+        Rule::new("CreateProduct", Access::Staff).audited(),
+        Rule::new("GetProduct", Access::Everyone),
+        Rule::new("BatchGetProducts", Access::Everyone),
+        Rule::new("ListProducts", Access::Everyone),
+        Rule::new("UpdateProduct", Access::Staff).audited(),
+        Rule::new("DiscontinueProduct", Access::Staff).audited(),
+        Rule::new("StreamProducts", Access::Everyone),
+        Rule::new("WatchCatalogEvents", Access::Services),
+    ],
 };
 
 /// Products per StreamProducts message: big enough to amortise a message,
@@ -64,6 +88,7 @@ fn product_filter(v: &mut Violations, family_id: String, state: i32) -> Filter {
 #[tonic::async_trait]
 impl CatalogService for CatalogApi {
     async fn create_family(&self, req: Request<pb::CreateFamilyRequest>) -> Answer<pb::CreateFamilyResponse> {
+        let audit = Audit::of(&req);
         let new = convert::new_family(req.into_inner())?;
         let family = Family {
             id: new_id("fam"),
@@ -72,6 +97,7 @@ impl CatalogService for CatalogApi {
             create_time: now_micros(),
         };
         store::insert_family(&self.db, &family).await?;
+        audit.resource(&family.id);
         reply(pb::CreateFamilyResponse { family: Some(family.into()) })
     }
 
@@ -95,12 +121,14 @@ impl CatalogService for CatalogApi {
         &self,
         req: Request<pb::CreateProductRequest>,
     ) -> Answer<pb::CreateProductResponse> {
+        let audit = Audit::of(&req);
         let (key, new) = convert::new_product(req.into_inner())?;
         let (product, created) = Product::create(new_id("prd"), new, now_micros());
         let mut uow = self.db.begin().await?;
         if let Some(earlier) = uow.claim(key.as_ref(), &product.id).await? {
             drop(uow);
             let product = store::product(&self.db, &earlier).await?;
+            audit.resource(&product.id);
             return reply(pb::CreateProductResponse { product: Some(product.into()) });
         }
         if !store::family_exists(&mut uow, &product.family_id).await? {
@@ -109,6 +137,7 @@ impl CatalogService for CatalogApi {
         store::insert_product(&mut uow, &product).await?;
         uow.record(&created).await?;
         uow.commit().await?;
+        audit.resource(&product.id);
         tracing::info!(product_id = %product.id, "product created");
         reply(pb::CreateProductResponse { product: Some(product.into()) })
     }
@@ -167,6 +196,7 @@ impl CatalogService for CatalogApi {
         &self,
         req: Request<pb::UpdateProductRequest>,
     ) -> Answer<pb::UpdateProductResponse> {
+        Audit::of(&req).resource(req.get_ref().product.as_ref().map_or("", |p| p.product_id.as_str()));
         let req = req.into_inner();
         let p = required("product", req.product)?;
         let id = required_id("product.product_id", &p.product_id)?;
@@ -189,6 +219,7 @@ impl CatalogService for CatalogApi {
         &self,
         req: Request<pb::DiscontinueProductRequest>,
     ) -> Answer<pb::DiscontinueProductResponse> {
+        Audit::of(&req).resource(&req.get_ref().product_id);
         let req = req.into_inner();
         let id = required_id("product_id", &req.product_id)?;
         let mut uow = self.db.begin().await?;

@@ -4,14 +4,18 @@
 
 pub use agora_contracts::agora::{catalog::v1 as pb, common::v1::Money};
 use agora_platform::Settings;
+use agora_testing::Channel;
 pub use agora_testing::{TestDatabase, TestServer};
 use pb::catalog_service_client::CatalogServiceClient;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
 /// A running catalog, its client and its database (dropped last).
 pub struct Catalog {
+    /// As staff.
     pub client: CatalogServiceClient<Channel>,
+    /// As the offers service (mTLS), which follows the change feed.
+    pub follower: CatalogServiceClient<Channel>,
     pub server: TestServer,
     pub db: TestDatabase,
 }
@@ -21,12 +25,13 @@ pub async fn start(db: TestDatabase) -> Catalog {
 }
 
 pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> Catalog {
-    let mut settings = agora_testing::settings(&db);
+    let mut settings = agora_testing::settings("catalog", &db);
     tweak(&mut settings);
     let app = agora_catalog::build(settings).await.expect("catalog builds");
     let server = TestServer::start(app).await;
     let client = CatalogServiceClient::new(server.channel.clone());
-    Catalog { client, server, db }
+    let follower = CatalogServiceClient::new(server.channel_of_service("offers"));
+    Catalog { client, follower, server, db }
 }
 
 pub async fn family(client: &mut CatalogServiceClient<Channel>, name: &str) -> pb::Family {

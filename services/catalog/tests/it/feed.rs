@@ -27,7 +27,7 @@ async fn next(stream: &mut Streaming<pb::WatchCatalogEventsResponse>) -> pb::Cat
 }
 
 async fn watch(c: &mut Catalog, after: i64) -> Streaming<pb::WatchCatalogEventsResponse> {
-    c.client
+    c.follower
         .watch_catalog_events(pb::WatchCatalogEventsRequest { after_sequence: after })
         .await
         .expect("watching")
@@ -114,13 +114,16 @@ async fn a_cursor_older_than_what_is_kept_is_out_of_range(db: TestDatabase) {
     c.db.execute("DELETE FROM outbox_events WHERE sequence <= 2").await;
     c.db.execute("INSERT INTO outbox_state (id, pruned_through) VALUES (1, 2)").await;
 
-    let err =
-        c.client.watch_catalog_events(pb::WatchCatalogEventsRequest { after_sequence: 1 }).await.unwrap_err();
+    let err = c
+        .follower
+        .watch_catalog_events(pb::WatchCatalogEventsRequest { after_sequence: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     let mut from_oldest = watch(&mut c, 0).await;
     assert_eq!(next(&mut from_oldest).await.sequence, 3);
     let err = c
-        .client
+        .follower
         .watch_catalog_events(pb::WatchCatalogEventsRequest { after_sequence: -1 })
         .await
         .unwrap_err();

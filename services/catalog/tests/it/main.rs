@@ -7,4 +7,5 @@ mod common;
 mod feed;
 mod migrations;
 mod runtime;
+mod security;
 mod stream;

@@ -95,7 +95,7 @@ async fn a_database_of_the_earlier_history_is_adopted_with_its_rows(db: TestData
     // The old event is the feed's first, and new ones follow it.
     product(&mut c.client, "fam_old", "New screen", 100).await;
     let mut feed = c
-        .client
+        .follower
         .watch_catalog_events(pb::WatchCatalogEventsRequest { after_sequence: 0 })
         .await
         .unwrap()

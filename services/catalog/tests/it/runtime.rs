@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::common::*;
-use agora_testing::{channel, health_status, http_get, wait_for_health, wait_until};
+use agora_testing::{health_status, http_get, wait_for_health, wait_until};
 use sqlx::{Connection as _, Executor as _};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -36,7 +36,7 @@ async fn health_turns_serving_only_once_the_database_is_ready() {
         return;
     };
     db.drop_now().await;
-    let app = agora_catalog::build(agora_testing::settings(&db)).await.unwrap();
+    let app = agora_catalog::build(agora_testing::settings("catalog", &db)).await.unwrap();
     let server = TestServer::start_unready(app).await;
     let ch = server.channel.clone();
     for service in ["", CATALOG] {
@@ -80,7 +80,7 @@ async fn health_answers_not_found_for_an_unknown_service() {
 async fn a_call_past_its_deadline_gets_deadline_exceeded() {
     let mut c = start(TestDatabase::sqlite()).await;
     let lock = hold_write_lock(&c.db).await;
-    let (raw, origin) = agora_testing::raw_client(c.server.grpc_addr);
+    let (raw, origin) = agora_testing::raw_client(&c.server);
     let mut raw = pb::catalog_service_client::CatalogServiceClient::with_origin(raw, origin);
     let mut request = tonic::Request::new(pb::CreateFamilyRequest {
         family: Some(pb::Family { display_name: "Slow".into(), ..Default::default() }),
@@ -89,9 +89,13 @@ async fn a_call_past_its_deadline_gets_deadline_exceeded() {
     let err = raw.create_family(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     drop(lock);
-    // Nothing was written by the abandoned call, and the server still answers.
+    // The server still answers. As gRPC's DEADLINE_EXCEEDED allows, the
+    // abandoned write may have landed once the lock was gone (the SQLite
+    // driver finishes a statement it already started), but whole or not
+    // at all.
     let families = c.client.list_families(pb::ListFamiliesRequest::default()).await.unwrap().into_inner();
-    assert!(families.families.is_empty());
+    let names: Vec<_> = families.families.iter().map(|f| f.display_name.as_str()).collect();
+    assert!(names.is_empty() || names == ["Slow"], "{names:?}");
 }
 
 /// Over the concurrency limit, calls fail fast with RESOURCE_EXHAUSTED while
@@ -200,6 +204,7 @@ fn spawn_binary(db: &TestDatabase, extra: &[(&str, &str)]) -> Process {
         .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
         .env("AGORA_DATABASE_URL", db.url().expose())
         .env("AGORA_LOG", "warn")
+        .envs(agora_testing::pki().env("catalog"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (k, v) in extra {
@@ -241,7 +246,7 @@ fn sigterm(child: &std::process::Child) {
 async fn sigterm_drains_then_exits_cleanly() {
     let db = TestDatabase::sqlite();
     let mut p = spawn_binary(&db, &[("AGORA_DRAIN_DELAY_MS", "2000"), ("AGORA_SHUTDOWN_TIMEOUT_MS", "500")]);
-    let ch = channel(p.grpc);
+    let ch = agora_testing::channel_as(p.grpc, &agora_testing::Who::Staff);
     wait_for_health(&ch, "", ServingStatus::Serving, Duration::from_secs(20)).await;
     // An endless stream: graceful shutdown alone would wait for it forever.
     let mut watch = HealthClient::new(ch.clone())

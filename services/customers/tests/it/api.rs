@@ -607,8 +607,12 @@ async fn registrations_and_deletions_are_watched_in_order(db: TestDatabase) {
             .unwrap()
             .unwrap()
     };
-    let mut all =
-        c.client.watch_customer_events(pb::WatchCustomerEventsRequest::default()).await.unwrap().into_inner();
+    let mut all = c
+        .follower
+        .watch_customer_events(pb::WatchCustomerEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let mut kinds = Vec::new();
     let mut sequences = Vec::new();
     for _ in 0..3 {
@@ -628,7 +632,7 @@ async fn registrations_and_deletions_are_watched_in_order(db: TestDatabase) {
     );
     assert!(sequences.is_sorted());
     let mut resumed = c
-        .client
+        .follower
         .watch_customer_events(pb::WatchCustomerEventsRequest { after_sequence: sequences[1] })
         .await
         .unwrap()

@@ -4,14 +4,18 @@
 
 pub use agora_contracts::agora::customers::v1 as pb;
 use agora_platform::Settings;
+use agora_testing::Channel;
 pub use agora_testing::{TestDatabase, TestServer};
 use pb::customer_service_client::CustomerServiceClient;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
 /// A running customers service, its client and its database (dropped last).
 pub struct Customers {
+    /// As staff.
     pub client: CustomerServiceClient<Channel>,
+    /// As the offers service (mTLS), which follows the change feed.
+    pub follower: CustomerServiceClient<Channel>,
     pub server: TestServer,
     pub db: TestDatabase,
 }
@@ -21,12 +25,13 @@ pub async fn start(db: TestDatabase) -> Customers {
 }
 
 pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> Customers {
-    let mut settings = agora_testing::settings(&db);
+    let mut settings = agora_testing::settings("customers", &db);
     tweak(&mut settings);
     let app = agora_customers::build(settings).await.expect("customers builds");
     let server = TestServer::start(app).await;
     let client = CustomerServiceClient::new(server.channel.clone());
-    Customers { client, server, db }
+    let follower = CustomerServiceClient::new(server.channel_of_service("offers"));
+    Customers { client, follower, server, db }
 }
 
 pub fn new_customer(given_name: &str, family_name: &str, email: &str) -> pb::Customer {

@@ -7,3 +7,4 @@ mod common;
 mod logs;
 mod migrations;
 mod runtime;
+mod security;

@@ -59,7 +59,7 @@ async fn a_database_of_the_earlier_history_is_adopted_with_its_rows(db: TestData
     assert_eq!(taken.code(), Code::AlreadyExists, "the old address is still unique: {taken:?}");
 
     let mut feed = c
-        .client
+        .follower
         .watch_customer_events(pb::WatchCustomerEventsRequest { after_sequence: 0 })
         .await
         .unwrap()

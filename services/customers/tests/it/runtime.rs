@@ -40,7 +40,7 @@ async fn health_follows_the_database() {
         return;
     };
     db.drop_now().await;
-    let app = agora_customers::build(agora_testing::settings(&db)).await.unwrap();
+    let app = agora_customers::build(agora_testing::settings("customers", &db)).await.unwrap();
     let server = TestServer::start_unready(app).await;
     let ch = server.channel.clone();
     wait_for_health(&ch, CUSTOMERS, ServingStatus::NotServing, Duration::from_secs(10)).await;

@@ -13,11 +13,11 @@ use agora_platform::{
     Settings,
     upstream::{UpstreamSettings, hosts::Addresses},
 };
+use agora_testing::Channel;
 pub use agora_testing::{Proxy, TestDatabase, TestServer};
 use catalog_pb::catalog_service_client::CatalogServiceClient;
 use customers_pb::customer_service_client::CustomerServiceClient;
 use pb::offer_service_client::OfferServiceClient;
-use tonic::transport::Channel;
 
 pub const FALLBACK: &str =
     r#"[{"offer_id": "fallback-1", "product_id": "prd_house", "kind": "SPEED", "discount_percent": 5}]"#;
@@ -46,16 +46,18 @@ pub async fn start_with(
     let catalog_db = offers_db.another().await;
     let customers_db = offers_db.another().await;
     let catalog_server = TestServer::start(
-        agora_catalog::build(agora_testing::settings(&catalog_db)).await.expect("catalog builds"),
+        agora_catalog::build(agora_testing::settings("catalog", &catalog_db)).await.expect("catalog builds"),
     )
     .await;
     let customers_server = TestServer::start(
-        agora_customers::build(agora_testing::settings(&customers_db)).await.expect("customers builds"),
+        agora_customers::build(agora_testing::settings("customers", &customers_db))
+            .await
+            .expect("customers builds"),
     )
     .await;
-    let catalog_proxy = Proxy::start(catalog_server.grpc_addr).await;
+    let catalog_proxy = Proxy::start(catalog_server.grpc_addr, "offers").await;
 
-    let mut settings = agora_testing::settings(&offers_db);
+    let mut settings = agora_testing::settings("offers", &offers_db);
     let mut offers = offers_settings(catalog_proxy.addr, customers_server.grpc_addr);
     tweak(&mut settings, &mut offers);
     let offers_server =
@@ -77,8 +79,8 @@ pub async fn start_with(
 /// Offers' settings for a catalog and a customers service at these addresses.
 pub fn offers_settings(catalog: std::net::SocketAddr, customers: std::net::SocketAddr) -> OffersSettings {
     let upstreams = Addresses {
-        catalog: UpstreamSettings::for_tests("catalog", vec![format!("http://{catalog}")]),
-        customers: UpstreamSettings::for_tests("customers", vec![format!("http://{customers}")]),
+        catalog: UpstreamSettings::for_tests("catalog", vec![agora_testing::url(catalog)]),
+        customers: UpstreamSettings::for_tests("customers", vec![agora_testing::url(customers)]),
     };
     OffersSettings { upstreams, fallback: Fallback::parse(FALLBACK).unwrap() }
 }
@@ -87,7 +89,7 @@ impl System {
     /// Stops the offers service and starts a new one on the same database,
     /// as a crash and a restart would.
     pub async fn restart_offers(&mut self) {
-        let settings = agora_testing::settings(&self.offers_db);
+        let settings = agora_testing::settings("offers", &self.offers_db);
         let offers = offers_settings(self.catalog_proxy.addr, self.customers_server.grpc_addr);
         let fresh = TestServer::start(agora_offers::build_with(settings, offers).await.unwrap()).await;
         let old = std::mem::replace(&mut self.offers_server, fresh);
@@ -101,7 +103,7 @@ impl System {
         let old = self.catalog_server.take().expect("the catalog runs");
         let addr = old.grpc_addr;
         old.stop().await.unwrap();
-        let mut settings = agora_testing::settings(&self.catalog_db);
+        let mut settings = agora_testing::settings("catalog", &self.catalog_db);
         settings.grpc_addr = addr;
         let fresh = TestServer::start(agora_catalog::build(settings).await.unwrap()).await;
         self.catalog = CatalogServiceClient::new(fresh.channel.clone());

@@ -52,7 +52,7 @@ async fn with_the_catalog_stopped_creation_fails_fast_and_recovers_after_a_resta
         .expect("the core query works");
     assert_eq!(health_status(&s.offers_server.channel, "").await, Some(ServingStatus::Serving));
 
-    let mut settings = agora_testing::settings(&s.catalog_db);
+    let mut settings = agora_testing::settings("catalog", &s.catalog_db);
     settings.grpc_addr = catalog_addr;
     let _catalog = TestServer::start(agora_catalog::build(settings).await.unwrap()).await;
     let recovered = wait_until(BOUND, || {

@@ -184,7 +184,7 @@ async fn on_postgres_one_replica_applies_a_feed_and_another_takes_over() {
         ));
     })
     .await;
-    let mut settings = agora_testing::settings(&s.offers_db);
+    let mut settings = agora_testing::settings("offers", &s.offers_db);
     settings.database_url = agora_platform::config::DatabaseUrl::new(format!(
         "{}?application_name=offers-b",
         settings.database_url.expose()

@@ -8,4 +8,5 @@ mod common;
 mod failure;
 mod feed;
 mod migrations;
+mod security;
 mod startup;

@@ -11,7 +11,7 @@ mod trailers;
 
 pub use admission::AdmissionLayer;
 pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
-pub use observe::ObserveLayer;
+pub use observe::{CallNotes, ObserveLayer};
 pub use trailers::{ExtraTrailers, with_extra_trailers};
 
 use http::Response;

@@ -12,10 +12,15 @@
 //!
 //! The names follow the go-grpc-prometheus conventions, so existing
 //! dashboards and alerts work unchanged.
+//!
+//! Inner layers and handlers leave [`CallNotes`] for the end of the call:
+//! who called (set by authorization), and for audited RPCs the resource
+//! acted on; an audited call ends with one line on the `agora::audit`
+//! target: who, what, which resource, outcome.
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -51,6 +56,39 @@ fn code_of(headers: &HeaderMap) -> Option<usize> {
     let code: usize = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     // A code outside the known range is reported as UNKNOWN.
     Some(if code < CODE_NAMES.len() { code } else { 2 })
+}
+
+/// What inner layers and the handler tell the end of a call.
+#[derive(Clone, Default)]
+pub struct CallNotes(Arc<Mutex<Notes>>);
+
+#[derive(Default)]
+struct Notes {
+    /// The caller, as ids only (`customer:cus_...`).
+    caller: Option<String>,
+    /// The call leaves an audit line.
+    audit: bool,
+    /// The resource the call acted on.
+    resource: Option<String>,
+}
+
+impl CallNotes {
+    fn with<R>(&self, f: impl FnOnce(&mut Notes) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Who called, and whether the call is audited.
+    pub fn set_caller(&self, caller: &impl std::fmt::Display, audit: bool) {
+        self.with(|notes| {
+            notes.caller = Some(caller.to_string());
+            notes.audit = audit;
+        });
+    }
+
+    /// The resource the call acted on (an id).
+    pub fn set_resource(&self, resource: &str) {
+        self.with(|notes| notes.resource = Some(resource.to_owned()));
+    }
 }
 
 #[derive(Clone)]
@@ -105,8 +143,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let (service, method) = labels(&self.services, req.uri().path());
+        let notes = CallNotes::default();
+        req.extensions_mut().insert(notes.clone());
         let request_id =
             req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let span = tracing::info_span!(
@@ -114,10 +154,11 @@ where
             rpc.service = %service,
             rpc.method = %method,
             request_id = %request_id,
+            caller = field::Empty,
             grpc.code = field::Empty,
             elapsed_ms = field::Empty,
         );
-        let guard = CallGuard::start(service, method, span.clone());
+        let guard = CallGuard::start(service, method, span.clone(), notes);
         let fut = self.inner.call(req).instrument(span);
         Box::pin(async move {
             let response = fut.await?;
@@ -141,16 +182,17 @@ where
 struct CallGuard {
     labels: [Label; 2],
     span: Span,
+    notes: CallNotes,
     start: Instant,
     done: bool,
 }
 
 impl CallGuard {
-    fn start(service: String, method: String, span: Span) -> Self {
+    fn start(service: String, method: String, span: Span, notes: CallNotes) -> Self {
         let labels = [Label::new("grpc_service", service), Label::new("grpc_method", method)];
         counter!("grpc_server_started_total", labels.iter()).increment(1);
         gauge!("grpc_server_in_flight", labels.iter()).increment(1.0);
-        Self { labels, span, start: Instant::now(), done: false }
+        Self { labels, span, notes, start: Instant::now(), done: false }
     }
 
     fn finish(mut self, code: usize) {
@@ -179,6 +221,21 @@ impl CallGuard {
         self.span.record("grpc.code", name);
         self.span.record("elapsed_ms", ms);
         let _entered = self.span.enter();
+        let (caller, audit, resource) =
+            self.notes.with(|notes| (notes.caller.take(), notes.audit, notes.resource.take()));
+        if let Some(caller) = &caller {
+            self.span.record("caller", caller.as_str());
+        }
+        if audit {
+            tracing::info!(
+                target: "agora::audit",
+                who = caller.as_deref().unwrap_or("anonymous"),
+                rpc = self.labels[1].value(),
+                resource = resource.as_deref().unwrap_or("-"),
+                outcome = name,
+                "audit"
+            );
+        }
         match code {
             // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS:
             // the server's side of the story, worth a look, unless the

@@ -22,6 +22,10 @@ use crate::{
     middleware::{
         AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, with_extra_trailers,
     },
+    security::{
+        policy::{AuthorizeLayer, Authorizer},
+        tls::{self, ServerTls},
+    },
 };
 
 /// Health and reflection, on every server.
@@ -31,9 +35,17 @@ const ALWAYS: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// Where and how one server listens.
+pub(super) struct Listening {
+    pub listener: TcpListener,
+    /// TLS on the port, when configured.
+    pub tls: Option<ServerTls>,
+    pub authorizer: Authorizer,
+}
+
 /// Serves `services` behind the stack, with health (as `health` reports
-/// it) and reflection, on `listener` until `stop` resolves and the calls in
-/// flight are answered.
+/// it) and reflection, until `stop` resolves and the calls in flight are
+/// answered.
 pub(super) async fn serve(
     services: Services,
     settings: &Settings,
@@ -41,9 +53,10 @@ pub(super) async fn serve(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    listener: TcpListener,
+    listening: Listening,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Listening { listener, tls, authorizer } = listening;
     // Reflection advertises exactly what this server offers, though the
     // descriptor sets describe every context.
     let mut advertised = services.names.clone();
@@ -75,6 +88,8 @@ pub(super) async fn serve(
         // Shed load instead of queueing when saturated; wait for start-up.
         // Early in the stack, so a refusal costs little of a busy core.
         .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
+        // Who calls, and may they: UNAUTHENTICATED, PERMISSION_DENIED.
+        .layer(AuthorizeLayer::new(authorizer))
         // Trailers a handler asked for (ExtraTrailers) join grpc-status.
         .map_response(with_extra_trailers)
         // A panicking handler answers INTERNAL instead of resetting the stream.
@@ -96,9 +111,15 @@ pub(super) async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
-    // TCP_NODELAY on every accepted connection: without it the end of an
-    // answer waits for the client's delayed ACK (tonic applies its own
-    // `tcp_nodelay` only to listeners it binds itself).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    server.serve_with_incoming_shutdown(incoming, stop).await.context("gRPC server")
+    let served = match tls {
+        Some(tls) => server.serve_with_incoming_shutdown(tls::incoming(listener, tls), stop).await,
+        None => {
+            // TCP_NODELAY on every accepted connection: without it the end
+            // of an answer waits for the client's delayed ACK (tonic
+            // applies its own `tcp_nodelay` only to listeners it binds).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            server.serve_with_incoming_shutdown(incoming, stop).await
+        }
+    };
+    served.context("gRPC server")
 }

@@ -39,13 +39,36 @@ impl Task {
 const TASKS_BOUND: Duration = Duration::from_secs(5);
 
 pub(super) async fn run(app: Application) -> anyhow::Result<()> {
-    let Application { spec, settings, database, migrations, grpc_listener, admin_listener, mut services } =
-        app;
+    let Application {
+        spec,
+        settings,
+        database,
+        migrations,
+        grpc_listener,
+        admin_listener,
+        mut services,
+        tls,
+        authorizer,
+    } = app;
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let shutdown = services.shutdown();
     let tasks = std::mem::take(&mut services.tasks);
-    tracing::info!(service = spec.name, %grpc_addr, %admin_addr, database = ?settings.database_url, "starting");
+    tracing::info!(
+        service = spec.name,
+        %grpc_addr,
+        %admin_addr,
+        database = ?settings.database_url,
+        tls = tls.is_some(),
+        "starting"
+    );
+    for missing in settings.security.missing() {
+        tracing::warn!(
+            switched_off = missing,
+            "AGORA_INSECURE=1: running without {missing}; never do this where others can reach the port"
+        );
+        ::metrics::gauge!("agora_insecure", "switched_off" => missing).set(1.0);
+    }
 
     // Signals start the same shutdown a test triggers by hand.
     let signal_shutdown = shutdown.clone();
@@ -54,16 +77,17 @@ pub(super) async fn run(app: Application) -> anyhow::Result<()> {
         signal_shutdown.trigger();
     });
 
-    // Admin HTTP: /metrics until the very end.
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(metrics::serve_admin(admin_listener, async move {
-        let _ = admin_stop_rx.await;
-    }));
-
     // Health NOT_SERVING from the first answer; start-up runs beside the
     // server: migrations, background tasks, then SERVING.
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter, &services.names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    // Admin HTTP: /metrics, and the same health in plaintext for probes,
+    // until the very end.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(metrics::serve_admin(admin_listener, health_service.clone(), async move {
+        let _ = admin_stop_rx.await;
+    }));
     let startup = tokio::spawn(start(
         database.clone(),
         migrations,
@@ -73,8 +97,9 @@ pub(super) async fn run(app: Application) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let listening = grpc::Listening { listener: grpc_listener, tls, authorizer };
     let served =
-        serve_until_drained(services, &settings, &health, health_service, grpc_listener, &shutdown).await;
+        serve_until_drained(services, &settings, &health, health_service, listening, &shutdown).await;
 
     // The rest of the mirror of start-up: the background tasks (told to
     // stop when shutdown began) end, then the admin server, then the
@@ -101,7 +126,7 @@ async fn serve_until_drained(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    listener: tokio::net::TcpListener,
+    listening: grpc::Listening,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -117,7 +142,7 @@ async fn serve_until_drained(
     };
     let bound = settings.shutdown_timeout;
     tokio::select! {
-        result = grpc::serve(services, settings, health, health_service, listener, drain) => result,
+        result = grpc::serve(services, settings, health, health_service, listening, drain) => result,
         _ = async move {
             // Never fires before the drain ended.
             if drained_rx.await.is_err() { std::future::pending::<()>().await }

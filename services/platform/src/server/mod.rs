@@ -6,13 +6,15 @@
 //!
 //! 1. configuration (read by [`main_for`] before anything starts);
 //! 2. the database pool, lazily connecting ([`Database::connect_lazy`]);
-//! 3. the listeners, bound by [`Application::build`]: health answers
+//! 3. security, by [`Application::build`]: the certificate and token keys
+//!    loaded (and watched for changes), every served RPC found in a policy;
+//! 4. the listeners, bound by [`Application::build`]: health answers
 //!    NOT_SERVING from here on and application calls are refused with
 //!    UNAVAILABLE, so a probe gets the truth while the rest starts;
-//! 4. migrations, retried while the database is out of reach;
-//! 5. background tasks (change-feed consumers, outbox pruning), which need
+//! 5. migrations, retried while the database is out of reach;
+//! 6. background tasks (change-feed consumers, outbox pruning), which need
 //!    the migrated tables;
-//! 6. SERVING, kept true by a periodic database probe.
+//! 7. SERVING, kept true by a periodic database probe.
 //!
 //! At SIGTERM (or [`Shutdown::trigger`]), the mirror: NOT_SERVING, and the
 //! background tasks and open streams told to end; the drain delay; the
@@ -36,6 +38,7 @@ pub use lifecycle::Task;
 use crate::{
     config::{ServiceSpec, Settings},
     db::{Database, Migrations},
+    security::{Policy, policy::Authorizer, tls::ServerTls, token::Verifier},
 };
 
 /// Starts shutdown from outside (a test, or the signal handler): health goes
@@ -69,10 +72,11 @@ impl Shutdown {
 }
 
 /// What one server runs: its gRPC services, their names for health and
-/// reflection, and its background tasks.
+/// reflection, their policies, and its background tasks.
 pub struct Services {
     routes: RoutesBuilder,
     names: Vec<String>,
+    policies: Vec<Policy>,
     descriptor_sets: Vec<&'static [u8]>,
     tasks: Vec<Task>,
     shutdown: Shutdown,
@@ -85,6 +89,7 @@ impl Services {
         Self {
             routes: RoutesBuilder::default(),
             names: Vec::new(),
+            policies: Vec::new(),
             descriptor_sets: vec![descriptor_set],
             tasks: Vec::new(),
             shutdown: Shutdown::new(),
@@ -97,16 +102,35 @@ impl Services {
         self.shutdown.clone()
     }
 
-    /// Adds a generated tonic server.
-    pub fn with<S>(mut self, service: S) -> Self
+    /// Adds a generated tonic server and the policy of its RPCs.
+    pub fn with<S>(mut self, service: S, policy: Policy) -> Self
     where
         S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
         self.names.push(S::NAME.to_owned());
+        self.policies.push(policy);
         self.routes.add_service(service);
         self
+    }
+
+    /// Each service served and its methods, from the descriptor sets.
+    fn served(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        use prost::Message as _;
+        let mut services = Vec::new();
+        for set in &self.descriptor_sets {
+            let set = prost_types::FileDescriptorSet::decode(*set).context("decoding a descriptor set")?;
+            for file in &set.file {
+                for service in &file.service {
+                    let name = format!("{}.{}", file.package(), service.name());
+                    if self.names.contains(&name) {
+                        services.push((name, service.method.iter().map(|m| m.name().to_owned()).collect()));
+                    }
+                }
+            }
+        }
+        Ok(services)
     }
 
     /// Adds a background task, started once migrations ran and told to stop
@@ -126,10 +150,14 @@ pub struct Application {
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     services: Services,
+    tls: Option<ServerTls>,
+    authorizer: Authorizer,
 }
 
 impl Application {
-    /// Binds both listeners (port 0 picks free ports) without serving yet.
+    /// Loads the certificate and the token keys, checks every served RPC
+    /// has a policy, and binds both listeners (port 0 picks free ports)
+    /// without serving yet.
     pub async fn build(
         spec: ServiceSpec,
         settings: Settings,
@@ -137,13 +165,41 @@ impl Application {
         migrations: Migrations,
         services: Services,
     ) -> anyhow::Result<Self> {
+        // The metrics recorder first: what start-up records must not be lost.
+        crate::metrics::handle();
+        // An unreadable certificate or key file is the operator's to fix,
+        // like a bad variable: exit status 2.
+        let security = &settings.security;
+        let config_error = |err: anyhow::Error| crate::config::ConfigError(vec![format!("{err:#}")]);
+        let tls = ServerTls::start(security).map_err(config_error)?;
+        let verifier = match &security.tokens {
+            Some(tokens) => Some(Verifier::start(tokens, security.reload_interval).map_err(config_error)?),
+            None => None,
+        };
+        let authorizer = Authorizer::new(
+            spec.name,
+            &services.served()?,
+            &services.policies,
+            verifier,
+            security.trust_domain.clone(),
+        )?;
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding the gRPC address {}", settings.grpc_addr))?;
         let admin_listener = TcpListener::bind(settings.admin_addr)
             .await
             .with_context(|| format!("binding the admin address {}", settings.admin_addr))?;
-        Ok(Self { spec, settings, database, migrations, grpc_listener, admin_listener, services })
+        Ok(Self {
+            spec,
+            settings,
+            database,
+            migrations,
+            grpc_listener,
+            admin_listener,
+            services,
+            tls,
+            authorizer,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -152,6 +208,11 @@ impl Application {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_listener.local_addr().expect("bound listener")
+    }
+
+    /// The server's TLS, when it has it (tests wait on its reloads).
+    pub fn tls(&self) -> Option<ServerTls> {
+        self.tls.clone()
     }
 
     /// A handle that starts shutdown, as SIGTERM does.

@@ -9,14 +9,15 @@ use agora_contracts::agora::{
     catalog::v1::{self as catalog, catalog_service_client::CatalogServiceClient as CatalogClient},
     customers::v1::{self as customers, customer_service_client::CustomerServiceClient as CustomersClient},
 };
-use tonic::{Response, Status, Streaming, transport::Channel};
+use tonic::{Response, Status, Streaming};
 
-use super::{Upstream, UpstreamChannel, UpstreamSettings};
+use super::{Credentials, Upstream, UpstreamChannel, UpstreamSettings};
 use crate::{
     Error,
     config::{ConfigError, EnvReader},
     feed::Feed,
     middleware::Deadline,
+    security::SecuritySettings,
 };
 
 /// The catalog, as a downstream context reaches it.
@@ -30,9 +31,9 @@ pub type Found<T> = Result<Option<T>, Error>;
 /// Where the open host services are, and how hard to try them.
 #[derive(Debug, Clone)]
 pub struct Addresses {
-    /// The catalog (`AGORA_CATALOG_ADDRS`, default `http://127.0.0.1:50051`).
+    /// The catalog (`AGORA_CATALOG_ADDRS`, default `https://127.0.0.1:50051`).
     pub catalog: UpstreamSettings,
-    /// Customers (`AGORA_CUSTOMERS_ADDRS`, default `http://127.0.0.1:50052`).
+    /// Customers (`AGORA_CUSTOMERS_ADDRS`, default `https://127.0.0.1:50052`).
     pub customers: UpstreamSettings,
 }
 
@@ -48,17 +49,19 @@ impl Addresses {
     /// From any lookup; problems are collected in `env`.
     pub fn read<F: Fn(&str) -> Option<String>>(env: &mut EnvReader<F>) -> Self {
         Self {
-            catalog: UpstreamSettings::read(env, "catalog", "http://127.0.0.1:50051"),
-            customers: UpstreamSettings::read(env, "customers", "http://127.0.0.1:50052"),
+            catalog: UpstreamSettings::read(env, "catalog", "https://127.0.0.1:50051"),
+            customers: UpstreamSettings::read(env, "customers", "https://127.0.0.1:50052"),
         }
     }
 
-    /// Both upstreams. Connections are made on first use, so a downstream
+    /// Both upstreams, reached with the certificate and token of
+    /// `security`. Connections are made on first use, so a downstream
     /// starts while they are still down.
-    pub fn connect(&self) -> anyhow::Result<Hosts> {
+    pub fn connect(&self, security: &SecuritySettings) -> anyhow::Result<Hosts> {
+        let credentials = Credentials::start(security)?;
         Ok(Hosts {
-            catalog: Upstream::connect(&self.catalog, CatalogClient::new)?,
-            customers: Upstream::connect(&self.customers, CustomersClient::new)?,
+            catalog: Upstream::connect(&self.catalog, &credentials, CatalogClient::new)?,
+            customers: Upstream::connect(&self.customers, &credentials, CustomersClient::new)?,
         })
     }
 }
@@ -109,7 +112,7 @@ impl Customers {
 impl<C: Clone> Upstream<C> {
     /// The upstream's change feed, opened by `watch` on a client of the
     /// feed's own channel.
-    fn feed<F, M, W, Fut>(&self, client: fn(Channel) -> F, watch: W) -> Feed<M>
+    fn feed<F, M, W, Fut>(&self, client: fn(UpstreamChannel) -> F, watch: W) -> Feed<M>
     where
         F: Clone + Send + Sync + 'static,
         M: agora_contracts::feed::ChangeFeedMessage,

@@ -24,10 +24,16 @@
 //!    while a `TpsBudget` allows, so an outage does not multiply traffic;
 //! 6. each attempt carries a `grpc-timeout` for the time still left, so the
 //!    upstream stops working when the original caller gave up;
-//! 7. tower's power-of-two-choices balancer spreads calls over the
+//! 7. this service's token is attached, where one is configured;
+//! 8. tower's power-of-two-choices balancer spreads calls over the
 //!    upstream's addresses, each a lazily connecting, reconnecting tonic
 //!    channel with a connect timeout; a replica whose connection fails is
 //!    left out of the choice for a while (outlier ejection).
+//!
+//! Upstreams are reached over TLS (`https://` addresses): the upstream's
+//! certificate is verified against the upstream CA, and this service
+//! presents its own certificate, which names it to the upstream
+//! ([`Credentials`]). Plain `http://` addresses need `AGORA_INSECURE=1`.
 //!
 //! The anti-corruption layers only read from their upstreams, so retrying
 //! any of their calls is safe.
@@ -37,18 +43,28 @@ mod stack;
 
 use std::time::Duration;
 
-use tonic::{Code, Status, transport::Endpoint};
+use anyhow::Context as _;
+use http::HeaderValue;
+use tonic::{
+    Code, Status,
+    transport::{Channel, Endpoint},
+};
 
 pub use stack::{UpstreamChannel, channel};
 
-use crate::{Error, config::EnvReader, middleware::Deadline};
+use crate::{
+    Error,
+    config::EnvReader,
+    middleware::Deadline,
+    security::{SecuritySettings, insecure_opt_in, reload::Reloading, tls::ClientTls},
+};
 
 /// How one upstream is reached and how hard to try.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     /// Name in errors, logs and metrics ("catalog").
     pub name: &'static str,
-    /// Addresses of its replicas (`http://host:port`); calls are balanced
+    /// Addresses of its replicas (`https://host:port`); calls are balanced
     /// over all of them.
     pub addrs: Vec<String>,
     /// Longest wait for a TCP connection.
@@ -82,9 +98,16 @@ impl UpstreamSettings {
         let raw = env.string(&var, default_addr);
         let addrs: Vec<String> =
             raw.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+        let insecure = insecure_opt_in(env);
         for addr in &addrs {
-            if Endpoint::from_shared(addr.clone()).is_err() || !addr.starts_with("http://") {
-                env.problem(format!("{var}: {addr:?} is not an http://host:port address"));
+            if Endpoint::from_shared(addr.clone()).is_err()
+                || !(addr.starts_with("https://") || addr.starts_with("http://"))
+            {
+                env.problem(format!("{var}: {addr:?} is not an https://host:port address"));
+            } else if addr.starts_with("http://") && !insecure {
+                env.problem(format!(
+                    "{var}: {addr:?} is plaintext; use https://, or set AGORA_INSECURE=1 (for development only)"
+                ));
             }
         }
         if addrs.is_empty() {
@@ -121,6 +144,67 @@ impl UpstreamSettings {
     }
 }
 
+/// How this service proves who it is to its upstreams: its certificate
+/// over TLS, and a bearer token where one is configured. Both are re-read
+/// when their files change.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    tls: Option<ClientTls>,
+    token: Option<Reloading<HeaderValue>>,
+}
+
+impl Credentials {
+    /// From the upstream CA, certificate and service token of `security`.
+    pub fn start(security: &SecuritySettings) -> anyhow::Result<Self> {
+        let token = match &security.service_token {
+            Some(file) => Some(Reloading::start(
+                "service token",
+                vec![file.clone()],
+                security.reload_interval,
+                |files| {
+                    let token = std::str::from_utf8(&files[0]).context("the token is not text")?.trim();
+                    anyhow::ensure!(!token.is_empty(), "the token file is empty");
+                    let mut value =
+                        HeaderValue::from_str(&format!("Bearer {token}")).context("not a token")?;
+                    value.set_sensitive(true);
+                    Ok(value)
+                },
+            )?),
+            None => None,
+        };
+        Ok(Self { tls: ClientTls::start(security)?, token })
+    }
+
+    /// A lazily connecting channel to one replica at `addr`.
+    fn replica(&self, addr: &str, settings: &UpstreamSettings) -> anyhow::Result<Channel> {
+        let tune = |endpoint: Endpoint| {
+            endpoint
+                .connect_timeout(settings.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+        };
+        if !addr.starts_with("https://") {
+            return Ok(tune(Endpoint::from_shared(addr.to_owned())?).connect_lazy());
+        }
+        let tls = self.tls.as_ref().with_context(|| {
+            format!("{addr}: an https:// upstream needs AGORA_UPSTREAM_CA_FILE or AGORA_TLS_CLIENT_CA_FILE")
+        })?;
+        tls.channel(addr, tune)
+    }
+
+    /// Adds the service token, when there is one, to an upstream call.
+    fn authorize<B>(&self) -> impl Fn(http::Request<B>) -> http::Request<B> + Clone + use<B> {
+        let token = self.token.clone();
+        move |mut request| {
+            if let Some(token) = &token {
+                request.headers_mut().insert(http::header::AUTHORIZATION, token.get().as_ref().clone());
+            }
+            request
+        }
+    }
+}
+
 /// One upstream as an anti-corruption layer sees it: its generated client
 /// on the resilient channel, the one meaning of its answers, and the plain
 /// channel its change feed streams on. The open host services' questions
@@ -131,7 +215,7 @@ pub struct Upstream<C> {
     client: C,
     /// For the change feed: one long stream, without the calls' deadline
     /// and retries; its consumer reconnects with its own backoff.
-    feed: tonic::transport::Channel,
+    feed: UpstreamChannel,
 }
 
 impl<C: Clone> Upstream<C> {
@@ -139,8 +223,16 @@ impl<C: Clone> Upstream<C> {
     /// client's `new`). Connections are made on first use and remade after
     /// failures, so the downstream starts while the upstream is still down
     /// and recovers without a restart.
-    pub fn connect(settings: &UpstreamSettings, client: fn(UpstreamChannel) -> C) -> anyhow::Result<Self> {
-        Ok(Self { name: settings.name, client: client(channel(settings)?), feed: feed_channel(settings)? })
+    pub fn connect(
+        settings: &UpstreamSettings,
+        credentials: &Credentials,
+        client: fn(UpstreamChannel) -> C,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: settings.name,
+            client: client(channel(settings, credentials)?),
+            feed: stack::feed_channel(settings, credentials)?,
+        })
     }
 
     /// The upstream's name ("catalog").
@@ -203,22 +295,4 @@ fn failure(upstream: &str, status: Status) -> Error {
         }
         code => Error::Internal(anyhow::anyhow!("{upstream} answered {code:?}: {}", status.message())),
     }
-}
-
-/// A channel for an upstream's change feed: balanced over its addresses,
-/// connecting lazily, without the call stack's deadline and retries. A feed
-/// is one long stream; its consumer reconnects with its own backoff.
-fn feed_channel(settings: &UpstreamSettings) -> anyhow::Result<tonic::transport::Channel> {
-    let endpoints = settings
-        .addrs
-        .iter()
-        .map(|addr| {
-            Ok(Endpoint::from_shared(addr.clone())?
-                .connect_timeout(settings.connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(10)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(tonic::transport::Channel::balance_list(endpoints.into_iter()))
 }

@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, Full};
-use tonic::{Status, body::Body, transport::Endpoint};
+use tonic::{Status, body::Body};
 use tower::{
     BoxError, ServiceBuilder,
     balance::p2c::Balance,
@@ -31,7 +31,7 @@ use tower::{
 };
 use tower_resilience_circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
 
-use super::UpstreamSettings;
+use super::{Credentials, UpstreamSettings};
 use crate::middleware::{Deadline, encode_grpc_timeout};
 
 /// The channel an anti-corruption layer wraps in a generated client:
@@ -57,17 +57,12 @@ fn unavailable(result: &Result<Response<Body>, BoxError>) -> bool {
 /// Builds the channel to one upstream. Connections are made on first use
 /// and remade after failures, so the downstream starts while the upstream
 /// is still down and recovers without a restart.
-pub fn channel(settings: &UpstreamSettings) -> anyhow::Result<UpstreamChannel> {
+pub fn channel(settings: &UpstreamSettings, credentials: &Credentials) -> anyhow::Result<UpstreamChannel> {
     let name = settings.name;
     let mut replicas = Vec::with_capacity(settings.addrs.len());
     let pool = Arc::new(Pool { total: settings.addrs.len(), ejected: AtomicUsize::new(0) });
     for addr in &settings.addrs {
-        let endpoint = Endpoint::from_shared(addr.clone())?
-            .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let replica = Ejecting::new(endpoint.connect_lazy(), pool.clone());
+        let replica = Ejecting::new(credentials.replica(addr, settings)?, pool.clone());
         replicas.push(PendingRequests::new(replica, CompleteOnResponse::default()));
     }
     // The balancer is not Clone; a buffer in front of it is, and lets the
@@ -111,7 +106,34 @@ pub fn channel(settings: &UpstreamSettings) -> anyhow::Result<UpstreamChannel> {
         .layer(RetryLayer::new(policy))
         // Tell the upstream how long it has, per attempt.
         .map_request(with_remaining_timeout)
+        // Who is asking, where a token says it.
+        .map_request(credentials.authorize())
         .service(balanced);
+    Ok(BoxCloneSyncService::new(stack))
+}
+
+/// The channel for an upstream's change feed: balanced over its replicas,
+/// connecting lazily, without the calls' deadline and retries. A feed is
+/// one long stream; its consumer reconnects with its own backoff.
+pub(super) fn feed_channel(
+    settings: &UpstreamSettings,
+    credentials: &Credentials,
+) -> anyhow::Result<UpstreamChannel> {
+    let name = settings.name;
+    let replicas = settings
+        .addrs
+        .iter()
+        .map(|addr| {
+            Ok(PendingRequests::new(credentials.replica(addr, settings)?, CompleteOnResponse::default()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let stack = ServiceBuilder::new()
+        .map_err(move |e: BoxError| match e.downcast::<Status>() {
+            Ok(status) => *status,
+            Err(other) => Status::unavailable(format!("{name} is unavailable: {other}")),
+        })
+        .map_request(credentials.authorize())
+        .service(Buffer::new(Balance::new(ServiceList::new(replicas)), 64));
     Ok(BoxCloneSyncService::new(stack))
 }
 
@@ -122,7 +144,9 @@ fn to_status(upstream: &str, err: CircuitBreakerError<BoxError>) -> Status {
         }
         CircuitBreakerError::Inner(inner) => match inner.downcast::<Status>() {
             Ok(status) => *status,
-            Err(other) => Status::unavailable(format!("{upstream} is unavailable: {other}")),
+            Err(other) => {
+                Status::unavailable(format!("{upstream} is unavailable: {}", crate::error::chain(&*other)))
+            }
         },
     }
 }

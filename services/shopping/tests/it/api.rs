@@ -288,11 +288,12 @@ async fn a_deleted_list_is_gone(db: TestDatabase) {
     let kept = s.add(&kept.list_id, &milk, 1, "").await.unwrap();
 
     s.delete(&doomed.list_id, "").await.expect("no etag deletes unconditionally");
+    // Gone, and refused as another customer's list is (AIP-211).
     let id = doomed.list_id.as_str();
-    assert_eq!(missing(&s.get(id).await.unwrap_err()), ("shopping_list".into(), id.into()));
-    assert_eq!(s.add(id, &milk, 1, "").await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(s.remove(id, &milk, "").await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(s.delete(id, "").await.unwrap_err().code(), Code::NotFound, "deleting twice");
+    assert_eq!(s.get(id).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(s.add(id, &milk, 1, "").await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(s.remove(id, &milk, "").await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(s.delete(id, "").await.unwrap_err().code(), Code::PermissionDenied, "deleting twice");
     assert_eq!(s.page(&ana, 0, "").await.unwrap().shopping_lists, [kept]);
 }
 
@@ -357,15 +358,17 @@ async fn listing_needs_a_customer_and_refuses_foreign_tokens(db: TestDatabase) {
     assert_eq!(s.page(&ana, 1, &token).await.unwrap().shopping_lists.len(), 1, "its own customer's");
 }
 
-/// Unknown ids are NOT_FOUND with the id as ResourceInfo; missing or
-/// oversized ids are INVALID_ARGUMENT on the id field.
+/// Unknown ids are PERMISSION_DENIED to a customer, as another customer's
+/// lists are (AIP-211: ids cannot be probed); missing or oversized ids are
+/// INVALID_ARGUMENT on the id field.
 async fn missing_and_unknown_ids_get_their_codes(db: TestDatabase) {
     let mut s = start(db).await;
+    s.customer("ana@example.com").await;
     let milk = s.product("Milk").await;
-    assert_eq!(missing(&s.get("lst_nope").await.unwrap_err()), ("shopping_list".into(), "lst_nope".into()));
-    assert_eq!(missing(&s.add("lst_nope", &milk, 1, "").await.unwrap_err()).1, "lst_nope");
-    assert_eq!(missing(&s.remove("lst_nope", &milk, "").await.unwrap_err()).1, "lst_nope");
-    assert_eq!(missing(&s.delete("lst_nope", "r1").await.unwrap_err()).1, "lst_nope");
+    assert_eq!(s.get("lst_nope").await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(s.add("lst_nope", &milk, 1, "").await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(s.remove("lst_nope", &milk, "").await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(s.delete("lst_nope", "r1").await.unwrap_err().code(), Code::PermissionDenied);
 
     assert_eq!(bad_fields(&s.get("").await.unwrap_err()), ["list_id"]);
     assert_eq!(bad_fields(&s.get(&"x".repeat(101)).await.unwrap_err()), ["list_id"]);

@@ -10,11 +10,12 @@ pub use agora_contracts::agora::{
 };
 use agora_platform::{Database, upstream::UpstreamSettings};
 use agora_shopping::ShoppingSettings;
-pub use agora_testing::{TestDatabase, TestServer};
+use agora_testing::Channel;
+pub use agora_testing::{TestDatabase, TestServer, Who};
 use catalog_pb::catalog_service_client::CatalogServiceClient;
 use customers_pb::customer_service_client::CustomerServiceClient;
 use pb::shopping_list_service_client::ShoppingListServiceClient;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
 /// The longest a test waits for a condition.
@@ -23,7 +24,13 @@ pub const BOUND: Duration = Duration::from_secs(10);
 /// Shopping, its two upstreams and their databases. Fields drop in order:
 /// servers stop before their databases are removed.
 pub struct Shop {
+    /// Shopping, as [`Self::shopper`].
     pub shopping: ShoppingListServiceClient<Channel>,
+    /// The customer who calls shopping: the last one registered, or the
+    /// one a helper named, or the owner of the list a helper names.
+    pub shopper: Who,
+    /// The owner of every list made through [`Shop::create`].
+    pub owners: std::collections::HashMap<String, String>,
     pub catalog: CatalogServiceClient<Channel>,
     pub customers: CustomerServiceClient<Channel>,
     pub shopping_server: TestServer,
@@ -39,7 +46,7 @@ pub struct Shop {
 }
 
 async fn start_catalog(db: &TestDatabase, addr: Option<SocketAddr>) -> TestServer {
-    let mut settings = agora_testing::settings(db);
+    let mut settings = agora_testing::settings("catalog", db);
     if let Some(addr) = addr {
         settings.grpc_addr = addr;
     }
@@ -47,7 +54,7 @@ async fn start_catalog(db: &TestDatabase, addr: Option<SocketAddr>) -> TestServe
 }
 
 async fn start_customers(db: &TestDatabase, addr: Option<SocketAddr>) -> TestServer {
-    let mut settings = agora_testing::settings(db);
+    let mut settings = agora_testing::settings("customers", db);
     if let Some(addr) = addr {
         settings.grpc_addr = addr;
     }
@@ -55,7 +62,7 @@ async fn start_customers(db: &TestDatabase, addr: Option<SocketAddr>) -> TestSer
 }
 
 async fn start_shopping(db: &TestDatabase, upstreams: ShoppingSettings) -> TestServer {
-    let settings = agora_testing::settings(db);
+    let settings = agora_testing::settings("shopping", db);
     TestServer::start(agora_shopping::build_with(settings, upstreams).await.expect("shopping builds")).await
 }
 
@@ -67,15 +74,17 @@ pub async fn start(shopping_db: TestDatabase) -> Shop {
     let catalog_server = start_catalog(&catalog_db, None).await;
     let customers_server = start_customers(&customers_db, None).await;
     let upstreams = ShoppingSettings {
-        catalog: UpstreamSettings::for_tests("catalog", vec![format!("http://{}", catalog_server.grpc_addr)]),
+        catalog: UpstreamSettings::for_tests("catalog", vec![agora_testing::url(catalog_server.grpc_addr)]),
         customers: UpstreamSettings::for_tests(
             "customers",
-            vec![format!("http://{}", customers_server.grpc_addr)],
+            vec![agora_testing::url(customers_server.grpc_addr)],
         ),
     };
     let shopping_server = start_shopping(&shopping_db, upstreams.clone()).await;
     Shop {
-        shopping: ShoppingListServiceClient::new(shopping_server.channel.clone()),
+        shopping: ShoppingListServiceClient::new(shopping_server.channel_as(&Who::Nobody)),
+        shopper: Who::Nobody,
+        owners: Default::default(),
         catalog: CatalogServiceClient::new(catalog_server.channel.clone()),
         customers: CustomerServiceClient::new(customers_server.channel.clone()),
         shopping_server,
@@ -104,7 +113,20 @@ impl Shop {
         while_down(&self.shopping_db).await;
         let fresh = start_shopping(&self.shopping_db, self.upstreams.clone()).await;
         drop(std::mem::replace(&mut self.shopping_server, fresh));
-        self.shopping = ShoppingListServiceClient::new(self.shopping_server.channel.clone());
+        self.shopping = ShoppingListServiceClient::new(self.shopping_server.channel_as(&self.shopper));
+    }
+
+    /// From now on, shopping is called as the customer `customer_id` (an
+    /// empty id, which no token can carry, changes nothing).
+    pub fn act_as(&mut self, customer_id: &str) {
+        if customer_id.is_empty() {
+            return;
+        }
+        let who = Who::customer(customer_id);
+        if self.shopper != who {
+            self.shopping = ShoppingListServiceClient::new(self.shopping_server.channel_as(&who));
+            self.shopper = who;
+        }
     }
 
     /// Where shopping's consumer of `feed` ("catalog" or "customers") has
@@ -156,7 +178,25 @@ impl Shop {
             .expect("product discontinued");
     }
 
-    /// A registered customer's id.
+    /// Calls shopping as the owner of `list_id`, when the list is one this
+    /// harness made.
+    fn act_as_owner_of(&mut self, list_id: &str) {
+        if let Some(owner) = self.owners.get(list_id).cloned() {
+            self.act_as(&owner);
+        }
+    }
+
+    /// A client of shopping as the customer `customer_id`.
+    pub fn shopping_as(&self, customer_id: &str) -> ShoppingListServiceClient<Channel> {
+        ShoppingListServiceClient::new(self.shopping_server.channel_as(&Who::customer(customer_id)))
+    }
+
+    /// A client of shopping as the owner of `list_id` (a list this harness made).
+    pub fn shopping_of(&self, list_id: &str) -> ShoppingListServiceClient<Channel> {
+        self.shopping_as(self.owners.get(list_id).expect("a list made by the harness"))
+    }
+
+    /// A registered customer's id; shopping is called as them from now on.
     pub async fn customer(&mut self, email: &str) -> String {
         let customer = customers_pb::Customer {
             given_name: "Ana".into(),
@@ -164,23 +204,31 @@ impl Shop {
             email: email.into(),
             ..Default::default()
         };
-        self.customers
+        let id = self
+            .customers
             .create_customer(customers_pb::CreateCustomerRequest { customer: Some(customer) })
             .await
             .expect("customer created")
             .into_inner()
             .customer
             .expect("customer in response")
-            .customer_id
+            .customer_id;
+        self.act_as(&id);
+        id
     }
 
+    /// A new list of `customer_id`, asked as them.
     pub async fn create(&mut self, customer_id: &str, title: &str) -> Result<pb::ShoppingList, Status> {
+        self.act_as(customer_id);
         let list =
             pb::ShoppingList { customer_id: customer_id.into(), title: title.into(), ..Default::default() };
-        self.shopping
+        let created = self
+            .shopping
             .create_shopping_list(pb::CreateShoppingListRequest { shopping_list: Some(list) })
             .await
-            .map(|r| r.into_inner().shopping_list.expect("list in response"))
+            .map(|r| r.into_inner().shopping_list.expect("list in response"))?;
+        self.owners.insert(created.list_id.clone(), created.customer_id.clone());
+        Ok(created)
     }
 
     /// A new list of a customer, which must succeed.
@@ -188,7 +236,9 @@ impl Shop {
         self.create(customer_id, title).await.expect("list created")
     }
 
+    /// The list, asked as its owner.
     pub async fn get(&mut self, list_id: &str) -> Result<pb::ShoppingList, Status> {
+        self.act_as_owner_of(list_id);
         self.shopping
             .get_shopping_list(pb::GetShoppingListRequest { list_id: list_id.into() })
             .await
@@ -202,6 +252,7 @@ impl Shop {
         quantity: i32,
         etag: &str,
     ) -> Result<pb::ShoppingList, Status> {
+        self.act_as_owner_of(list_id);
         add(&mut self.shopping, list_id, product_id, quantity, etag).await
     }
 
@@ -211,6 +262,7 @@ impl Shop {
         product_id: &str,
         etag: &str,
     ) -> Result<pb::ShoppingList, Status> {
+        self.act_as_owner_of(list_id);
         self.shopping
             .remove_item(pb::RemoveItemRequest {
                 list_id: list_id.into(),
@@ -222,6 +274,7 @@ impl Shop {
     }
 
     pub async fn delete(&mut self, list_id: &str, etag: &str) -> Result<(), Status> {
+        self.act_as_owner_of(list_id);
         self.shopping
             .delete_shopping_list(pb::DeleteShoppingListRequest {
                 list_id: list_id.into(),
@@ -231,13 +284,14 @@ impl Shop {
             .map(drop)
     }
 
-    /// One page of a customer's lists.
+    /// One page of a customer's lists, asked as them.
     pub async fn page(
         &mut self,
         customer_id: &str,
         page_size: i32,
         page_token: &str,
     ) -> Result<pb::ListShoppingListsResponse, Status> {
+        self.act_as(customer_id);
         self.shopping
             .list_shopping_lists(pb::ListShoppingListsRequest {
                 customer_id: customer_id.into(),

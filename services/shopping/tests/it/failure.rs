@@ -157,9 +157,10 @@ async fn a_catalog_answer_without_its_product_is_an_internal_error() {
     let product = s.product("Lamp").await;
     let customer = s.customer("ana@example.com").await;
     let list = s.list_of(&customer, "Home").await;
-    let proxy = agora_testing::Proxy::start(s.catalog_server.as_ref().expect("running").grpc_addr).await;
+    let proxy =
+        agora_testing::Proxy::start(s.catalog_server.as_ref().expect("running").grpc_addr, "shopping").await;
     proxy.answer_empty("GetProduct");
-    s.upstreams.catalog.addrs = vec![format!("http://{}", proxy.addr)];
+    s.upstreams.catalog.addrs = vec![agora_testing::url(proxy.addr)];
     s.restart_shopping().await;
     let err = s.add(&list.list_id, &product, 1, "").await.unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");

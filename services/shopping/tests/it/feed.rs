@@ -29,7 +29,7 @@ async fn wait_for_list(
     bound: Duration,
     condition: impl Fn(&pb::ShoppingList) -> bool,
 ) -> bool {
-    let probe = s.shopping.clone();
+    let probe = s.shopping_of(list_id);
     wait_until(bound, || {
         let mut probe = probe.clone();
         let request = pb::GetShoppingListRequest { list_id: list_id.into() };
@@ -114,7 +114,7 @@ async fn deleting_a_customer_deletes_their_lists(db: TestDatabase) {
         })
         .await
         .expect("customer deleted");
-    let probe = s.shopping.clone();
+    let probe = s.shopping_as(&ana);
     let gone = wait_until(BOUND, || {
         let mut probe = probe.clone();
         let request =
@@ -124,8 +124,9 @@ async fn deleting_a_customer_deletes_their_lists(db: TestDatabase) {
     .await;
     assert!(gone, "the deleted customer's lists are still listed");
     for list in [&groceries, &empty] {
+        // A list that is gone is refused as another customer's is (AIP-211).
         let err = s.get(&list.list_id).await.unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     }
     assert_eq!(s.get(&bobs.list_id).await.unwrap(), bobs, "another customer's list is untouched");
     let page = s.page(&bob, 10, "").await.unwrap();
@@ -235,7 +236,7 @@ async fn replaying_the_feeds_from_the_start_changes_nothing(db: TestDatabase) {
     );
     let (shop, bobs_id) = (&s, &bobs.list_id);
     let bob_gone = wait_until(BOUND, || async move {
-        let mut probe = shop.shopping.clone();
+        let mut probe = shop.shopping_of(bobs_id);
         probe.get_shopping_list(pb::GetShoppingListRequest { list_id: bobs_id.clone() }).await.is_err()
     })
     .await;
@@ -256,7 +257,7 @@ async fn replaying_the_feeds_from_the_start_changes_nothing(db: TestDatabase) {
     .await;
     assert!(replayed, "the feeds were not read again up to {cursors:?}");
     assert_eq!(s.get(&home.list_id).await.unwrap(), applied, "the replay changed the list");
-    assert_eq!(s.get(&bobs.list_id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(s.get(&bobs.list_id).await.unwrap_err().code(), Code::PermissionDenied);
 }
 
 /// The catalog goes away and comes back on the same address and database;

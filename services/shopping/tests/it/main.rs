@@ -8,4 +8,5 @@ mod failure;
 mod feed;
 mod migrations;
 mod runtime;
+mod security;
 mod startup;

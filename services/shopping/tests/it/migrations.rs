@@ -41,6 +41,7 @@ async fn a_database_of_the_earlier_history_is_adopted_with_its_rows(db: TestData
     old.close().await;
 
     let mut s = start(db).await;
+    s.owners.insert("lst_old".into(), "cus_old".into());
     let kept = s.get("lst_old").await.expect("the old list is served");
     assert_eq!(availability(&kept), [("prd_b".to_owned(), true), ("prd_a".to_owned(), false)]);
     assert_eq!(kept.etag, "r3");

@@ -41,14 +41,14 @@ async fn reflection_lists_the_services_of_this_server() {
 async fn shopping_serves_without_its_upstreams() {
     let nowhere = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
+        agora_testing::url(listener.local_addr().unwrap())
     };
     let db = TestDatabase::sqlite();
     let upstreams = ShoppingSettings {
         catalog: UpstreamSettings::for_tests("catalog", vec![nowhere.clone()]),
         customers: UpstreamSettings::for_tests("customers", vec![nowhere]),
     };
-    let app = agora_shopping::build_with(agora_testing::settings(&db), upstreams).await.unwrap();
+    let app = agora_shopping::build_with(agora_testing::settings("shopping", &db), upstreams).await.unwrap();
     let server = TestServer::start(app).await;
     for service in ["", SHOPPING] {
         assert_eq!(
@@ -57,10 +57,12 @@ async fn shopping_serves_without_its_upstreams() {
             "{service:?}"
         );
     }
-    let mut client = pb::shopping_list_service_client::ShoppingListServiceClient::new(server.channel.clone());
+    let mut client = pb::shopping_list_service_client::ShoppingListServiceClient::new(
+        server.channel_as(&agora_testing::Who::customer("cus_x")),
+    );
     let err =
         client.get_shopping_list(pb::GetShoppingListRequest { list_id: "lst_x".into() }).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.code(), Code::PermissionDenied);
     let lists = client
         .list_shopping_lists(pb::ListShoppingListsRequest {
             customer_id: "cus_x".into(),
@@ -78,6 +80,13 @@ async fn shopping_serves_without_its_upstreams() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("customers"), "{err:?}");
+    // A list of cus_x's (made while customers was up, say): adding to it
+    // needs the catalog.
+    db.execute(
+        "INSERT INTO shopping_lists (list_id, customer_id, title, revision, create_time, update_time) \
+         VALUES ('lst_x', 'cus_x', 'Groceries', 1, 0, 0)",
+    )
+    .await;
     let err = add(&mut client, "lst_x", "prd_x", 1, "").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("catalog"), "{err:?}");
@@ -88,6 +97,7 @@ async fn shopping_serves_without_its_upstreams() {
 #[test]
 fn bad_upstream_addresses_stop_the_process_with_a_clear_message() {
     let output = Command::new(env!("CARGO_BIN_EXE_agora-shopping"))
+        .envs(agora_testing::pki().env("shopping"))
         .env("AGORA_GRPC_ADDR", "127.0.0.1:0")
         .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
         .env("AGORA_CATALOG_ADDRS", "catalog:50051")
