@@ -6,8 +6,8 @@
 //! dev-dependency only: production binaries do not link it.
 //!
 //! PostgreSQL tests use `AGORA_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`) to create and drop their own
-//! databases. Where it is unreachable they are skipped with a printed
+//! `postgres://postgres@127.0.0.1:5432/test?sslmode=disable`) to create and
+//! drop their own databases, with the same options. Where it is unreachable they are skipped with a printed
 //! reason, unless `AGORA_REQUIRE_POSTGRES=1` (as in CI) makes that a failure.
 
 use std::{
@@ -100,8 +100,11 @@ impl TestDatabase {
     /// A new, empty PostgreSQL database, or None (with the reason printed)
     /// when PostgreSQL is not reachable and not required.
     pub async fn postgres() -> Option<Self> {
+        // Plaintext on loopback by default: a TLS handshake per connection
+        // would slow every PostgreSQL test, and TLS to PostgreSQL has a
+        // test of its own.
         let admin_url = std::env::var("AGORA_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into());
         let required = std::env::var("AGORA_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
             Ok(conn) => conn,
@@ -118,8 +121,11 @@ impl TestDatabase {
             .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("creating a test database");
-        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
-        let url = DatabaseUrl::new(format!("{base}/{name}"));
+        // The test database on the same server, with the same options.
+        let (server, options) = admin_url.split_once('?').map_or((admin_url.as_str(), ""), |(s, o)| (s, o));
+        let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+        let options = if options.is_empty() { String::new() } else { format!("?{options}") };
+        let url = DatabaseUrl::new(format!("{base}/{name}{options}"));
         Some(Self::Postgres { admin_url, name, url })
     }
 

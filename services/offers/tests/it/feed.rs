@@ -177,18 +177,16 @@ async fn the_consumer_reconnects_and_catches_up_after_the_catalog_returns() {
 async fn on_postgres_one_replica_applies_a_feed_and_another_takes_over() {
     use sqlx::{Connection as _, Row as _};
     let Some(db) = TestDatabase::postgres().await else { return };
-    let mut s = start_with(db, |settings, _| {
-        settings.database_url = agora_platform::config::DatabaseUrl::new(format!(
-            "{}?application_name=offers-a",
-            settings.database_url.expose()
-        ));
-    })
-    .await;
+    // The replica's name, as PostgreSQL shows it in pg_stat_activity.
+    let named = |url: &agora_platform::config::DatabaseUrl, name: &str| {
+        let url = url.expose();
+        let joint = if url.contains('?') { '&' } else { '?' };
+        agora_platform::config::DatabaseUrl::new(format!("{url}{joint}application_name={name}"))
+    };
+    let mut s =
+        start_with(db, |settings, _| settings.database_url = named(&settings.database_url, "offers-a")).await;
     let mut settings = agora_testing::settings("offers", &s.offers_db);
-    settings.database_url = agora_platform::config::DatabaseUrl::new(format!(
-        "{}?application_name=offers-b",
-        settings.database_url.expose()
-    ));
+    settings.database_url = named(&settings.database_url, "offers-b");
     let replica_b = TestServer::start(
         agora_offers::build_with(
             settings,
