@@ -10,7 +10,7 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run stop story seed token test readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
+.PHONY: help run stop story seed token postgres-tls test readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ token: ## Print a development token: ROLE=staff, or ROLE=customer SUBJECT=<custo
 
 test: ## Every test: the workspace's (nextest), then the Python client and grpcurl against the binaries
 	@tools/test.sh
+
+postgres-tls: ## Give the local PostgreSQL a certificate of a test CA, for the TLS test (root; reconfigures PostgreSQL)
+	@tools/postgres-tls.sh
 
 readme-test: grpcurl ## Run the README's quick start as written, against a system it starts and stops
 	@python3 tools/readme_test.py

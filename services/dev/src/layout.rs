@@ -60,16 +60,7 @@ impl Layout {
     /// signing key are kept once made (so tokens and trust survive a
     /// restart); every service certificate is issued anew.
     pub fn ensure(&self) -> anyhow::Result<(Authority, Signer)> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let ca = match (std::fs::read_to_string(self.ca_cert()), std::fs::read_to_string(self.ca_key())) {
-            (Ok(cert), Ok(key)) => Authority::load(&cert, &key)?,
-            _ => {
-                let ca = Authority::generate()?;
-                write(&self.ca_key(), &ca.key_pem(), true)?;
-                write(&self.ca_cert(), ca.cert_pem(), false)?;
-                ca
-            }
-        };
+        let ca = self.authority()?;
         let signer = match std::fs::read_to_string(self.signing_key()) {
             Ok(pem) => Signer::load(KID, &pem)?,
             Err(_) => {
@@ -85,6 +76,29 @@ impl Layout {
             write(&self.cert(service), &issued.cert_pem, false)?;
         }
         Ok((ca, signer))
+    }
+
+    /// The CA of the directory, made when missing.
+    pub fn authority(&self) -> anyhow::Result<Authority> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        Ok(match (std::fs::read_to_string(self.ca_cert()), std::fs::read_to_string(self.ca_key())) {
+            (Ok(cert), Ok(key)) => Authority::load(&cert, &key)?,
+            _ => {
+                let ca = Authority::generate()?;
+                write(&self.ca_key(), &ca.key_pem(), true)?;
+                write(&self.ca_cert(), ca.cert_pem(), false)?;
+                ca
+            }
+        })
+    }
+
+    /// A server certificate `<name>.pem` (and `<name>.key`) of the
+    /// directory's CA, for `localhost`, 127.0.0.1 and ::1: another server of
+    /// this machine (PostgreSQL) that clients verify against the CA.
+    pub fn server(&self, name: &str) -> anyhow::Result<()> {
+        let issued = self.authority()?.issue(&Leaf { common_name: name.to_owned(), ..Leaf::localhost() })?;
+        write(&self.key(name), &issued.key_pem, true)?;
+        write(&self.cert(name), &issued.cert_pem, false)
     }
 
     /// The signing key, once [`Self::ensure`] made it.

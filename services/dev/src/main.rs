@@ -3,6 +3,7 @@
 //! ```text
 //! agora-dev init [--dir DIR]                 make or renew the CA, certificates, signing key, JWKS
 //! agora-dev env SERVICE [--dir DIR]          the variables that run SERVICE with them (sh syntax)
+//! agora-dev server NAME [--dir DIR]          a server certificate NAME.pem of the CA, for localhost
 //! agora-dev token ROLE [SUBJECT] [--ttl S] [--dir DIR]
 //!                                            a token: ROLE is staff, customer (SUBJECT = customer id)
 //!                                            or service (SUBJECT = its name)
@@ -22,6 +23,7 @@ use agora_dev::{
 const USAGE: &str = "usage:
   agora-dev init [--dir DIR]
   agora-dev env SERVICE [--dir DIR]
+  agora-dev server NAME [--dir DIR]
   agora-dev token staff|customer|service [SUBJECT] [--ttl SECONDS] [--dir DIR]";
 
 fn main() -> ExitCode {
@@ -63,6 +65,14 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             for (name, value) in layout.env(service) {
                 println!("export {name}='{value}'");
             }
+        }
+        ["server", name] => {
+            layout.server(name)?;
+            eprintln!(
+                "agora-dev: {} and its key, from the CA {}",
+                layout.cert(name).display(),
+                layout.ca_cert().display()
+            );
         }
         ["token", "staff"] => {
             println!("{}", layout.signer()?.sign(&Claims::new("dev-staff", &["staff"], ttl))?)

@@ -348,3 +348,52 @@ async fn the_insecure_opt_out_warns_and_shows_in_the_metrics() {
     let metrics = http_get(c.server.admin_addr, "/metrics").await;
     assert!(metrics.contains(r#"agora_insecure{switched_off="tls"} 1"#), "{metrics}");
 }
+
+/// The CA of the local PostgreSQL's certificate (`make postgres-tls`), or
+/// None with the reason printed (a failure where PostgreSQL is required).
+fn postgres_tls_ca() -> Option<PathBuf> {
+    let path = std::env::var("AGORA_TEST_POSTGRES_TLS_CA")
+        .map_or_else(|_| PathBuf::from("/etc/postgresql/agora-tls/ca.pem"), PathBuf::from);
+    if path.exists() {
+        return Some(path);
+    }
+    let reason = format!(
+        "PostgreSQL has no certificate of a test CA ({} is missing: run make postgres-tls)",
+        path.display()
+    );
+    assert!(std::env::var("AGORA_REQUIRE_POSTGRES").as_deref() != Ok("1"), "{reason}");
+    agora_testing::skipped(&reason);
+    None
+}
+
+/// When the URL asks for it (sslmode=verify-full and the CA), the catalog
+/// talks to PostgreSQL over TLS only, having verified the server's
+/// certificate and name; a certificate of another CA is refused.
+#[tokio::test]
+async fn postgres_is_reached_over_verified_tls_when_the_url_asks() {
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let Some(ca) = postgres_tls_ca() else { return };
+    let base = db.url().expose().split('?').next().unwrap().to_owned();
+    let verified = |ca: &std::path::Path, name: &str| {
+        format!("{base}?sslmode=verify-full&sslrootcert={}&application_name={name}", ca.display())
+    };
+    let url = agora_platform::config::DatabaseUrl::new(verified(&ca, "catalog-tls"));
+    let mut c = start_with(db, |s| s.database_url = url).await;
+    family(&mut c.client, "Lamps").await;
+
+    use sqlx::Connection as _;
+    let mut observer = sqlx::PgConnection::connect(&format!("{base}?sslmode=disable")).await.unwrap();
+    let (all_tls, connections): (Option<bool>, i64) = sqlx::query_as(
+        "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'catalog-tls'",
+    )
+    .fetch_one(&mut observer)
+    .await
+    .unwrap();
+    assert!(connections > 0 && all_tls == Some(true), "{connections} connections, TLS: {all_tls:?}");
+
+    let stranger =
+        sqlx::PgConnection::connect(&verified(&pki().dir().join("ca.pem"), "stranger")).await.unwrap_err();
+    let chain = agora_platform::error::chain(&stranger);
+    assert!(chain.contains("invalid peer certificate"), "{chain}");
+}
