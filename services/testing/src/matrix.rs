@@ -24,7 +24,7 @@ use tonic::{Code, Status, service::interceptor::InterceptedService};
 use crate::{Bearer, Channel, Who, pki, security::url};
 
 /// A token a test forges, or its absence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter)]
 pub enum Forgery {
     /// No token and no client certificate.
     Anonymous,
@@ -64,25 +64,11 @@ impl Role {
     /// context's certificate, a certificate of the CA that names a service
     /// no map knows, a service token, and every forgery.
     pub fn all() -> Vec<Role> {
-        use Forgery::*;
+        use strum::IntoEnumIterator as _;
         let mut roles = vec![Role::Staff, Role::Owner, Role::OtherCustomer];
         roles.extend(["catalog", "customers", "offers", "shopping", "intruder"].map(Role::ServiceCert));
         roles.extend(["offers", "shopping"].map(Role::ServiceToken));
-        roles.extend(
-            [
-                Anonymous,
-                Garbled,
-                Expired,
-                NotYetValid,
-                WrongIssuer,
-                WrongAudience,
-                AlgNone,
-                Hs256WithPublicKey,
-                ForeignKey,
-                UnknownKid,
-            ]
-            .map(Role::Forged),
-        );
+        roles.extend(Forgery::iter().map(Role::Forged));
         roles
     }
 
@@ -171,11 +157,13 @@ pub fn channel(addr: SocketAddr, role: Role, owner: &str) -> Channel {
 
 /// Calls every RPC of `policy` (the service of `context`) as every role,
 /// with `call(method, role)`, and fails with every case whose code is not
-/// the promised one.
+/// the promised one. The policy must also stand in docs/SECURITY.md, row
+/// for row.
 pub async fn check<F>(context: &str, policy: &Policy, mut call: F)
 where
     F: AsyncFnMut(&'static str, Role) -> Result<(), Status>,
 {
+    assert_documented(policy, context);
     let grants = service_grants(context);
     let mut wrong = Vec::new();
     let mut cases = 0;

@@ -90,11 +90,6 @@ async fn some_product(staff: &mut CatalogServiceClient<agora_testing::Channel>) 
     product(staff, &family.family_id, "Lamp", 100).await.product_id
 }
 
-#[test]
-fn the_policy_is_documented_row_for_row() {
-    matrix::assert_documented(&agora_catalog::api::POLICY, "catalog");
-}
-
 /// The admin port answers health in plaintext, without a token, and
 /// nothing else of gRPC: no catalog call, no reflection beyond health.
 #[tokio::test]

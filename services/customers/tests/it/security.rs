@@ -60,11 +60,6 @@ async fn every_rpc_answers_every_caller_as_the_policy_says() {
     .await;
 }
 
-#[test]
-fn the_policy_is_documented_row_for_row() {
-    matrix::assert_documented(&agora_customers::api::POLICY, "customers");
-}
-
 /// A customer reads and closes their own record only; the changes of a
 /// record are audited by id, whoever makes them, and carry no address.
 #[tokio::test]

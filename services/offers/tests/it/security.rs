@@ -47,11 +47,6 @@ async fn every_rpc_answers_every_caller_as_the_policy_says() {
     .await;
 }
 
-#[test]
-fn the_policy_is_documented_row_for_row() {
-    matrix::assert_documented(&agora_offers::api::POLICY, "offers");
-}
-
 /// A customer sees the offers meant for everyone and their own, and no
 /// other customer's, whether it exists or not.
 #[tokio::test]

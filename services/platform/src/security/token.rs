@@ -8,8 +8,18 @@
 //! audience, has a subject, and is within `nbf` and `exp` give or take the
 //! leeway. Tokens never reach a log, an error message or a metric: a
 //! rejection is described by its [`Rejection`] only.
+//!
+//! A client sends the same token with every call until it renews it, and
+//! checking a signature costs more than serving a read (BENCHMARKS.md), so
+//! a verified token is remembered ([`Verified`]) and, while the JWKS is the
+//! same, only its times are checked again.
 
-use std::{str::FromStr as _, time::Duration};
+use std::{
+    collections::HashMap,
+    str::FromStr as _,
+    sync::{Arc, PoisonError, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::Context as _;
 use jsonwebtoken::{
@@ -98,6 +108,10 @@ pub struct Claims {
     /// RFC 9068's `roles`: `staff`, `service`, or none for a customer.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Seconds since the epoch: not valid after (required).
+    pub exp: i64,
+    /// Seconds since the epoch: not valid before, when given.
+    pub nbf: Option<i64>,
 }
 
 /// One usable key of the JWKS.
@@ -139,10 +153,43 @@ fn parse_jwks(json: &[u8]) -> anyhow::Result<Keys> {
     Ok(Keys(keys))
 }
 
+/// Tokens already verified, by their text, with the keys they were
+/// verified with. Written by hand: a map cleared when it is full is all it
+/// takes, since an entry is good for a token's lifetime at most and a
+/// client renews its token long before a busy server meets this bound;
+/// the cache crates' eviction policies would buy nothing here.
+#[derive(Default)]
+struct Verified(RwLock<HashMap<Box<str>, Remembered>>);
+
+/// The keys a token was verified with, and its claims.
+type Remembered = (Arc<Keys>, Claims);
+
+/// Tokens remembered at most; the map is emptied when it reaches this.
+const VERIFIED_BOUND: usize = 10_000;
+
+impl Verified {
+    /// The claims of `token` when it was verified with `keys`.
+    fn get(&self, token: &str, keys: &Arc<Keys>) -> Option<Claims> {
+        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let (verified_with, claims) = map.get(token)?;
+        Arc::ptr_eq(verified_with, keys).then(|| claims.clone())
+    }
+
+    fn put(&self, token: &str, keys: Arc<Keys>, claims: Claims) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= VERIFIED_BOUND {
+            map.clear();
+        }
+        map.insert(token.into(), (keys, claims));
+    }
+}
+
 /// Verifies bearer tokens.
 #[derive(Clone)]
 pub struct Verifier {
     keys: Reloading<Keys>,
+    verified: Arc<Verified>,
+    leeway: i64,
     /// Issuer, audience, leeway and required claims, one for each
     /// accepted algorithm (a token is checked with its own).
     validations: Vec<Validation>,
@@ -171,18 +218,40 @@ impl Verifier {
                 validation
             })
             .collect();
-        Ok(Self { keys, validations })
+        Ok(Self { keys, validations, verified: Arc::default(), leeway: settings.leeway.as_secs() as i64 })
     }
 
     /// The claims of a valid `token`, or why it is not.
     pub fn verify(&self, token: &str) -> Result<Claims, Rejection> {
+        let keys = self.keys.get();
+        let claims = match self.verified.get(token, &keys) {
+            Some(claims) => claims,
+            None => {
+                let claims = self.check(token, &keys)?;
+                self.verified.put(token, keys, claims.clone());
+                claims
+            }
+        };
+        // The times again, as the signature check did them: a remembered
+        // token expires like any other.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        if claims.exp < now - self.leeway {
+            return Err(Rejection::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + self.leeway) {
+            return Err(Rejection::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// The signature, the algorithm, the issuer, the audience and the times of `token`.
+    fn check(&self, token: &str, keys: &Keys) -> Result<Claims, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         let validation = ALGORITHMS
             .iter()
             .position(|alg| *alg == header.alg)
             .map(|i| &self.validations[i])
             .ok_or(Rejection::Algorithm)?;
-        let keys = self.keys.get();
         let key = match &header.kid {
             Some(kid) => keys.0.iter().find(|k| k.kid.as_deref() == Some(kid.as_str())),
             None if keys.0.len() == 1 => keys.0.first(),
@@ -208,5 +277,53 @@ impl Verifier {
             return Err(Rejection::Malformed);
         }
         Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A remembered token is checked for its times at every call, and a
+    /// new JWKS makes the verifier forget what it verified with the old.
+    #[tokio::test]
+    async fn remembered_tokens_still_expire_and_are_forgotten_with_their_keys() {
+        use agora_dev::tokens::{AUDIENCE, ISSUER, Signer};
+        let dir = std::env::temp_dir().join(format!("agora-verifier-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jwks = dir.join("jwks.json");
+        let first = Signer::generate("first").unwrap();
+        std::fs::write(&jwks, first.jwks().unwrap()).unwrap();
+        let settings = TokenSettings {
+            jwks: jwks.clone(),
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway: Duration::ZERO,
+        };
+        let verifier = Verifier::start(&settings, Duration::from_millis(10)).unwrap();
+        let token = first.sign(&agora_dev::tokens::Claims::new("cus_1", &[], 600)).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().sub, "cus_1");
+
+        // Its time passes while it is remembered.
+        let keys = verifier.keys.get();
+        let mut claims = verifier.verified.get(&token, &keys).expect("remembered");
+        claims.exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 - 1;
+        verifier.verified.put(&token, keys, claims);
+        assert_eq!(verifier.verify(&token).unwrap_err(), Rejection::Expired);
+
+        // A new JWKS without its key: the token is checked again, and refused.
+        let fresh = first.sign(&agora_dev::tokens::Claims::new("cus_2", &[], 600)).unwrap();
+        assert!(verifier.verify(&fresh).is_ok());
+        std::fs::write(&jwks, Signer::generate("second").unwrap().jwks().unwrap()).unwrap();
+        let mut refused = false;
+        for _ in 0..500 {
+            if matches!(verifier.verify(&fresh), Err(Rejection::UnknownKey)) {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "a token of a removed key was still accepted");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

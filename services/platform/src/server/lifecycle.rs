@@ -39,18 +39,8 @@ impl Task {
 const TASKS_BOUND: Duration = Duration::from_secs(5);
 
 pub(super) async fn run(app: Application) -> anyhow::Result<()> {
-    let Application {
-        spec,
-        settings,
-        database,
-        migrations,
-        grpc_listener,
-        admin_listener,
-        mut services,
-        tls,
-        authorizer,
-    } = app;
-    let grpc_addr = grpc_listener.local_addr()?;
+    let Application { spec, settings, database, migrations, grpc, admin_listener, mut services } = app;
+    let grpc_addr = grpc.listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let shutdown = services.shutdown();
     let tasks = std::mem::take(&mut services.tasks);
@@ -59,7 +49,7 @@ pub(super) async fn run(app: Application) -> anyhow::Result<()> {
         %grpc_addr,
         %admin_addr,
         database = ?settings.database_url,
-        tls = tls.is_some(),
+        tls = grpc.tls.is_some(),
         "starting"
     );
     for missing in settings.security.missing() {
@@ -97,9 +87,7 @@ pub(super) async fn run(app: Application) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let listening = grpc::Listening { listener: grpc_listener, tls, authorizer };
-    let served =
-        serve_until_drained(services, &settings, &health, health_service, listening, &shutdown).await;
+    let served = serve_until_drained(services, &settings, &health, health_service, grpc, &shutdown).await;
 
     // The rest of the mirror of start-up: the background tasks (told to
     // stop when shutdown began) end, then the admin server, then the

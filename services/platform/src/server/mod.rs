@@ -147,11 +147,10 @@ pub struct Application {
     settings: Settings,
     database: Database,
     migrations: Migrations,
-    grpc_listener: TcpListener,
+    /// The gRPC port, its TLS and who may call what on it.
+    grpc: grpc::Listening,
     admin_listener: TcpListener,
     services: Services,
-    tls: Option<ServerTls>,
-    authorizer: Authorizer,
 }
 
 impl Application {
@@ -189,21 +188,12 @@ impl Application {
         let admin_listener = TcpListener::bind(settings.admin_addr)
             .await
             .with_context(|| format!("binding the admin address {}", settings.admin_addr))?;
-        Ok(Self {
-            spec,
-            settings,
-            database,
-            migrations,
-            grpc_listener,
-            admin_listener,
-            services,
-            tls,
-            authorizer,
-        })
+        let grpc = grpc::Listening { listener: grpc_listener, tls, authorizer };
+        Ok(Self { spec, settings, database, migrations, grpc, admin_listener, services })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener.local_addr().expect("bound listener")
+        self.grpc.listener.local_addr().expect("bound listener")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -212,7 +202,7 @@ impl Application {
 
     /// The server's TLS, when it has it (tests wait on its reloads).
     pub fn tls(&self) -> Option<ServerTls> {
-        self.tls.clone()
+        self.grpc.tls.clone()
     }
 
     /// A handle that starts shutdown, as SIGTERM does.

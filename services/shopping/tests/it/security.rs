@@ -56,8 +56,3 @@ async fn every_rpc_answers_every_caller_as_the_policy_says() {
     })
     .await;
 }
-
-#[test]
-fn the_policy_is_documented_row_for_row() {
-    matrix::assert_documented(&agora_shopping::api::POLICY, "shopping");
-}
