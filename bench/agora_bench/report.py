@@ -156,6 +156,12 @@ def getproduct_rows(rows: Rows, pg_skip) -> None:
     rows.request("get_sqlite", vs=f"{g['rps'] / bare:.2f}× bare, {g['rps'] / py:.1f}× Python",
                  goals=f"≥ 0.6× bare: {goal(g['rps'] >= 0.6 * bare)}; ≥ 10× Python: {goal(g['rps'] >= 10 * py)}; "
                        f"p99 < 2 ms at 80 %: {goal(g['p99_80'] < 2)}")
+    g_cpu = sum(g["cpu_us"].values())
+    for key, what in (("get_tls", "TLS"), ("get_secure", "TLS and token checks")):
+        x = r[key]
+        x_cpu = sum(x["cpu_us"].values())
+        rows.request(key, vs=f"{x['rps'] / g['rps']:.2f}× plaintext; {what} cost {x_cpu - g_cpu:+.1f} µs CPU a call",
+                     goals=f"p99 < 2 ms at 80 %: {goal(x['p99_80'] < 2)}")
     if "get_postgres" in r:
         p = r["get_postgres"]
         rows.request("get_postgres", vs=f"{p['rps'] / bare:.2f}× bare, {p['rps'] / py:.1f}× Python",

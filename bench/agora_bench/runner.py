@@ -75,7 +75,7 @@ def build() -> None:
         return
     log("building release binaries (profile release)")
     cmd = ["cargo", "build", "--release", "-q"] + [
-        arg for p in [f"agora-{s}" for s in SERVICES] + ["agora-bench-bare"] for arg in ("-p", p)
+        arg for p in [f"agora-{s}" for s in SERVICES] + ["agora-dev", "agora-bench-bare"] for arg in ("-p", p)
     ]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=3600)
 
@@ -147,11 +147,12 @@ class Server:
         raise TimeoutError(f"{self.name} did not print its address within {bound} s")
 
     def wait_serving(self, bound: float = BOUND, pause: float = 0.001) -> "Server":
-        """Waits for the listening line, then for health SERVING."""
+        """Waits for the listening line, then for health SERVING: on the admin port, in plaintext, where
+        the server has one (an Agora service, TLS or not), else on its gRPC port."""
         if self.grpc is None:
             self.wait_listening(bound)
         deadline = time.monotonic() + bound
-        with grpc.insecure_channel(self.grpc) as channel:
+        with grpc.insecure_channel(self.admin or self.grpc) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 try:
@@ -331,9 +332,45 @@ class Client:
         self.dir, self.catalog, self.offers, self.timestamp = out, catalog, offers, timestamp_pb2.Timestamp
 
 
-def call(addr: str, path: str, request, response_cls, timeout: float = 10):
-    """One unary call; returns (grpc code, response or None, details)."""
-    with grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 * MIB)]) as ch:
+class DevCredentials:
+    """Development credentials made by agora-dev in `dir`: the environment that runs a service with
+    TLS (and tokens), a token, and the channel credentials of a client."""
+
+    def __init__(self, dir: Path):
+        self.dir = dir
+        self.dev("init")
+        self.ca = (dir / "ca.pem").read_bytes()
+
+    def dev(self, *args: str) -> str:
+        done = subprocess.run([str(RELEASE / "agora-dev"), *args, "--dir", str(self.dir)],
+                              capture_output=True, text=True, check=True, timeout=60)
+        return done.stdout.strip()
+
+    def env(self, service: str, tokens: bool = True) -> dict:
+        """TLS with the service's certificate, and token checks unless `tokens` is False (then
+        AGORA_INSECURE=1 switches them off, and only them)."""
+        env = {}
+        for line in self.dev("env", service).splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = value.strip("'")
+        if not tokens:
+            env = {k: v for k, v in env.items() if not k.startswith(("AGORA_JWKS", "AGORA_JWT"))}
+        env["AGORA_INSECURE"] = "0" if tokens else "1"
+        return env
+
+    def token(self, role: str, subject: str = "") -> str:
+        return self.dev("token", role, *([subject] if subject else []))
+
+    def channel(self, addr: str, token: str | None) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(self.ca)
+        if token:
+            creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+        return grpc.secure_channel(addr, creds, options=[("grpc.max_receive_message_length", 64 * MIB)])
+
+
+def call(addr: str, path: str, request, response_cls, timeout: float = 10, channel=None):
+    """One unary call (on `channel`, a TLS one, when given); returns (grpc code, response or None, details)."""
+    with channel or grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 * MIB)]) as ch:
         rpc = ch.unary_unary(path, request_serializer=type(request).SerializeToString,
                              response_deserializer=response_cls.FromString)
         try:
@@ -373,8 +410,11 @@ class H2load:
         self.work, self.count = work, 0
 
     def run(self, addr: str, path: str, body: bytes, *, n: int | None = None, duration: float | None = None,
-            clients: int = CLIENTS, streams: int = STREAMS, rps_per_client: float | None = None) -> dict:
-        """One h2load run (one thread); returns req/s, counts and per-request latencies (ms) from its log."""
+            clients: int = CLIENTS, streams: int = STREAMS, rps_per_client: float | None = None,
+            tls: bool = False, token: str | None = None) -> dict:
+        """One h2load run (one thread); returns req/s, counts and per-request latencies (ms) from its log.
+        `tls`: over TLS (h2load negotiates h2 by ALPN and does not verify the certificate); `token`: sent
+        as a bearer token with every call."""
         self.count += 1
         data = self.work / f"h2load-{self.count:03d}.bin"
         data.write_bytes(body)
@@ -391,7 +431,9 @@ class H2load:
             bound = BOUND * 5
         if rps_per_client:
             cmd += ["--rps", f"{rps_per_client:.2f}"]
-        cmd.append(f"http://{addr}{path}")
+        if token:
+            cmd += ["-H", f"authorization: Bearer {token}"]
+        cmd.append(f"{'https' if tls else 'http'}://{addr}{path}")
         started = time.monotonic()
         # subprocess.run kills h2load when the bound passes.
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=bound)
@@ -451,6 +493,7 @@ class Bench:
 
     def __init__(self, work: Path, procs: Procs, client: Client):
         self.work, self.procs, self.client, self.h2 = work, procs, client, H2load(work)
+        self.dev = DevCredentials(work / "dev")
         self.results: dict[str, dict] = {}
         self.failures: list[str] = []
 
@@ -479,18 +522,20 @@ class Bench:
 
     def capacity(self, label: str, addr: str, path: str, body: bytes, check, *, servers: list,
                  extra_cpu=None, method: str | None = None, clients: int = CLIENTS, streams: int = STREAMS,
-                 expected: tuple = ()) -> dict:
+                 expected: tuple = (), tls: bool = False, token: str | None = None) -> dict:
         """A check, a calibration run, the measured run (req/s, latency, CPU and context switches per call,
         gRPC codes from the server's metrics), a check."""
         ok_before = self.check(f"{label} (before)", check)
-        calibration = self.h2.run(addr, path, body, duration=CALIBRATE_SECONDS, clients=clients, streams=streams)
+        wire = dict(tls=tls, token=token)
+        calibration = self.h2.run(addr, path, body, duration=CALIBRATE_SECONDS, clients=clients, streams=streams,
+                                  **wire)
         n = int(min(2_000_000, max(500, calibration["rps"] * RUN_SECONDS)))
         # The calibration ends by cancelling its open calls: let the server finish them first.
         for s in servers:
             s.wait_idle()
         before = self.readings(servers, extra_cpu)
         server0, load0 = core_times(SERVER_CPU), core_times(LOAD_CPU)
-        run = self.h2.run(addr, path, body, n=n, clients=clients, streams=streams)
+        run = self.h2.run(addr, path, body, n=n, clients=clients, streams=streams, **wire)
         server1, load1 = core_times(SERVER_CPU), core_times(LOAD_CPU)
         after = self.readings(servers, extra_cpu)
         cpu0, cpu1 = before["cpu"], after["cpu"]
@@ -530,19 +575,19 @@ class Bench:
         return result
 
     def paced(self, result: dict, addr: str, path: str, body: bytes, *, clients: int = CLIENTS,
-              streams: int = STREAMS) -> None:
+              streams: int = STREAMS, **wire) -> None:
         """Latency at 80 % of the measured capacity: the same connections, paced with --rps."""
         target = 0.8 * result["rps"]
         n80 = int(max(500, target * RUN_SECONDS))
         paced = self.h2.run(addr, path, body, n=n80, clients=clients, streams=streams,
-                            rps_per_client=target / clients)
+                            rps_per_client=target / clients, **wire)
         result.update(rps80=paced["rps"], p50_80=percentile(paced["latencies"], 50),
                       p99_80=percentile(paced["latencies"], 99))
 
-    def light(self, result: dict, addr: str, path: str, body: bytes) -> None:
+    def light(self, result: dict, addr: str, path: str, body: bytes, **wire) -> None:
         """Latency at a light load: LIGHT_RPS on one connection, a few calls at a time."""
         light = self.h2.run(addr, path, body, n=int(LIGHT_RPS * RUN_SECONDS), clients=1, streams=4,
-                            rps_per_client=LIGHT_RPS)
+                            rps_per_client=LIGHT_RPS, **wire)
         result.update(p50_light=percentile(light["latencies"], 50), p99_light=percentile(light["latencies"], 99))
 
     def report(self, key: str, result: dict) -> dict:
@@ -579,7 +624,8 @@ class Bench:
             result = runs[len(runs) // 2]
             result["rounds"] = [r["rps"] for r in rounds[c["key"]]]
             result["checked"] = all(r["checked"] for r in runs)
-            self.paced(result, c["addr"], c["path"], c["body"])
-            self.light(result, c["addr"], c["path"], c["body"])
+            wire = {k: c[k] for k in ("tls", "token") if k in c}
+            self.paced(result, c["addr"], c["path"], c["body"], **wire)
+            self.light(result, c["addr"], c["path"], c["body"], **wire)
             result["checked"] &= self.check(f"{c['label']} (after the paced runs)", c["check"])
             self.report(c["key"], result)

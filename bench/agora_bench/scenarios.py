@@ -54,12 +54,15 @@ def run_all(bench: Bench, info: dict, created: list) -> None:
     publish(bench, info, {"available_count": available_count}, data.pg_skip)
 
 
-def get_check(bench: Bench, addr: str, want: str = MIDDLE):
-    """A check for Bench: GetProduct of `want` answers OK with that product, at revision 1, priced."""
+def get_check(bench: Bench, addr: str, want: str = MIDDLE, tls: bool = False, token: str | None = None):
+    """A check for Bench: GetProduct of `want` answers OK with that product, at revision 1, priced
+    (over TLS trusting the development CA, with `token`, when `tls`)."""
     cat = bench.client.catalog
 
     def check():
-        code, resp, details = call(addr, GET_PATH, cat.GetProductRequest(product_id=want), cat.GetProductResponse)
+        channel = bench.dev.channel(addr, token) if tls else None
+        code, resp, details = call(addr, GET_PATH, cat.GetProductRequest(product_id=want), cat.GetProductResponse,
+                                   channel=channel)
         if code != grpc.StatusCode.OK:
             return f"{code.name}: {details}"
         if resp.product.product_id != want or resp.product.etag != "r1" or not resp.product.price.currency_code:
@@ -91,6 +94,20 @@ def getproduct_side_by_side(bench: Bench, data: Data) -> None:
             dict(key="get_sqlite", label=f"Agora catalog, GetProduct, SQLite ({SMALL:,} products)",
                  addr=catalog.grpc, servers=[catalog], method=GET_PATH),
         ]
+        # The cost of security: the same catalog with TLS, then with TLS and a token on every call.
+        catalog_tls = start_service(procs, "catalog-tls", "catalog", f"sqlite:{data.small_db}",
+                                    **bench.dev.env("catalog", tokens=False))
+        started.append(catalog_tls.wait_serving())
+        catalog_secure = start_service(procs, "catalog-secure", "catalog", f"sqlite:{data.small_db}",
+                                       **bench.dev.env("catalog"))
+        started.append(catalog_secure.wait_serving())
+        token = bench.dev.token("customer", "cus_bench")
+        contenders += [
+            dict(key="get_tls", label="Agora catalog, GetProduct, SQLite, TLS 1.3", addr=catalog_tls.grpc,
+                 servers=[catalog_tls], method=GET_PATH, tls=True),
+            dict(key="get_secure", label="Agora catalog, GetProduct, SQLite, TLS 1.3 and a customer's token",
+                 addr=catalog_secure.grpc, servers=[catalog_secure], method=GET_PATH, tls=True, token=token),
+        ]
         if data.pg_db:
             catalog_pg = start_service(procs, "catalog", "catalog", data.pg_url)
             started.append(catalog_pg.wait_serving())
@@ -98,7 +115,8 @@ def getproduct_side_by_side(bench: Bench, data: Data) -> None:
                                    addr=catalog_pg.grpc, servers=[catalog_pg], method=GET_PATH,
                                    extra_cpu=lambda: postgres_backends_cpu(data.pg_db)))
         for c in contenders:
-            c.update(path=GET_PATH, body=get_body(bench), check=get_check(bench, c["addr"]))
+            c.update(path=GET_PATH, body=get_body(bench),
+                     check=get_check(bench, c["addr"], tls=c.get("tls", False), token=c.get("token")))
         bench.contest(contenders)
     finally:
         for s in started:
