@@ -37,10 +37,12 @@ agora_running() {
   [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null
 }
 
-# Whether the service whose admin port is 127.0.0.1:$1 reports SERVING:
-# plaintext health, as a Kubernetes probe asks it.
+# Whether the service whose admin port is $1 (a port on 127.0.0.1, or
+# host:port) reports SERVING: plaintext health, as a Kubernetes probe asks it.
 serving() {
-  "$GRPCURL" -plaintext -max-time 1 "127.0.0.1:$1" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'
+  local addr=$1
+  [[ "$addr" == *:* ]] || addr="127.0.0.1:$addr"
+  "$GRPCURL" -plaintext -max-time 1 "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'
 }
 
 # Stops here with one line unless the service at $1 answers over TLS.

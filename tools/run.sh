@@ -6,6 +6,9 @@
 # under data/dev by agora-dev). Waits until all report SERVING, loads the
 # sample data, prints the endpoints and calls to try, and stops them all
 # cleanly on Ctrl-C or `make stop`. PROFILE=release builds optimised binaries.
+# REPLICAS=N (with DB=postgres) runs N replicas of each service, replica r
+# on 127.0.0.r with the same ports, sharing its context's database; each
+# downstream balances over every replica of its upstreams.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/lib.sh
@@ -13,6 +16,15 @@ source tools/lib.sh
 PROFILE=${PROFILE:-dev}
 SEED=${SEED:-1}
 DB=${DB:-sqlite}
+REPLICAS=${REPLICAS:-1}
+case "$REPLICAS" in
+  [1-9]) ;;
+  *) echo "REPLICAS=$REPLICAS: expected 1 to 9" >&2; exit 2 ;;
+esac
+if [ "$REPLICAS" != 1 ] && [ "$DB" != postgres ]; then
+  echo "REPLICAS=$REPLICAS needs DB=postgres: a SQLite file belongs to one process" >&2
+  exit 2
+fi
 target_dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 # One system at a time: a second one would find its ports taken and write
@@ -23,13 +35,22 @@ if agora_running; then
 fi
 for s in "${SERVICES[@]}"; do
   set -- $s
-  for port in "$2" "$3"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "port $port (agora-$1) is in use by another program; stop it first" >&2
-      exit 1
-    fi
+  for r in $(seq 1 "$REPLICAS"); do
+    for port in "$2" "$3"; do
+      if (exec 3<>"/dev/tcp/127.0.0.$r/$port") 2>/dev/null; then
+        echo "port 127.0.0.$r:$port (agora-$1) is in use by another program; stop it first" >&2
+        exit 1
+      fi
+    done
   done
 done
+
+# Every replica of a service, as its downstreams reach it.
+replicas_of() {
+  local port=$1 r addrs=()
+  for r in $(seq 1 "$REPLICAS"); do addrs+=("https://127.0.0.$r:$port"); done
+  (IFS=,; echo "${addrs[*]}")
+}
 
 case "$DB" in
   sqlite) url_prefix="sqlite:data/" url_suffix=".db" ;;
@@ -66,43 +87,50 @@ stop_all() {
 trap 'stop_all; exit 0' INT TERM
 
 # Logs are appended to, never truncated: a run starts with a line of its own.
+# Replica 1 logs to data/logs/<service>.log, replica r to <service>-r.log.
+started=()  # "name admin-host:port log" of each process, in start order
 for s in "${SERVICES[@]}"; do
   set -- $s
-  echo "== make run, $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"data/logs/$1.log"
-  (
-    # TLS, client CA, JWKS, issuer and audience of the development credentials.
-    eval "$("$target_dir/agora-dev" env "$1" --dir "$DEV_DIR")"
-    AGORA_GRPC_ADDR="127.0.0.1:$2" AGORA_ADMIN_ADDR="127.0.0.1:$3" \
-    AGORA_DATABASE_URL="$url_prefix$1$url_suffix" \
-    AGORA_DRAIN_DELAY_MS="${AGORA_DRAIN_DELAY_MS:-500}" \
-      exec "$target_dir/agora-$1"
-  ) >>"data/logs/$1.log" 2>&1 &
-  pids+=($!)
+  for r in $(seq 1 "$REPLICAS"); do
+    log="data/logs/$1$([ "$r" = 1 ] || echo "-$r").log"
+    echo "== make run, $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$log"
+    (
+      # TLS, client CA, JWKS, issuer and audience of the development credentials.
+      eval "$("$target_dir/agora-dev" env "$1" --dir "$DEV_DIR")"
+      AGORA_GRPC_ADDR="127.0.0.$r:$2" AGORA_ADMIN_ADDR="127.0.0.$r:$3" \
+      AGORA_DATABASE_URL="$url_prefix$1$url_suffix" \
+      AGORA_CATALOG_ADDRS="$(replicas_of 50051)" AGORA_CUSTOMERS_ADDRS="$(replicas_of 50052)" \
+      AGORA_DRAIN_DELAY_MS="${AGORA_DRAIN_DELAY_MS:-500}" \
+        exec "$target_dir/agora-$1"
+    ) >>"$log" 2>&1 &
+    pids+=($!)
+    started+=("$1 127.0.0.$r:$3 $log")
+  done
 done
 echo "$$ ${pids[*]}" | tr ' ' '\n' >"$PID_FILE"
 
 # A service that stops before SERVING says why in its log: show it.
 failed() {
-  echo "agora-$1 did not start: $2; its log (data/logs/$1.log) ends with:" >&2
-  tail -n 5 "data/logs/$1.log" | sed 's/^/  /' >&2
+  echo "agora-$1 did not start: $2; its log ($3) ends with:" >&2
+  tail -n 5 "$3" | sed 's/^/  /' >&2
   stop_all
   exit 1
 }
-for i in "${!SERVICES[@]}"; do
-  set -- ${SERVICES[$i]}
+for i in "${!started[@]}"; do
+  set -- ${started[$i]}
   for _ in $(seq 1 100); do
-    serving "$3" && break
-    kill -0 "${pids[$i]}" 2>/dev/null || failed "$1" "it exited"
+    serving "$2" && break
+    kill -0 "${pids[$i]}" 2>/dev/null || failed "$1" "it exited" "$3"
     sleep 0.1
   done
-  serving "$3" || failed "$1" "not SERVING after 10 s"
+  serving "$2" || failed "$1" "not SERVING after 10 s" "$3"
 done
 
 if [ "$SEED" = 1 ]; then tools/seed.sh; fi
 
 cat <<TXT
 
-Agora is running (logs in data/logs/, databases $([ "$DB" = sqlite ] && echo "in data/*.db" || echo "agora_* on $server")):
+Agora is running (logs in data/logs/, databases $([ "$DB" = sqlite ] && echo "in data/*.db" || echo "agora_* on $server")$([ "$REPLICAS" = 1 ] || echo "; $REPLICAS replicas of each, on 127.0.0.1 to 127.0.0.$REPLICAS")):
   catalog    gRPC (TLS) 127.0.0.1:50051   admin (health, metrics) http://127.0.0.1:9101
   customers  gRPC (TLS) 127.0.0.1:50052   admin (health, metrics) http://127.0.0.1:9102
   offers     gRPC (TLS) 127.0.0.1:50053   admin (health, metrics) http://127.0.0.1:9103

@@ -9,117 +9,20 @@ the agora-dev binary beside them, and the client is what any Python user
 of the contracts would generate."""
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_tools import protoc
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN_DIR = Path(os.environ.get("AGORA_BIN_DIR", ROOT / "target" / "debug"))
-SERVICES = ["catalog", "customers", "offers", "shopping"]
-BOUND_SECONDS = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def generate_client(out: Path) -> None:
-    """The same protoc run a client author makes: messages and stubs."""
-    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
-    include = Path(protoc.__file__).parent / "_proto"
-    code = protoc.main(
-        ["grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
-        + protos
-    )
-    assert code == 0, "protoc failed"
-
-
-def wait_serving(admin: str) -> None:
-    """Plaintext health on the admin port, as a Kubernetes probe asks."""
-    deadline = time.monotonic() + BOUND_SECONDS
-    with grpc.insecure_channel(admin) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{admin} is not SERVING after {BOUND_SECONDS} s")
-            time.sleep(0.05)
+from agora_local import BIN_DIR, SERVICES, System, generated_client, wait_serving
 
 
 @pytest.fixture(scope="session")
 def pb():
     """The generated modules, importable as agora.<context>.v1.*_pb2."""
-    out = Path(tempfile.mkdtemp(prefix="agora-python-client-"))
-    generate_client(out)
-    sys.path.insert(0, str(out))
-    import agora.catalog.v1.catalog_service_pb2 as catalog_pb2
-    import agora.catalog.v1.catalog_service_pb2_grpc as catalog_grpc
-    import agora.common.v1.money_pb2 as money_pb2
-    import agora.customers.v1.customers_service_pb2 as customers_pb2
-    import agora.customers.v1.customers_service_pb2_grpc as customers_grpc
-    import agora.offers.v1.offers_service_pb2 as offers_pb2
-    import agora.offers.v1.offers_service_pb2_grpc as offers_grpc
-    import agora.shopping.v1.shopping_service_pb2 as shopping_pb2
-    import agora.shopping.v1.shopping_service_pb2_grpc as shopping_grpc
-
-    return {
-        "catalog": (catalog_pb2, catalog_grpc),
-        "customers": (customers_pb2, customers_grpc),
-        "offers": (offers_pb2, offers_grpc),
-        "shopping": (shopping_pb2, shopping_grpc),
-        "money": money_pb2,
-    }
-
-
-class System:
-    """The running services and the credentials to call them with."""
-
-    def __init__(self, data: Path):
-        self.credentials = data / "dev"
-        self.addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
-        self.admins = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
-        self.dev("init")
-        self.ca = (self.credentials / "ca.pem").read_bytes()
-
-    def dev(self, *args: str) -> str:
-        done = subprocess.run(
-            [str(BIN_DIR / "agora-dev"), *args, "--dir", str(self.credentials)],
-            capture_output=True, text=True, check=True,
-        )
-        return done.stdout.strip()
-
-    def env(self, name: str) -> dict:
-        """The variables `agora-dev env` gives a service: its certificate, the CA, the JWKS."""
-        variables = {}
-        for line in self.dev("env", name).splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            variables[key] = value.strip("'")
-        return variables
-
-    def token(self, role: str, subject: str = "") -> str:
-        return self.dev("token", role, *([subject] if subject else []))
-
-    def channel(self, name: str, token: str | None) -> grpc.Channel:
-        """A TLS channel to a service trusting the development CA, sending `token`."""
-        credentials = grpc.ssl_channel_credentials(self.ca)
-        if token:
-            credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
-        return grpc.secure_channel(self.addrs[name], credentials)
+    return generated_client()
 
 
 @pytest.fixture(scope="session")

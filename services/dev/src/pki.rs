@@ -110,14 +110,18 @@ pub struct Leaf {
 
 impl Leaf {
     /// The certificate of service `name` on this machine: it serves
-    /// `localhost`, 127.0.0.1 and ::1, and names the service for mTLS.
+    /// `localhost`, `name`, 127.0.0.1 to 127.0.0.9 (replicas on loopback
+    /// addresses of their own) and ::1, and names the service for mTLS.
     /// Valid for 90 days from yesterday.
     pub fn service(name: &str, trust_domain: &str) -> Self {
         let now = OffsetDateTime::now_utc();
         Self {
             common_name: name.to_owned(),
             dns: vec!["localhost".into(), name.to_owned()],
-            ips: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
+            ips: (1..=9)
+                .map(|host| IpAddr::from([127, 0, 0, host]))
+                .chain([IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])])
+                .collect(),
             uris: vec![format!("spiffe://{trust_domain}/service/{name}")],
             not_before: now - Duration::days(1),
             not_after: now + Duration::days(90),

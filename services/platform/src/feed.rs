@@ -21,9 +21,15 @@
 //!
 //! With several replicas on one PostgreSQL database only one applies a feed
 //! at a time: the consumer holds a session advisory lock named after the
-//! feed on a connection of its own, and a replica whose lock holder died
-//! takes over at its next try (the lock goes with the dead connection).
-//! SQLite is one process's file, so there is nobody to share with.
+//! feed on a connection of its own, and the other replicas wait for it on
+//! one connection each. When the holder dies the lock goes with its
+//! connection and a waiting replica takes over at once. The holder checks
+//! every second that its lock session is alive and stops following when
+//! it is not (a PostgreSQL restart, a failover, a cut network, a session
+//! ended by an operator); until it notices, the cursor row fences its
+//! writes ([`apply_one`]). `agora_feed_leader{feed}` is 1 on the replica
+//! that leads. SQLite is one process's file, so there is nobody to share
+//! with.
 
 use std::{
     pin::Pin,
@@ -115,28 +121,31 @@ async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, 
     // Since when the feed has been out of reach, while it is.
     let mut failing_since: Option<Instant> = None;
     loop {
-        // Only the holder of the feed's lock consumes.
-        let _leader = match db.lead(&format!("agora-feed:{feed}")).await {
-            Ok(Some(lock)) => lock,
-            Ok(None) => {
-                // Another replica consumes; try again later.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        // Only the holder of the feed's lock consumes; the others wait here.
+        let mut lead = match db.lead(&format!("agora-feed:{feed}")).await {
+            Ok(lead) => lead,
             Err(err) => {
                 tracing::warn!(feed, error = %err, "feed: database unavailable");
                 backoff.wait().await;
                 continue;
             }
         };
-        match follow(source, effects, db, &mut failing_since).await {
-            Ok(()) => {
-                // The upstream ended the stream (it is shutting down, say).
-                backoff.reset();
-                backoff.wait().await;
+        metrics::gauge!("agora_feed_leader", "feed" => feed).set(1.0);
+        let followed = tokio::select! {
+            followed = follow(source, effects, db, &mut backoff, &mut failing_since) => followed,
+            lost = lead.lost() => Err(Interrupted::Lead(lost.to_string())),
+        };
+        drop(lead);
+        metrics::gauge!("agora_feed_leader", "feed" => feed).set(0.0);
+        metrics::gauge!("agora_feed_connected", "feed" => feed).set(0.0);
+        match followed {
+            // The upstream ended the stream (it is shutting down, say).
+            Ok(()) => backoff.wait().await,
+            Err(Interrupted::Lead(reason)) => {
+                // Someone else may lead now: back to waiting on the lock.
+                tracing::warn!(feed, %reason, "feed: lost the lead; stopped following");
             }
-            Err(reason) => {
-                metrics::gauge!("agora_feed_connected", "feed" => feed).set(0.0);
+            Err(Interrupted::Stream(reason)) => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < QUIET {
                     tracing::info!(feed, %reason, "feed not reachable yet; retrying");
@@ -149,15 +158,37 @@ async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, 
     }
 }
 
+/// Why following a feed stopped.
+enum Interrupted {
+    /// The stream could not be opened or failed, or an event could not be
+    /// applied.
+    Stream(String),
+    /// The lock is gone, or another replica applied an event first.
+    Lead(String),
+}
+
+impl From<Error> for Interrupted {
+    fn from(err: Error) -> Self {
+        Self::Stream(err.to_string())
+    }
+}
+
+impl From<Status> for Interrupted {
+    fn from(status: Status) -> Self {
+        Self::Stream(status.to_string())
+    }
+}
+
 /// Follows the feed from the stored cursor until the stream ends or fails.
 async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     source: &Feed<M>,
     effects: &A,
     db: &Database,
+    backoff: &mut Backoff,
     failing_since: &mut Option<Instant>,
-) -> Result<(), String> {
+) -> Result<(), Interrupted> {
     let feed = source.name;
-    let mut after = cursor(db, feed).await.map_err(|e| e.to_string())?;
+    let mut after = cursor(db, feed).await?;
     let mut stream = match (source.open)(after).await {
         Ok(stream) => stream,
         Err(status) if status.code() == tonic::Code::OutOfRange => {
@@ -166,23 +197,27 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
             // that is kept; what was pruned in between is lost, and said so.
             tracing::error!(feed, cursor = after, "feed cursor too old; replaying every event still kept");
             metrics::counter!("agora_feed_resyncs_total", "feed" => feed).increment(1);
-            (source.open)(0).await.map_err(|s| s.to_string())?
+            (source.open)(0).await?
         }
-        Err(status) => return Err(status.to_string()),
+        Err(status) => return Err(status.into()),
     };
+    // Connected: the next failure starts its backoff from the shortest wait.
+    backoff.reset();
     *failing_since = None;
     metrics::gauge!("agora_feed_connected", "feed" => feed).set(1.0);
     tracing::info!(feed, after, "following the feed");
     while let Some(message) = stream.next().await {
-        let Some(envelope) = message.map_err(|s| s.to_string())?.envelope() else {
-            return Err(format!("{feed} sent a message without an event"));
+        let Some(envelope) = message?.envelope() else {
+            return Err(Interrupted::Stream(format!("{feed} sent a message without an event")));
         };
         if envelope.sequence <= after {
             continue; // delivered twice: already applied
         }
         let Envelope { sequence, head_sequence, .. } = envelope;
         let occur_time = envelope.occur_time.as_ref().and_then(micros_from_timestamp).unwrap_or(0);
-        apply_one(feed, effects, db, sequence, envelope.kind).await.map_err(|e| e.to_string())?;
+        if !apply_one(feed, effects, db, sequence, envelope.kind).await? {
+            return Err(Interrupted::Lead(format!("event {sequence} was applied by another replica")));
+        }
         after = sequence;
         metrics::counter!("agora_feed_applied_total", "feed" => feed).increment(1);
         metrics::gauge!("agora_feed_lag_events", "feed" => feed)
@@ -193,29 +228,41 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     Ok(())
 }
 
+/// Applies one event and moves the cursor to it, in one unit of work;
+/// false when the cursor was already there or past it, and nothing was
+/// applied.
+///
+/// The cursor moves first, only ever forward, and the effects follow in
+/// the same transaction. That row is the fence between leaders: a replica
+/// that lost its lock and has not noticed yet waits on the row the new
+/// leader holds, then finds the cursor moved and rolls back, so no event
+/// is applied twice, whatever the timing.
 async fn apply_one<K, A: Translate<K>>(
     feed: &str,
     effects: &A,
     db: &Database,
     sequence: i64,
     kind: Option<K>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let mut uow = db.begin().await?;
+    let moved = uow
+        .query(
+            "INSERT INTO feed_cursors (feed, sequence) VALUES ($1, $2) \
+             ON CONFLICT (feed) DO UPDATE SET sequence = excluded.sequence \
+             WHERE feed_cursors.sequence < excluded.sequence",
+        )
+        .bind(feed)
+        .bind(sequence)
+        .execute()
+        .await?;
+    if moved == 0 {
+        return Ok(false); // dropping the unit of work rolls it back
+    }
     if let Some(change) = kind.and_then(|kind| effects.translate(kind)) {
         effects.apply(&mut uow, change).await?;
     }
-    // Only ever forward: a replica that lost its lock mid-way cannot move
-    // the cursor back.
-    uow.query(
-        "INSERT INTO feed_cursors (feed, sequence) VALUES ($1, $2) \
-         ON CONFLICT (feed) DO UPDATE SET sequence = excluded.sequence \
-         WHERE feed_cursors.sequence < excluded.sequence",
-    )
-    .bind(feed)
-    .bind(sequence)
-    .execute()
-    .await?;
-    uow.commit().await
+    uow.commit().await?;
+    Ok(true)
 }
 
 /// Exponential backoff with jitter, 100 ms to 5 s.

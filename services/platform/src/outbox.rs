@@ -219,6 +219,7 @@ impl Outbox {
             buffer: VecDeque<Stored>,
             committed: watch::Receiver<i64>,
             shutdown: Shutdown,
+            _open: Watching,
         }
         let state = State {
             outbox: self.clone(),
@@ -227,6 +228,7 @@ impl Outbox {
             buffer: VecDeque::new(),
             committed: self.db.committed(),
             shutdown,
+            _open: Watching::open(),
         };
         futures_util::stream::unfold(state, |mut s| async move {
             loop {
@@ -257,6 +259,23 @@ impl Outbox {
                 }
             }
         })
+    }
+}
+
+/// One open Watch stream, counted in `agora_outbox_watchers` while it
+/// lives: which replica serves the feed's consumers, and how many.
+struct Watching;
+
+impl Watching {
+    fn open() -> Self {
+        metrics::gauge!("agora_outbox_watchers").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        metrics::gauge!("agora_outbox_watchers").decrement(1.0);
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU8, AtomicU32, Ordering},
@@ -13,7 +14,7 @@ use std::{
 
 use agora_platform::{
     middleware::{Deadline, parse_grpc_timeout},
-    upstream::{Credentials, UpstreamChannel, UpstreamSettings, channel},
+    upstream::{Credentials, UpstreamChannel, UpstreamSettings, channel, discover::Resolve},
 };
 use agora_testing::wait_until;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -66,9 +67,15 @@ impl Health for FakeService {
 }
 
 async fn fake(mode: u8) -> (Arc<Fake>, SocketAddr) {
+    fake_at("127.0.0.1", mode).await
+}
+
+/// A fake listening on the loopback address `ip` (127.0.0.2, ...), as
+/// replicas on several hosts do.
+async fn fake_at(ip: &str, mode: u8) -> (Arc<Fake>, SocketAddr) {
     let state = Arc::new(Fake::default());
     state.mode.store(mode, Ordering::SeqCst);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = HealthServer::new(FakeService(state.clone()));
     tokio::spawn(
@@ -224,5 +231,112 @@ async fn a_down_upstream_fails_fast_with_unavailable() {
     let err = check(&mut client).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("fake"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+}
+
+/// A resolver the test controls: every name resolves to what the test
+/// says now (an error: the name does not resolve), and lookups are counted.
+#[derive(Debug)]
+struct Names {
+    answer: Mutex<Result<Vec<SocketAddr>, String>>,
+    lookups: AtomicU32,
+}
+
+impl Names {
+    fn answering(answer: Result<Vec<SocketAddr>, String>) -> Arc<Self> {
+        Arc::new(Self { answer: Mutex::new(answer), lookups: AtomicU32::new(0) })
+    }
+
+    fn set(&self, answer: Result<Vec<SocketAddr>, String>) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    /// Waits for two lookups after now: the answer set now was seen.
+    async fn seen(&self) {
+        let from = self.lookups.load(Ordering::SeqCst);
+        let seen =
+            wait_until(Duration::from_secs(5), || async { self.lookups.load(Ordering::SeqCst) >= from + 2 })
+                .await;
+        assert!(seen, "the name was not resolved again");
+    }
+}
+
+impl Resolve for Names {
+    fn resolve(
+        &self,
+        _host: &str,
+        _port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let answer = self.answer.lock().unwrap().clone().map_err(std::io::Error::other);
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+/// Settings for one upstream named `fake.test`, resolved by `names`.
+fn named(names: &Arc<Names>) -> UpstreamSettings {
+    let mut settings = UpstreamSettings::for_tests("fake", vec!["http://fake.test:50051".into()]);
+    settings.resolver = names.clone();
+    settings.resolve_every = Duration::from_millis(50);
+    settings
+}
+
+fn calls(fakes: &[&Arc<Fake>]) -> Vec<u32> {
+    fakes.iter().map(|f| f.calls.load(Ordering::SeqCst)).collect()
+}
+
+/// One name for several replicas (a headless Service): calls go to every
+/// address it resolves to; a replica that appears behind the name joins,
+/// one that vanished from it leaves.
+#[tokio::test]
+async fn a_name_balances_over_every_address_and_follows_replicas_as_they_come_and_go() {
+    let (a, addr_a) = fake_at("127.0.0.2", HEALTHY).await;
+    let (b, addr_b) = fake_at("127.0.0.3", HEALTHY).await;
+    let (c, addr_c) = fake_at("127.0.0.4", HEALTHY).await;
+    let names = Names::answering(Ok(vec![addr_a, addr_b, addr_c]));
+    let mut client = client(&named(&names));
+    for _ in 0..60 {
+        check(&mut client).await.expect("a replica answers");
+    }
+    let spread = calls(&[&a, &b, &c]);
+    assert_eq!(spread.iter().sum::<u32>(), 60);
+    assert!(spread.iter().all(|&n| n >= 5), "unbalanced: {spread:?}");
+
+    // c goes away, d comes.
+    let (d, addr_d) = fake_at("127.0.0.5", HEALTHY).await;
+    names.set(Ok(vec![addr_a, addr_b, addr_d]));
+    names.seen().await;
+    let before = calls(&[&a, &b, &c, &d]);
+    for _ in 0..60 {
+        check(&mut client).await.expect("a replica answers");
+    }
+    let after = calls(&[&a, &b, &c, &d]);
+    let spread: Vec<u32> = after.iter().zip(&before).map(|(x, y)| x - y).collect();
+    assert_eq!(spread[2], 0, "a vanished replica still gets calls: {spread:?}");
+    assert!(spread[0] >= 5 && spread[1] >= 5 && spread[3] >= 5, "unbalanced: {spread:?}");
+}
+
+/// A name that stops resolving keeps the replicas it had (a DNS hiccup
+/// must not empty the balancer); a name that never resolved fails calls
+/// at once with UNAVAILABLE naming the upstream.
+#[tokio::test]
+async fn a_name_that_stops_resolving_keeps_its_replicas_and_one_that_never_did_fails_fast() {
+    let (a, addr_a) = fake_at("127.0.0.2", HEALTHY).await;
+    let names = Names::answering(Ok(vec![addr_a]));
+    let mut kept = client(&named(&names));
+    check(&mut kept).await.expect("the replica answers");
+    names.set(Err("no such host".into()));
+    names.seen().await;
+    for _ in 0..10 {
+        check(&mut kept).await.expect("the replica it had still answers");
+    }
+    assert_eq!(a.calls.load(Ordering::SeqCst), 11);
+
+    let nowhere = Names::answering(Err("no such host".into()));
+    let mut lost = client(&named(&nowhere));
+    let started = Instant::now();
+    let err = check(&mut lost).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("fake") && err.message().contains("no replica"), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
 }

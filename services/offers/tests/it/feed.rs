@@ -261,3 +261,135 @@ async fn on_postgres_one_replica_applies_a_feed_and_another_takes_over() {
     .await;
     assert!(applied, "the surviving replica does not apply the feed");
 }
+
+/// Effects that write a row per applied event, naming the replica that
+/// applied it: an event applied twice shows as two rows.
+struct Recorder(&'static str);
+
+#[tonic::async_trait]
+impl agora_platform::feed::Effects for Recorder {
+    type Change = String;
+
+    async fn apply(
+        &self,
+        uow: &mut agora_platform::UnitOfWork,
+        product_id: String,
+    ) -> Result<(), agora_platform::Error> {
+        uow.query("INSERT INTO applied (replica, product_id) VALUES ($1, $2)")
+            .bind(self.0)
+            .bind(product_id)
+            .execute()
+            .await?;
+        Ok(())
+    }
+}
+
+impl agora_platform::feed::Translate<catalog_pb::catalog_event::Kind> for Recorder {
+    fn translate(&self, event: catalog_pb::catalog_event::Kind) -> Option<String> {
+        let catalog_pb::catalog_event::Kind::ProductCreated(created) = event else { return None };
+        created.product.map(|p| p.product_id)
+    }
+}
+
+/// The rows of `applied`: (replica, product) in the order applied.
+async fn applied(db: &agora_platform::Database) -> Vec<(String, String)> {
+    let rows = db.query("SELECT replica, product_id FROM applied ORDER BY seq").fetch_all().await.unwrap();
+    rows.iter().map(|r| (r.get("replica").unwrap(), r.get("product_id").unwrap())).collect()
+}
+
+/// The PostgreSQL sessions that hold (or, `granted` false, wait for) the
+/// lock of the feed `name` in this test's database.
+async fn lock_sessions(db: &agora_platform::Database, name: &str, granted: bool) -> Vec<i64> {
+    let rows = db
+        .query(
+            "SELECT pid::bigint AS pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $2 \
+             AND objid = (hashtext($1)::bigint & 4294967295)::oid \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .bind(format!("agora-feed:{name}"))
+        .bind(granted)
+        .fetch_all()
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get("pid").unwrap()).collect()
+}
+
+/// Two replicas follow one feed on one PostgreSQL database: one leads,
+/// the other waits for the lock on one session of its own. When the
+/// leader's lock session is ended (as a PostgreSQL restart, a failover or
+/// an operator would end it), the old leader stops following and the
+/// other takes over; no event is applied twice, none is lost.
+#[tokio::test]
+async fn a_lost_lock_hands_the_feed_over_and_no_event_is_applied_twice() {
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let logs = agora_testing::Captured::install(tracing::Level::INFO);
+    let mut s = start(db).await;
+    s.offers_db
+        .execute("CREATE TABLE applied (seq BIGSERIAL PRIMARY KEY, replica TEXT NOT NULL, product_id TEXT NOT NULL)")
+        .await;
+    let probe = s.offers_db.open();
+    let catalog = s.catalog_server.as_ref().expect("the catalog runs");
+    let replica = |name: &'static str| {
+        let client = catalog_pb::catalog_service_client::CatalogServiceClient::new(
+            catalog.channel_of_service("offers"),
+        );
+        let feed = agora_platform::feed::Feed::new("leadership", move |after_sequence| {
+            let mut client = client.clone();
+            async move {
+                let request = catalog_pb::WatchCatalogEventsRequest { after_sequence };
+                client.watch_catalog_events(request).await.map(tonic::Response::into_inner)
+            }
+        });
+        agora_platform::feed::consumer(feed, Recorder(name), s.offers_db.open()).spawn()
+    };
+    let first = replica("first");
+    let lead_taken =
+        wait_until(BOUND, || async { lock_sessions(&probe, "leadership", true).await.len() == 1 }).await;
+    assert!(lead_taken, "the first replica did not take the lead");
+    let second = replica("second");
+    let waits =
+        wait_until(BOUND, || async { lock_sessions(&probe, "leadership", false).await.len() == 1 }).await;
+    assert!(waits, "the second replica does not wait for the lock");
+
+    let mut products = Vec::new();
+    for _ in 0..5 {
+        products.push(s.product().await);
+    }
+    let all = |n: usize| {
+        let probe = &probe;
+        move || async move { applied(probe).await.len() >= n }
+    };
+    assert!(wait_until(BOUND, all(5)).await, "the leader did not apply the first events");
+    assert!(applied(&probe).await.iter().all(|(replica, _)| replica == "first"));
+
+    // The follower waits on one session: the same one across several
+    // bounded waits (each a second), not a new connection each time.
+    let waiting = lock_sessions(&probe, "leadership", false).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(lock_sessions(&probe, "leadership", false).await, waiting, "the follower reconnected");
+
+    // End the leader's lock session.
+    let holder = lock_sessions(&probe, "leadership", true).await;
+    assert_eq!(holder.len(), 1);
+    probe.query("SELECT pg_terminate_backend($1::int)").bind(holder[0]).execute().await.unwrap();
+    let noticed = wait_until(BOUND, || async { logs.text().contains("feed: lost the lead") }).await;
+    assert!(noticed, "the old leader did not notice that it lost the lock");
+
+    for _ in 0..5 {
+        products.push(s.product().await);
+    }
+    assert!(wait_until(BOUND, all(10)).await, "the events after the hand-over were not applied");
+    let rows = applied(&probe).await;
+    let mut seen: Vec<&str> = rows.iter().map(|(_, p)| p.as_str()).collect();
+    seen.sort();
+    let mut want: Vec<&str> = products.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(seen, want, "every event exactly once: {rows:?}");
+    assert!(rows[5..].iter().all(|(replica, _)| replica == "second"), "the follower took over: {rows:?}");
+    assert_ne!(lock_sessions(&probe, "leadership", true).await, holder, "a new session leads");
+
+    for (shutdown, task) in [first, second] {
+        shutdown.trigger();
+        task.await.unwrap();
+    }
+}

@@ -134,28 +134,27 @@ impl Database {
         }
     }
 
-    /// Takes the lock `name` for as long as the returned [`Leadership`]
-    /// lives: a session advisory lock on a PostgreSQL connection of its own,
-    /// which goes with the connection when its holder dies. None: another
-    /// process holds it. On SQLite, one process's file, it is always ours.
-    pub(crate) async fn lead(&self, name: &str) -> Result<Option<Leadership>, Error> {
+    /// Waits until this process holds the lock `name`, and holds it for as
+    /// long as the returned [`Leadership`] lives: a session advisory lock
+    /// on a PostgreSQL connection of its own, which goes with the
+    /// connection when its holder dies. A follower waits on that one
+    /// connection, in bounded waits (`lock_timeout`), so it opens no new
+    /// sessions while it waits and takes over as soon as the lock is free.
+    /// On SQLite, one process's file, the lock is always ours at once.
+    pub(crate) async fn lead(&self, name: &str) -> Result<Leadership, Error> {
         let Pool::Postgres(pool) = &self.pool else {
-            return Ok(Some(Leadership(None)));
+            return Ok(Leadership(None));
         };
         let mut conn = pool.acquire().await.map_err(failure)?.detach();
-        let leader: bool = Statement::on_postgres(
-            &mut conn,
-            sqlx::SqlStr::from_static("SELECT pg_try_advisory_lock(hashtext($1)) AS leader"),
-        )
-        .bind(name)
-        .fetch_one()
-        .await?
-        .get("leader")?;
-        if leader {
-            Ok(Some(Leadership(Some(conn))))
-        } else {
-            let _ = sqlx::Connection::close(conn).await;
-            Ok(None)
+        // A wait ends after a second; a process that stopped waiting leaves
+        // a session that gives up within that second.
+        sqlx::query("SET lock_timeout = '1s'").execute(&mut conn).await.map_err(failure)?;
+        loop {
+            match sqlx::query("SELECT pg_advisory_lock(hashtext($1))").bind(name).execute(&mut conn).await {
+                Ok(_) => return Ok(Leadership(Some(conn))),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {}
+                Err(other) => return Err(failure(other)),
+            }
         }
     }
 
@@ -176,9 +175,37 @@ impl Database {
     }
 }
 
+/// PostgreSQL's SQLSTATE for a lock wait that ran out of `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// How often a leader makes sure its lock session is alive.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
 /// A lock held by this process until dropped (see [`Database::lead`]).
 #[derive(Debug)]
-pub(crate) struct Leadership(#[allow(dead_code)] Option<sqlx::PgConnection>);
+pub(crate) struct Leadership(Option<sqlx::PgConnection>);
+
+impl Leadership {
+    /// Returns when the lock is lost: its session stopped answering (it
+    /// was ended, the server restarted, the network is cut), so another
+    /// process may hold the lock now. The session is asked every second;
+    /// writes are fenced besides (see `feed`), so a leader that has not
+    /// noticed yet cannot apply anything twice. Never returns on SQLite.
+    pub(crate) async fn lost(&mut self) -> Error {
+        let Some(conn) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(LEASE_CHECK).await;
+            let check = tokio::time::timeout(LEASE_CHECK, sqlx::query("SELECT 1").execute(&mut *conn));
+            match check.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return failure(err),
+                Err(_) => return Error::unavailable("the lock session did not answer within a second"),
+            }
+        }
+    }
+}
 
 fn pool_options<DB: sqlx::Database>(settings: &Settings) -> sqlx::pool::PoolOptions<DB> {
     sqlx::pool::PoolOptions::new()

@@ -15,6 +15,7 @@
 
 use std::{
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -227,9 +228,27 @@ impl ClientTls {
         Ok(tune(endpoint).connect_with_connector_lazy(self.connector()))
     }
 
+    /// A lazily connecting channel to one address of `url`'s host (a
+    /// replica its name resolved to): connects to `addr`, verifies the
+    /// certificate for the host of `url` and sends `url` as the origin.
+    pub fn channel_to(
+        &self,
+        url: &str,
+        addr: SocketAddr,
+        tune: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> anyhow::Result<Channel> {
+        let origin: Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
+        anyhow::ensure!(origin.scheme_str() == Some("https"), "{url:?} is not an https:// URL");
+        let host = origin.host().with_context(|| format!("{url:?} names no host"))?;
+        let name = host.trim_start_matches('[').trim_end_matches(']').into();
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?.origin(origin);
+        let connector = Connector { tls: self.clone(), name: Some(name) };
+        Ok(tune(endpoint).connect_with_connector_lazy(connector))
+    }
+
     /// The connector behind [`Self::channel`], for other HTTP/2 clients.
     pub fn connector(&self) -> Connector {
-        Connector { tls: self.clone() }
+        Connector { tls: self.clone(), name: None }
     }
 }
 
@@ -237,6 +256,9 @@ impl ClientTls {
 #[derive(Clone, Debug)]
 pub struct Connector {
     tls: ClientTls,
+    /// The name the server's certificate must carry, when it is not the
+    /// host connected to (an address a name resolved to).
+    name: Option<Arc<str>>,
 }
 
 impl tower::Service<Uri> for Connector {
@@ -250,12 +272,15 @@ impl tower::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let config = self.tls.config.get();
+        let expected = self.name.clone();
         Box::pin(async move {
             let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
             let host = uri.host().ok_or_else(|| invalid(format!("{uri} names no host")))?;
             let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
             let port = uri.port_u16().unwrap_or(443);
-            let name = ServerName::try_from(host.clone()).map_err(|e| invalid(format!("{host}: {e}")))?;
+            let expected = expected.map_or_else(|| host.clone(), |name| name.to_string());
+            let name =
+                ServerName::try_from(expected.clone()).map_err(|e| invalid(format!("{expected}: {e}")))?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let stream = TlsConnector::from(config).connect(name, tcp).await?;

@@ -33,6 +33,13 @@ impl Task {
     {
         Self { name, run: Box::new(move |stop| Box::pin(run(stop))) }
     }
+
+    /// Runs the task on its own, outside a server, until the returned
+    /// signal is triggered (for tests and tools).
+    pub fn spawn(self) -> (Shutdown, JoinHandle<()>) {
+        let shutdown = Shutdown::new();
+        (shutdown.clone(), tokio::spawn((self.run)(shutdown)))
+    }
 }
 
 /// How long stopped background tasks may take to end.

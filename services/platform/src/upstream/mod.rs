@@ -26,9 +26,14 @@
 //!    upstream stops working when the original caller gave up;
 //! 7. this service's token is attached, where one is configured;
 //! 8. tower's power-of-two-choices balancer spreads calls over the
-//!    upstream's addresses, each a lazily connecting, reconnecting tonic
+//!    upstream's replicas, each a lazily connecting, reconnecting tonic
 //!    channel with a connect timeout; a replica whose connection fails is
 //!    left out of the choice for a while (outlier ejection).
+//!
+//! The replicas are every address the configured URLs' hosts resolve to,
+//! re-resolved periodically and after failed connections, so replicas
+//! behind a DNS name (a Kubernetes headless Service) join and leave the
+//! balancer as they come and go ([`discover`]).
 //!
 //! Upstreams are reached over TLS (`https://` addresses): the upstream's
 //! certificate is verified against the upstream CA, and this service
@@ -38,10 +43,11 @@
 //! The anti-corruption layers only read from their upstreams, so retrying
 //! any of their calls is safe.
 
+pub mod discover;
 pub mod hosts;
 mod stack;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use http::HeaderValue;
@@ -51,6 +57,8 @@ use tonic::{
 };
 
 pub use stack::{UpstreamChannel, channel};
+
+use discover::{Replica, Replicas, Resolve, SystemResolver};
 
 use crate::{
     Error,
@@ -64,9 +72,16 @@ use crate::{
 pub struct UpstreamSettings {
     /// Name in errors, logs and metrics ("catalog").
     pub name: &'static str,
-    /// Addresses of its replicas (`https://host:port`); calls are balanced
-    /// over all of them.
+    /// Addresses of its replicas (`https://host:port`), where a host may
+    /// be a name that resolves to several; calls are balanced over every
+    /// address.
     pub addrs: Vec<String>,
+    /// Resolves the hosts of `addrs` (the system's resolver; tests bring
+    /// their own).
+    pub resolver: Arc<dyn Resolve>,
+    /// How often the hosts are resolved again (also soon after a failed
+    /// connection).
+    pub resolve_every: Duration,
     /// Longest wait for a TCP connection.
     pub connect_timeout: Duration,
     /// The call's own timeout; a caller's shorter deadline wins.
@@ -102,6 +117,7 @@ impl UpstreamSettings {
         for addr in &addrs {
             if Endpoint::from_shared(addr.clone()).is_err()
                 || !(addr.starts_with("https://") || addr.starts_with("http://"))
+                || addr.parse::<http::Uri>().ok().and_then(|u| u.port_u16()).is_none()
             {
                 env.problem(format!("{var}: {addr:?} is not an https://host:port address"));
             } else if addr.starts_with("http://") && !insecure {
@@ -116,6 +132,8 @@ impl UpstreamSettings {
         Self {
             name,
             addrs,
+            resolver: Arc::new(SystemResolver),
+            resolve_every: env.millis("AGORA_UPSTREAM_RESOLVE_MS", 5_000, 100..=600_000),
             connect_timeout: env.millis("AGORA_UPSTREAM_CONNECT_TIMEOUT_MS", 1_000, 1..=60_000),
             call_timeout: env.millis("AGORA_UPSTREAM_CALL_TIMEOUT_MS", 2_000, 1..=600_000),
             max_attempts: env.number("AGORA_UPSTREAM_MAX_ATTEMPTS", 3, 1..=5),
@@ -132,6 +150,8 @@ impl UpstreamSettings {
         Self {
             name,
             addrs,
+            resolver: Arc::new(SystemResolver),
+            resolve_every: Duration::from_millis(200),
             connect_timeout: Duration::from_millis(500),
             call_timeout: Duration::from_secs(2),
             max_attempts: 3,
@@ -175,8 +195,8 @@ impl Credentials {
         Ok(Self { tls: ClientTls::start(security)?, token })
     }
 
-    /// A lazily connecting channel to one replica at `addr`.
-    fn replica(&self, addr: &str, settings: &UpstreamSettings) -> anyhow::Result<Channel> {
+    /// A lazily connecting channel to one replica.
+    fn replica(&self, replica: &Replica, settings: &UpstreamSettings) -> anyhow::Result<Channel> {
         let tune = |endpoint: Endpoint| {
             endpoint
                 .connect_timeout(settings.connect_timeout)
@@ -184,13 +204,19 @@ impl Credentials {
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
         };
-        if !addr.starts_with("https://") {
-            return Ok(tune(Endpoint::from_shared(addr.to_owned())?).connect_lazy());
+        let Replica { url, addr } = replica;
+        if !url.starts_with("https://") {
+            let origin: http::Uri = url.parse()?;
+            return Ok(tune(Endpoint::from_shared(format!("http://{addr}"))?.origin(origin)).connect_lazy());
         }
-        let tls = self.tls.as_ref().with_context(|| {
-            format!("{addr}: an https:// upstream needs AGORA_UPSTREAM_CA_FILE or AGORA_TLS_CLIENT_CA_FILE")
-        })?;
-        tls.channel(addr, tune)
+        self.tls(url)?.channel_to(url, *addr, tune)
+    }
+
+    /// The TLS of an https:// upstream `url`: an error without an upstream CA.
+    fn tls(&self, url: &str) -> anyhow::Result<&ClientTls> {
+        self.tls.as_ref().with_context(|| {
+            format!("{url}: an https:// upstream needs AGORA_UPSTREAM_CA_FILE or AGORA_TLS_CLIENT_CA_FILE")
+        })
     }
 
     /// Adds the service token, when there is one, to an upstream call.
@@ -228,10 +254,11 @@ impl<C: Clone> Upstream<C> {
         credentials: &Credentials,
         client: fn(UpstreamChannel) -> C,
     ) -> anyhow::Result<Self> {
+        let replicas = Replicas::start_for(settings)?;
         Ok(Self {
             name: settings.name,
-            client: client(channel(settings, credentials)?),
-            feed: stack::feed_channel(settings, credentials)?,
+            client: client(stack::channel_over(settings, credentials, &replicas)?),
+            feed: stack::feed_channel(settings, credentials, &replicas),
         })
     }
 

@@ -19,7 +19,6 @@ use tower::{
     BoxError, ServiceBuilder,
     balance::p2c::Balance,
     buffer::Buffer,
-    discover::ServiceList,
     filter::AsyncFilterLayer,
     load::{CompleteOnResponse, PendingRequests},
     retry::{
@@ -31,7 +30,10 @@ use tower::{
 };
 use tower_resilience_circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
 
-use super::{Credentials, UpstreamSettings};
+use super::{
+    Credentials, UpstreamSettings,
+    discover::{Replica, Replicas, discover},
+};
 use crate::middleware::{Deadline, encode_grpc_timeout};
 
 /// The channel an anti-corruption layer wraps in a generated client:
@@ -54,20 +56,25 @@ fn unavailable(result: &Result<Response<Body>, BoxError>) -> bool {
     }
 }
 
-/// Builds the channel to one upstream. Connections are made on first use
-/// and remade after failures, so the downstream starts while the upstream
-/// is still down and recovers without a restart.
+/// Builds the channel to one upstream, resolving its addresses on its own.
+/// Connections are made on first use and remade after failures, so the
+/// downstream starts while the upstream is still down and recovers
+/// without a restart.
 pub fn channel(settings: &UpstreamSettings, credentials: &Credentials) -> anyhow::Result<UpstreamChannel> {
+    channel_over(settings, credentials, &Replicas::start_for(settings)?)
+}
+
+/// The calls' channel over the replicas `replicas` resolves.
+pub(super) fn channel_over(
+    settings: &UpstreamSettings,
+    credentials: &Credentials,
+    replicas: &Replicas,
+) -> anyhow::Result<UpstreamChannel> {
     let name = settings.name;
-    let mut replicas = Vec::with_capacity(settings.addrs.len());
-    let pool = Arc::new(Pool { total: settings.addrs.len(), ejected: AtomicUsize::new(0) });
-    for addr in &settings.addrs {
-        let replica = Ejecting::new(credentials.replica(addr, settings)?, pool.clone());
-        replicas.push(PendingRequests::new(replica, CompleteOnResponse::default()));
+    for url in settings.addrs.iter().filter(|url| url.starts_with("https://")) {
+        credentials.tls(url)?;
     }
-    // The balancer is not Clone; a buffer in front of it is, and lets the
-    // one balancer serve every concurrent call.
-    let balanced = Buffer::new(Balance::new(ServiceList::new(replicas)), 1024);
+    let balanced = balanced(settings, credentials, replicas, 1024);
 
     let breaker = CircuitBreakerLayer::builder()
         .name(name)
@@ -118,23 +125,65 @@ pub fn channel(settings: &UpstreamSettings, credentials: &Credentials) -> anyhow
 pub(super) fn feed_channel(
     settings: &UpstreamSettings,
     credentials: &Credentials,
-) -> anyhow::Result<UpstreamChannel> {
+    replicas: &Replicas,
+) -> UpstreamChannel {
     let name = settings.name;
-    let replicas = settings
-        .addrs
-        .iter()
-        .map(|addr| {
-            Ok(PendingRequests::new(credentials.replica(addr, settings)?, CompleteOnResponse::default()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let stack = ServiceBuilder::new()
         .map_err(move |e: BoxError| match e.downcast::<Status>() {
             Ok(status) => *status,
             Err(other) => Status::unavailable(format!("{name} is unavailable: {other}")),
         })
         .map_request(credentials.authorize())
-        .service(Buffer::new(Balance::new(ServiceList::new(replicas)), 64));
-    Ok(BoxCloneSyncService::new(stack))
+        .service(balanced(settings, credentials, replicas, 64));
+    BoxCloneSyncService::new(stack)
+}
+
+/// Power of two choices over the replicas as they come and go, each one
+/// a lazily connecting channel that is ejected for a while after a failed
+/// connection; a buffer of `capacity` calls in front (the balancer is not
+/// Clone; the buffer is, and lets the one balancer serve every concurrent
+/// call). With no replica at all, calls fail at once.
+fn balanced(
+    settings: &UpstreamSettings,
+    credentials: &Credentials,
+    replicas: &Replicas,
+    capacity: usize,
+) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static {
+    let name = settings.name;
+    let pool = Arc::new(Pool::default());
+    let make = {
+        let (settings, credentials, replicas) = (settings.clone(), credentials.clone(), replicas.clone());
+        move |replica: &Replica| match credentials.replica(replica, &settings) {
+            Ok(channel) => {
+                let ejecting = Ejecting::new(channel, pool.clone(), replicas.clone());
+                Some(PendingRequests::new(ejecting, CompleteOnResponse::default()))
+            }
+            Err(err) => {
+                tracing::warn!(upstream = name, addr = %replica.addr, error = %err, "replica left out");
+                None
+            }
+        }
+    };
+    let balance = Balance::new(discover(replicas, make));
+    let replicas = replicas.clone();
+    ServiceBuilder::new()
+        .layer(AsyncFilterLayer::new(move |request: Request<Body>| {
+            let replicas = replicas.clone();
+            async move {
+                if replicas.none().await {
+                    Err(Status::unavailable(format!(
+                        "{name} is unavailable: its address resolves to no replica"
+                    )))
+                } else {
+                    Ok(request)
+                }
+            }
+        }))
+        .service(Buffer::new(balance, capacity))
 }
 
 fn to_status(upstream: &str, err: CircuitBreakerError<BoxError>) -> Status {
@@ -280,11 +329,11 @@ impl Policy<Request<Bytes>, Response<Body>, BoxError> for RetryUnavailable {
     }
 }
 
-/// The replicas of one upstream, for ejection's one rule: never leave the
-/// balancer with no replica at all (then the call should fail fast, not wait).
-#[derive(Debug)]
+/// The replicas of one balancer, for ejection's one rule: never leave it
+/// with no replica at all (then the call should fail fast, not wait).
+#[derive(Debug, Default)]
 struct Pool {
-    total: usize,
+    total: AtomicUsize,
     ejected: AtomicUsize,
 }
 
@@ -293,12 +342,15 @@ struct Pool {
 /// balancer would keep choosing it. After a failed connection this wrapper
 /// reports "not ready" for a backoff that doubles with each failure in a row
 /// (100 ms to 5 s), so the balancer picks the others, then lets the replica
-/// try again. Written here because tower's balancer has no ejection and
-/// tonic's reconnecting channel hides its failures from readiness.
+/// try again; the failure also asks for a fresh resolution of the
+/// upstream's names (the replica may be gone for good). Written here
+/// because tower's balancer has no ejection and tonic's reconnecting
+/// channel hides its failures from readiness.
 struct Ejecting<S> {
     inner: S,
     state: Arc<Mutex<EjectState>>,
     pool: Arc<Pool>,
+    replicas: Replicas,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -309,8 +361,19 @@ struct EjectState {
 }
 
 impl<S> Ejecting<S> {
-    fn new(inner: S, pool: Arc<Pool>) -> Self {
-        Self { inner, state: Arc::default(), pool, sleep: None }
+    fn new(inner: S, pool: Arc<Pool>, replicas: Replicas) -> Self {
+        pool.total.fetch_add(1, Ordering::SeqCst);
+        Self { inner, state: Arc::default(), pool, replicas, sleep: None }
+    }
+}
+
+impl<S> Drop for Ejecting<S> {
+    /// A replica that left the balancer leaves its count.
+    fn drop(&mut self) {
+        self.pool.total.fetch_sub(1, Ordering::SeqCst);
+        if self.state.lock().expect("ejection state").until.is_some() {
+            self.pool.ejected.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -347,8 +410,12 @@ where
         let fut = self.inner.call(req);
         let state = self.state.clone();
         let pool = self.pool.clone();
+        let replicas = self.replicas.clone();
         Box::pin(async move {
             let result = fut.await;
+            if result.is_err() {
+                replicas.refresh();
+            }
             let mut state = state.lock().expect("ejection state");
             if result.is_ok() {
                 state.failures_in_a_row = 0;
@@ -356,7 +423,7 @@ where
                 && pool
                     .ejected
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                        (n + 1 < pool.total).then_some(n + 1)
+                        (n + 1 < pool.total.load(Ordering::SeqCst)).then_some(n + 1)
                     })
                     .is_ok()
             {
