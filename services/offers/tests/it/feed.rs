@@ -367,6 +367,7 @@ async fn a_lost_lock_hands_the_feed_over_and_no_event_is_applied_twice() {
     let waiting = lock_sessions(&probe, "leadership", false).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(lock_sessions(&probe, "leadership", false).await, waiting, "the follower reconnected");
+    assert!(!logs.text().contains("slow statement"), "waiting for the lock is logged as slow: {}", logs.text());
 
     // End the leader's lock session.
     let holder = lock_sessions(&probe, "leadership", true).await;

@@ -145,7 +145,10 @@ impl Database {
         let Pool::Postgres(pool) = &self.pool else {
             return Ok(Leadership(None));
         };
-        let mut conn = pool.acquire().await.map_err(failure)?.detach();
+        // A session of its own, beside the pool, that does not log its
+        // waits: waiting for the lock is its job, not a slow statement.
+        let options = sqlx::ConnectOptions::disable_statement_logging((*pool.connect_options()).clone());
+        let mut conn = sqlx::ConnectOptions::connect(&options).await.map_err(failure)?;
         // A wait ends after a second; a process that stopped waiting leaves
         // a session that gives up within that second.
         sqlx::query("SET lock_timeout = '1s'").execute(&mut conn).await.map_err(failure)?;
