@@ -118,8 +118,6 @@ const QUIET: Duration = Duration::from_secs(10);
 async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, effects: &A, db: &Database) {
     let feed = source.name;
     let mut backoff = Backoff::default();
-    // Since when the feed has been out of reach, while it is.
-    let mut failing_since: Option<Instant> = None;
     loop {
         // Only the holder of the feed's lock consumes; the others wait here.
         let mut lead = match db.lead(&format!("agora-feed:{feed}")).await {
@@ -131,30 +129,47 @@ async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, 
             }
         };
         metrics::gauge!("agora_feed_leader", "feed" => feed).set(1.0);
-        let followed = tokio::select! {
-            followed = follow(source, effects, db, &mut backoff, &mut failing_since) => followed,
-            lost = lead.lost() => Err(Interrupted::Lead(lost.to_string())),
+        // The lock is kept across the upstream's outages: giving it up
+        // would only hand the same outage to another replica.
+        let reason = tokio::select! {
+            reason = lead_while_held(source, effects, db, &mut backoff) => reason,
+            lost = lead.lost() => lost.to_string(),
         };
         drop(lead);
         metrics::gauge!("agora_feed_leader", "feed" => feed).set(0.0);
         metrics::gauge!("agora_feed_connected", "feed" => feed).set(0.0);
-        match followed {
+        // Someone else may lead now: back to waiting on the lock.
+        tracing::warn!(feed, %reason, "feed: lost the lead; stopped following");
+    }
+}
+
+/// Follows the feed, reconnecting with backoff when it ends or fails,
+/// until another replica turns out to lead it; returns why.
+async fn lead_while_held<M: ChangeFeedMessage, A: Translate<M::Kind>>(
+    source: &Feed<M>,
+    effects: &A,
+    db: &Database,
+    backoff: &mut Backoff,
+) -> String {
+    let feed = source.name;
+    // Since when the feed has been out of reach, while it is.
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        match follow(source, effects, db, backoff, &mut failing_since).await {
             // The upstream ended the stream (it is shutting down, say).
-            Ok(()) => backoff.wait().await,
-            Err(Interrupted::Lead(reason)) => {
-                // Someone else may lead now: back to waiting on the lock.
-                tracing::warn!(feed, %reason, "feed: lost the lead; stopped following");
-            }
+            Ok(()) => {}
+            Err(Interrupted::Lead(reason)) => return reason,
             Err(Interrupted::Stream(reason)) => {
+                metrics::gauge!("agora_feed_connected", "feed" => feed).set(0.0);
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < QUIET {
                     tracing::info!(feed, %reason, "feed not reachable yet; retrying");
                 } else {
                     tracing::warn!(feed, %reason, "feed interrupted; reconnecting");
                 }
-                backoff.wait().await;
             }
         }
+        backoff.wait().await;
     }
 }
 

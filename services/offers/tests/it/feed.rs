@@ -367,7 +367,11 @@ async fn a_lost_lock_hands_the_feed_over_and_no_event_is_applied_twice() {
     let waiting = lock_sessions(&probe, "leadership", false).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(lock_sessions(&probe, "leadership", false).await, waiting, "the follower reconnected");
-    assert!(!logs.text().contains("slow statement"), "waiting for the lock is logged as slow: {}", logs.text());
+    assert!(
+        !logs.text().contains("slow statement"),
+        "waiting for the lock is logged as slow: {}",
+        logs.text()
+    );
 
     // End the leader's lock session.
     let holder = lock_sessions(&probe, "leadership", true).await;
@@ -388,6 +392,13 @@ async fn a_lost_lock_hands_the_feed_over_and_no_event_is_applied_twice() {
     assert_eq!(seen, want, "every event exactly once: {rows:?}");
     assert!(rows[5..].iter().all(|(replica, _)| replica == "second"), "the follower took over: {rows:?}");
     assert_ne!(lock_sessions(&probe, "leadership", true).await, holder, "a new session leads");
+
+    // With the upstream down, the leader keeps its lock, and its session,
+    // while it retries: the outage is not handed from replica to replica.
+    let leader = lock_sessions(&probe, "leadership", true).await;
+    s.catalog_server.take().expect("the catalog runs").stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(lock_sessions(&probe, "leadership", true).await, leader, "the lead changed hands in an outage");
 
     for (shutdown, task) in [first, second] {
         shutdown.trigger();
