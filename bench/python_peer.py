@@ -24,24 +24,14 @@ from pathlib import Path
 import grpc
 
 ROOT = Path(__file__).resolve().parents[1]
+# The client generation the Python client tests use.
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+from agora_local import generate_client  # noqa: E402
 
 COLUMNS = (
     "product_id, display_name, description, family_id, currency_code, amount_minor, state, revision, "
     "create_time, update_time"
 )
-
-
-def generate_client(out: Path) -> None:
-    from grpc_tools import protoc
-
-    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
-    include = Path(protoc.__file__).parent / "_proto"
-    code = protoc.main(
-        ["grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
-        + protos
-    )
-    if code != 0:
-        raise SystemExit("protoc failed")
 
 
 def timestamp(micros: int, ts_type):

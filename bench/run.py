@@ -8,10 +8,11 @@ file), then measures with h2load (nghttp2-client) speaking gRPC:
   references  the bare tonic server (bench/bare: GetProduct from memory, no
               middleware) and the Python grpc.aio peer (bench/python_peer.py:
               GetProduct from the same SQLite file)
-  Agora       GetProduct on SQLite and PostgreSQL, ListAvailableOffers,
-              CreateOffer (offers asks catalog), StreamProducts, start-up and
-              idle memory of every service, overload, and scale (1,000 versus
-              1,000,000 products)
+  Agora       GetProduct on SQLite (plaintext, TLS, TLS and a token) and
+              PostgreSQL, ListAvailableOffers, CreateOffer (offers asks
+              catalog), offers on PostgreSQL with one and two replicas,
+              StreamProducts, start-up and idle memory of every service,
+              overload, and scale (1,000 versus 1,000,000 products)
 
 Servers run on one core and h2load on the other (taskset). Every call kind
 is checked with a real gRPC client before and after its run (h2load sees

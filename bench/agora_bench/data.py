@@ -183,6 +183,37 @@ def fill_offers_sqlite(path: Path, now: int) -> None:
         db.close()
 
 
+def offers_postgres(procs: Procs, pg_url: str, created: list) -> tuple[str, str]:
+    """A new PostgreSQL database beside the catalog's, with the offers of fill_offers_sqlite:
+    (database, url)."""
+    base, _, query = pg_url.partition("?")
+    db = base.rsplit("/", 1)[1] + "_offers"
+    created.append(db)
+    psql(POSTGRES_URL, f"CREATE DATABASE {db}")
+    url = base.rsplit("/", 1)[0] + "/" + db + (f"?{query}" if query else "")
+    s = start_service(procs, "offers-migrate", "offers", url, AGORA_LOG="error",
+                      AGORA_CATALOG_ADDRS="http://127.0.0.1:9", AGORA_CUSTOMERS_ADDRS="http://127.0.0.1:9")
+    try:
+        s.wait_serving()
+    finally:
+        s.stop()
+    now, hour = int(time.time() * 1e6), 3_600_000_000
+    hex32 = "lpad(to_hex({}), 32, '0')"
+    psql(url, f"""
+        INSERT INTO offers (offer_id, product_id, customer_id, kind, discount_percent, start_time, end_time,
+                            state, revision, create_time, update_time)
+        SELECT 'off_' || {hex32.format('i')}, 'prd_' || {hex32.format('1 + i % 1000')},
+               CASE WHEN i % 3 = 0 THEN 'cus_' || {hex32.format('1 + (i / 1000) % 7')} ELSE '' END,
+               CASE WHEN i % 2 = 0 THEN 'LAST_DAY' ELSE 'SPEED' END, 5 + i % 50,
+               CASE i % 4 WHEN 0 THEN {now} - 48 * {hour} WHEN 1 THEN {now} + 24 * {hour} ELSE {now} - {hour} END,
+               CASE i % 4 WHEN 0 THEN {now} - 30 * {hour} WHEN 1 THEN {now} + 40 * {hour}
+                          ELSE {now} + (1 + i % 20) * {hour} END,
+               CASE WHEN i % 10 = 9 THEN 'WITHDRAWN' ELSE 'ACTIVE' END, 1, {now} - {hour} + i, {now} - {hour} + i
+        FROM generate_series(1, {OFFERS}) AS i""")
+    psql(url, "ANALYZE offers")
+    return db, url
+
+
 def expected_available(path: Path, customer: str, product: str, now: int) -> int:
     db = sqlite3.connect(path)
     try:

@@ -138,6 +138,7 @@ def render(bench: Bench, info: dict, extra: dict, pg_skip) -> str:
     rows = Rows(bench.results)
     getproduct_rows(rows, pg_skip)
     offers_rows(rows, extra)
+    replicas_rows(rows)
     scale_rows(rows)
     stream_rows(rows)
     startup_rows(rows)
@@ -186,6 +187,28 @@ def offers_rows(rows: Rows, extra: dict) -> None:
                               f"{fmt_ms(c['catalog_ms'])} of {fmt_ms(c['offers_ms'])} ms handling",
                  cpu=f"offers {cpu['offers']:.1f} + catalog {cpu['catalog']:.1f}",
                  goals=f"p99 < 2 ms at 80 %: {goal(c['p99_80'] < 2)}")
+
+
+def replicas_rows(rows: Rows) -> None:
+    """Offers with one, then two replicas on one PostgreSQL database: two cores cannot scale, the row
+    shows that nothing collapses (locks, polling, connections)."""
+    r = rows.r
+    if "replicas_1" not in r:
+        why = r.get("replicas", {}).get("skipped", "not measured")
+        rows.add("Agora offers, ListAvailableOffers, PostgreSQL, 1 and 2 replicas", f"skipped: {why}", "–")
+        return
+    one, two = r["replicas_1"], r["replicas_2"]
+    cpu_one = sum(one["cpu_us"].values())
+    rows.request("replicas_1", vs=f"1.00 (reference of the row below); {one['sessions']} PostgreSQL sessions, "
+                                  f"{one['opened']:.1f} opened a second while idle",
+                 cpu=f"{cpu_one:.1f} (PostgreSQL included)")
+    ratio = two["rps"] / one["rps"]
+    mark = "" if two["checked"] and not two["failed"] else " ⚠"
+    rows.add(two["label"] + mark, f"{num(two['rps'])} req/s", f"{ratio:.2f}× one replica; {two['sessions']} "
+             f"PostgreSQL sessions, {two['opened']:.1f} opened a second while idle", fmt_ms(two["p50"]),
+             fmt_ms(two["p99"]), cpu=f"{two['cpu_us_call']:.1f} (PostgreSQL included)",
+             goals=f"nothing collapses (≥ 0.8× one replica, no session churn): "
+                   f"{goal(ratio >= 0.8 and two['opened'] < 0.5)}")
 
 
 def scale_rows(rows: Rows) -> None:

@@ -28,6 +28,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
+# The local-system helpers the Python client tests use: credentials, the generated client.
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+from agora_local import Credentials, generate_client  # noqa: E402
 QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 SERVICES = ["catalog", "customers", "offers", "shopping"]
 RELEASE = ROOT / "target" / "release"
@@ -316,14 +319,8 @@ class Client:
     """The Python client generated from proto/, as a client author makes it."""
 
     def __init__(self, out: Path):
-        from grpc_tools import protoc
-
-        protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
-        include = Path(protoc.__file__).parent / "_proto"
         out.mkdir(parents=True, exist_ok=True)
-        argv = ["protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
-        if protoc.main(argv + protos) != 0:
-            raise RuntimeError("protoc failed")
+        generate_client(out)
         sys.path.insert(0, str(out))
         import agora.catalog.v1.catalog_service_pb2 as catalog
         import agora.offers.v1.offers_service_pb2 as offers
@@ -332,40 +329,24 @@ class Client:
         self.dir, self.catalog, self.offers, self.timestamp = out, catalog, offers, timestamp_pb2.Timestamp
 
 
-class DevCredentials:
-    """Development credentials made by agora-dev in `dir`: the environment that runs a service with
-    TLS (and tokens), a token, and the channel credentials of a client."""
+class DevCredentials(Credentials):
+    """Development credentials made by agora-dev (release) under `work`/dev: the environment that runs a
+    service with TLS (and tokens), tokens, and the channel of a client."""
 
-    def __init__(self, dir: Path):
-        self.dir = dir
-        self.dev("init")
-        self.ca = (dir / "ca.pem").read_bytes()
-
-    def dev(self, *args: str) -> str:
-        done = subprocess.run([str(RELEASE / "agora-dev"), *args, "--dir", str(self.dir)],
-                              capture_output=True, text=True, check=True, timeout=60)
-        return done.stdout.strip()
+    def __init__(self, work: Path):
+        super().__init__(work, RELEASE)
 
     def env(self, service: str, tokens: bool = True) -> dict:
         """TLS with the service's certificate, and token checks unless `tokens` is False (then
         AGORA_INSECURE=1 switches them off, and only them)."""
-        env = {}
-        for line in self.dev("env", service).splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value.strip("'")
+        env = super().env(service)
         if not tokens:
             env = {k: v for k, v in env.items() if not k.startswith(("AGORA_JWKS", "AGORA_JWT"))}
         env["AGORA_INSECURE"] = "0" if tokens else "1"
         return env
 
-    def token(self, role: str, subject: str = "") -> str:
-        return self.dev("token", role, *([subject] if subject else []))
-
     def channel(self, addr: str, token: str | None) -> grpc.Channel:
-        creds = grpc.ssl_channel_credentials(self.ca)
-        if token:
-            creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
-        return grpc.secure_channel(addr, creds, options=[("grpc.max_receive_message_length", 64 * MIB)])
+        return self.channel_to(addr, token, [("grpc.max_receive_message_length", 64 * MIB)])
 
 
 def call(addr: str, path: str, request, response_cls, timeout: float = 10, channel=None):
@@ -493,7 +474,7 @@ class Bench:
 
     def __init__(self, work: Path, procs: Procs, client: Client):
         self.work, self.procs, self.client, self.h2 = work, procs, client, H2load(work)
-        self.dev = DevCredentials(work / "dev")
+        self.dev = DevCredentials(work)
         self.results: dict[str, dict] = {}
         self.failures: list[str] = []
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .data import Data, expected_available, postgres_backends_cpu, prepare, product_id
+from .data import Data, expected_available, offers_postgres, postgres_backends_cpu, prepare, product_id, psql
 from .references import start_bare, start_python_peer
 from .report import publish
-from .runner import (LARGE, OFFERS, OVERLOAD_CLIENTS, OVERLOAD_LIMIT, OVERLOAD_STREAMS, QUICK, SERVICES, SMALL,
-                     STARTS, STREAM_REPEATS, Bench, Procs, Server, call, frame, log, metric_delta,
-                     start_service, stream_count)
+from .runner import (CLIENTS, LARGE, OFFERS, OVERLOAD_CLIENTS, OVERLOAD_LIMIT, OVERLOAD_STREAMS, QUICK, RUN_SECONDS,
+                     SERVICES, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, H2load, Procs, Server, call,
+                     cpu_seconds, fmt_ms, frame, log, metric_delta, percentile, start_service, stream_count)
 
 GET_PATH = "/agora.catalog.v1.CatalogService/GetProduct"
 LIST_PATH = "/agora.catalog.v1.CatalogService/ListProducts"
@@ -47,6 +47,7 @@ def run_all(bench: Bench, info: dict, created: list) -> None:
     getproduct_side_by_side(bench, data)
     available_count = list_available_offers(bench, data)
     create_offer(bench, data)
+    offers_replicas(bench, data, created)
     scale(bench, data)
     stream_products(bench, data)
     startup_and_idle(bench, data)
@@ -193,6 +194,112 @@ def create_offer(bench: Bench, data: Data) -> None:
         offers.stop()
         customers.stop()
         catalog.stop()
+
+
+# ---------------------------------------------------------------- replicas
+
+
+IDLE_SECONDS = 2 if QUICK else 5  # how long new PostgreSQL sessions are counted while idle
+
+
+def offers_replicas(bench: Bench, data: Data, created: list) -> None:
+    """Offers on PostgreSQL, one replica then two on the same database: ListAvailableOffers with the
+    load spread over the replicas (two h2load runs at once, half the connections each), the PostgreSQL
+    sessions held, and the sessions opened while idle (a replica that does not lead a feed waits for
+    its lock on one session; it must not reconnect)."""
+    if data.pg_url is None:
+        bench.results["replicas"] = {"skipped": data.pg_skip}
+        return
+    off = bench.client.offers
+    db, url = offers_postgres(bench.procs, data.pg_url, created)
+    customer = psql(url, "SELECT customer_id FROM offers WHERE customer_id != '' AND product_id = "
+                         f"'{product_id(3)}' LIMIT 1")
+    request = off.ListAvailableOffersRequest(customer_id=customer, product_id=product_id(3))
+    body = frame(request)
+    up = dict(AGORA_CATALOG_ADDRS="http://127.0.0.1:9", AGORA_CUSTOMERS_ADDRS="http://127.0.0.1:9", AGORA_LOG="error")
+    replicas = [start_service(bench.procs, "offers-pg-1", "offers", url, **up).wait_serving()]
+
+    def check(addr):
+        def run():
+            now = int(time.time() * 1e6)
+            want = int(psql(url, f"SELECT count(*) FROM offers WHERE state = 'ACTIVE' AND customer_id IN "
+                                 f"('', '{customer}') AND start_time <= {now} AND end_time > {now} "
+                                 f"AND product_id = '{product_id(3)}'"))
+            code, resp, details = call(addr, AVAILABLE_PATH, request, off.ListAvailableOffersResponse)
+            if code != grpc.StatusCode.OK:
+                return f"{code.name}: {details}"
+            if resp.fallback or len(resp.offers) != want or want == 0:
+                return f"{len(resp.offers)} offers (fallback {resp.fallback}) instead of {want}"
+            return None
+        return run
+
+    def sessions() -> int:
+        return int(psql(data.pg_url, f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"))
+
+    def opened_while_idle() -> float:
+        """New sessions a second on the database while nobody calls."""
+        count = f"SELECT sessions FROM pg_stat_database WHERE datname = '{db}'"
+        before = int(psql(data.pg_url, count))
+        time.sleep(IDLE_SECONDS)
+        return (int(psql(data.pg_url, count)) - before) / IDLE_SECONDS
+
+    pg_cpu = lambda: postgres_backends_cpu(db)  # noqa: E731
+    try:
+        one = bench.load("replicas_1", "Agora offers, ListAvailableOffers, PostgreSQL, 1 replica",
+                         replicas[0].grpc, AVAILABLE_PATH, body, check(replicas[0].grpc), servers=replicas,
+                         method=AVAILABLE_PATH, at80=False, extra_cpu=pg_cpu)
+        one.update(sessions=sessions(), opened=opened_while_idle())
+        replicas.append(start_service(bench.procs, "offers-pg-2", "offers", url, **up).wait_serving())
+        two = spread(bench, "Agora offers, ListAvailableOffers, PostgreSQL, 2 replicas", replicas, AVAILABLE_PATH,
+                     body, [check(r.grpc) for r in replicas], pg_cpu)
+        two.update(sessions=sessions(), opened=opened_while_idle())
+        bench.results["replicas_2"] = two
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+def spread(bench: Bench, label: str, servers: list, path: str, body: bytes, checks: list, extra_cpu) -> dict:
+    """The load of one capacity run spread over `servers`: one h2load per server at once, each with its
+    share of the connections, for RUN_SECONDS; calls a second summed, CPU per call over every server
+    (and `extra_cpu`)."""
+    log(f"{label}: measuring")
+    checked = all(bench.check(f"{label} (before)", c) for c in checks)
+    h2s = []
+    for i in range(len(servers)):
+        work = bench.work / f"spread-{i}"
+        work.mkdir(exist_ok=True)
+        h2s.append(H2load(work))
+    clients = max(1, CLIENTS // len(servers))
+    runs: list = [None] * len(servers)
+    cpu0 = [cpu_seconds(s.pid) for s in servers] + [extra_cpu()]
+
+    def one(i):
+        try:
+            runs[i] = h2s[i].run(servers[i].grpc, path, body, duration=max(1, round(RUN_SECONDS)), clients=clients,
+                                 streams=STREAMS)
+        except Exception as err:  # raised again below, in the harness's thread
+            runs[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(servers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cpu1 = [cpu_seconds(s.pid) for s in servers] + [extra_cpu()]
+    for run in runs:
+        if isinstance(run, Exception):
+            raise run
+    checked &= all(bench.check(f"{label} (after)", c) for c in checks)
+    done = sum(r["http_200"] for r in runs)
+    latencies = sorted(x for r in runs for x in r["latencies"])
+    cpu = sum(b - a for a, b in zip(cpu0, cpu1))
+    result = dict(label=label, rps=sum(r["rps"] for r in runs), p50=percentile(latencies, 50),
+                  p99=percentile(latencies, 99), cpu_us_call=cpu * 1e6 / max(1, done),
+                  failed=sum(r["failed"] for r in runs), checked=checked)
+    log(f"{label}: {result['rps']:,.0f} req/s, p50 {fmt_ms(result['p50'])} ms, p99 {fmt_ms(result['p99'])} ms, "
+        f"CPU {result['cpu_us_call']:.1f} us/call (PostgreSQL included)")
+    return result
 
 
 # ---------------------------------------------------------------- scale

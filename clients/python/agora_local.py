@@ -64,42 +64,6 @@ def generated_client() -> dict:
     }
 
 
-class System:
-    """The running services and the credentials to call them with."""
-
-    def __init__(self, data: Path):
-        self.credentials = data / "dev"
-        self.addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
-        self.admins = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
-        self.dev("init")
-        self.ca = (self.credentials / "ca.pem").read_bytes()
-
-    def dev(self, *args: str) -> str:
-        done = subprocess.run(
-            [str(BIN_DIR / "agora-dev"), *args, "--dir", str(self.credentials)],
-            capture_output=True, text=True, check=True,
-        )
-        return done.stdout.strip()
-
-    def env(self, name: str) -> dict:
-        """The variables `agora-dev env` gives a service: its certificate, the CA, the JWKS."""
-        variables = {}
-        for line in self.dev("env", name).splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            variables[key] = value.strip("'")
-        return variables
-
-    def token(self, role: str, subject: str = "") -> str:
-        return self.dev("token", role, *([subject] if subject else []))
-
-    def channel(self, name: str, token: str | None) -> grpc.Channel:
-        """A TLS channel to a service trusting the development CA, sending `token`."""
-        credentials = grpc.ssl_channel_credentials(self.ca)
-        if token:
-            credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
-        return grpc.secure_channel(self.addrs[name], credentials)
-
-
 def wait_serving(admin: str) -> None:
     """Plaintext health on the admin port, as a Kubernetes probe asks."""
     deadline = time.monotonic() + BOUND_SECONDS
@@ -121,14 +85,14 @@ class Credentials:
     """The development credentials agora-dev makes under `data`/dev: the CA,
     each service's certificate and the token signing key."""
 
-    def __init__(self, data: Path):
-        self.credentials = data / "dev"
+    def __init__(self, data: Path, bin_dir: Path = BIN_DIR):
+        self.credentials, self.bin_dir = data / "dev", bin_dir
         self.dev("init")
         self.ca = (self.credentials / "ca.pem").read_bytes()
 
     def dev(self, *args: str) -> str:
         done = subprocess.run(
-            [str(BIN_DIR / "agora-dev"), *args, "--dir", str(self.credentials)],
+            [str(self.bin_dir / "agora-dev"), *args, "--dir", str(self.credentials)],
             capture_output=True, text=True, check=True,
         )
         return done.stdout.strip()
