@@ -398,7 +398,11 @@ async fn a_lost_lock_hands_the_feed_over_and_no_event_is_applied_twice() {
     let leader = lock_sessions(&probe, "leadership", true).await;
     s.catalog_server.take().expect("the catalog runs").stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(lock_sessions(&probe, "leadership", true).await, leader, "the lead changed hands in an outage");
+    assert_eq!(
+        lock_sessions(&probe, "leadership", true).await,
+        leader,
+        "the lead changed hands in an outage"
+    );
 
     for (shutdown, task) in [first, second] {
         shutdown.trigger();
