@@ -325,10 +325,17 @@ class Load:
             time.sleep(0.01)
 
     def watch_leaders(self) -> None:
-        """How many offers replicas lead the catalog feed at once, at most."""
+        """How many offers replicas lead the catalog feed at once, at most. Replicas are read one
+        after the other, so a hand-over between two reads can look like two leaders: those seen
+        leading are read again, in the other order, and count together only if each still leads
+        after the others were seen leading (a replica shows 0 before it lets the lock go)."""
+        def leads(r: Replica) -> bool:
+            return r.alive() and r.metric("agora_feed_leader", 'feed="catalog"') == 1.0
+
         while not self.stop.is_set():
-            leading = [r for r in self.system.offers
-                       if r.alive() and r.metric("agora_feed_leader", 'feed="catalog"') == 1.0]
+            leading = [r for r in self.system.offers if leads(r)]
+            if len(leading) > 1:
+                leading = [r for r in reversed(leading) if leads(r)]
             self.leaders_seen = max(self.leaders_seen, len(leading))
             time.sleep(0.1)
 

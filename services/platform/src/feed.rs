@@ -42,7 +42,7 @@ use tonic::{Status, Streaming};
 
 use crate::{
     Database, Error,
-    db::{Executor, UnitOfWork},
+    db::{Executor, Leadership, UnitOfWork},
     server::Task,
     wire::{micros_from_timestamp, now_micros},
 };
@@ -120,7 +120,7 @@ async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, 
     let mut backoff = Backoff::default();
     loop {
         // Only the holder of the feed's lock consumes; the others wait here.
-        let mut lead = match db.lead(&format!("agora-feed:{feed}")).await {
+        let lead = match db.lead(&format!("agora-feed:{feed}")).await {
             Ok(lead) => lead,
             Err(err) => {
                 tracing::warn!(feed, error = %err, "feed: database unavailable");
@@ -128,18 +128,39 @@ async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, 
                 continue;
             }
         };
-        metrics::gauge!("agora_feed_leader", "feed" => feed).set(1.0);
+        let mut lead = Leading::new(feed, lead);
         // The lock is kept across the upstream's outages: giving it up
         // would only hand the same outage to another replica.
         let reason = tokio::select! {
             reason = lead_while_held(source, effects, db, &mut backoff) => reason,
-            lost = lead.lost() => lost.to_string(),
+            lost = lead.lead.lost() => lost.to_string(),
         };
         drop(lead);
-        metrics::gauge!("agora_feed_leader", "feed" => feed).set(0.0);
-        metrics::gauge!("agora_feed_connected", "feed" => feed).set(0.0);
         // Someone else may lead now: back to waiting on the lock.
         tracing::warn!(feed, %reason, "feed: lost the lead; stopped following");
+    }
+}
+
+/// The lock of a feed while this replica leads it, shown as
+/// `agora_feed_leader{feed} 1`. Dropped (the feed lost, or the task
+/// stopped at shutdown), it shows 0 before the lock goes, so no two
+/// replicas ever show 1 at once.
+struct Leading {
+    feed: &'static str,
+    lead: Leadership,
+}
+
+impl Leading {
+    fn new(feed: &'static str, lead: Leadership) -> Self {
+        metrics::gauge!("agora_feed_leader", "feed" => feed).set(1.0);
+        Self { feed, lead }
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        metrics::gauge!("agora_feed_leader", "feed" => self.feed).set(0.0);
+        metrics::gauge!("agora_feed_connected", "feed" => self.feed).set(0.0);
     }
 }
 

@@ -109,3 +109,36 @@ async fn a_database_of_the_earlier_history_is_adopted_with_its_rows(db: TestData
 
     c.db.assert_schema_as_fresh(&MIGRATIONS).await;
 }
+
+/// A rollout starts several replicas at once on one new PostgreSQL
+/// database: each migration runs exactly once (sqlx's migrator holds an
+/// advisory lock while it migrates), and every replica serves.
+#[tokio::test]
+async fn replicas_starting_at_once_run_each_migration_once() {
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let start = || async {
+        TestServer::start(agora_catalog::build(agora_testing::settings("catalog", &db)).await.unwrap()).await
+    };
+    let (a, b, c) = tokio::join!(start(), start(), start());
+    let probe = db.open();
+    for table in ["_agora_platform_migrations", "_agora_service_migrations"] {
+        let sql = match table {
+            "_agora_platform_migrations" => {
+                "SELECT version, COUNT(*) AS n FROM _agora_platform_migrations GROUP BY version ORDER BY version"
+            }
+            _ => {
+                "SELECT version, COUNT(*) AS n FROM _agora_service_migrations GROUP BY version ORDER BY version"
+            }
+        };
+        let rows = probe.query(sql).fetch_all().await.unwrap();
+        assert!(!rows.is_empty(), "{table} is empty");
+        for row in rows {
+            let (version, n): (i64, i64) = (row.get("version").unwrap(), row.get("n").unwrap());
+            assert_eq!(n, 1, "{table}: version {version} recorded {n} times");
+        }
+    }
+    for server in [a, b, c] {
+        let mut client = pb::catalog_service_client::CatalogServiceClient::new(server.channel.clone());
+        client.list_families(pb::ListFamiliesRequest::default()).await.expect("every replica serves");
+    }
+}

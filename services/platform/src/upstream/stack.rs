@@ -339,19 +339,28 @@ struct Pool {
 
 /// Outlier ejection for one replica. A lazily connecting channel to a dead
 /// replica keeps reporting ready and failing every call it gets; the
-/// balancer would keep choosing it. After a failed connection this wrapper
-/// reports "not ready" for a backoff that doubles with each failure in a row
-/// (100 ms to 5 s), so the balancer picks the others, then lets the replica
-/// try again; the failure also asks for a fresh resolution of the
-/// upstream's names (the replica may be gone for good). Written here
-/// because tower's balancer has no ejection and tonic's reconnecting
-/// channel hides its failures from readiness.
+/// balancer would keep choosing it. After a failed connection, or a
+/// response that broke off mid-way (a stream whose replica died), this
+/// wrapper reports "not ready" for a backoff that doubles with each
+/// failure in a row (250 ms to 5 s), so the balancer picks the others,
+/// then lets the replica try again; the failure also asks for a fresh
+/// resolution of the upstream's names (the replica may be gone for good).
+/// The first backoff is longer than a feed consumer's first retry, so the
+/// retry goes elsewhere. Written here because tower's balancer has no
+/// ejection and tonic's reconnecting channel hides its failures from
+/// readiness.
 struct Ejecting<S> {
     inner: S,
+    ejector: Ejector,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The ejection state of one replica, shared by its calls and responses.
+#[derive(Clone)]
+struct Ejector {
     state: Arc<Mutex<EjectState>>,
     pool: Arc<Pool>,
     replicas: Replicas,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug, Default)]
@@ -360,36 +369,63 @@ struct EjectState {
     failures_in_a_row: u32,
 }
 
+impl Ejector {
+    fn succeeded(&self) {
+        self.state.lock().expect("ejection state").failures_in_a_row = 0;
+    }
+
+    /// Leaves the replica out of the choice for a while, unless it is the
+    /// last one in it.
+    fn failed(&self) {
+        self.replicas.refresh();
+        let mut state = self.state.lock().expect("ejection state");
+        let pool = &self.pool;
+        if state.until.is_none()
+            && pool
+                .ejected
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n + 1 < pool.total.load(Ordering::SeqCst)).then_some(n + 1)
+                })
+                .is_ok()
+        {
+            let backoff =
+                Duration::from_millis(250 << state.failures_in_a_row.min(5)).min(Duration::from_secs(5));
+            state.failures_in_a_row += 1;
+            state.until = Some(tokio::time::Instant::now() + backoff);
+        }
+    }
+}
+
 impl<S> Ejecting<S> {
     fn new(inner: S, pool: Arc<Pool>, replicas: Replicas) -> Self {
         pool.total.fetch_add(1, Ordering::SeqCst);
-        Self { inner, state: Arc::default(), pool, replicas, sleep: None }
+        Self { inner, ejector: Ejector { state: Arc::default(), pool, replicas }, sleep: None }
     }
 }
 
 impl<S> Drop for Ejecting<S> {
     /// A replica that left the balancer leaves its count.
     fn drop(&mut self) {
-        self.pool.total.fetch_sub(1, Ordering::SeqCst);
-        if self.state.lock().expect("ejection state").until.is_some() {
-            self.pool.ejected.fetch_sub(1, Ordering::SeqCst);
+        let pool = &self.ejector.pool;
+        pool.total.fetch_sub(1, Ordering::SeqCst);
+        if self.ejector.state.lock().expect("ejection state").until.is_some() {
+            pool.ejected.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
 impl<S, Req> tower::Service<Req> for Ejecting<S>
 where
-    S: tower::Service<Req>,
+    S: tower::Service<Req, Response = Response<Body>>,
     S::Future: Send + 'static,
-    S::Response: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        let until = self.state.lock().expect("ejection state").until;
+        let until = self.ejector.state.lock().expect("ejection state").until;
         if let Some(until) = until {
             if tokio::time::Instant::now() < until {
                 let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
@@ -399,8 +435,8 @@ where
                 }
             }
             // Back in the choice: the next call is its trial.
-            self.state.lock().expect("ejection state").until = None;
-            self.pool.ejected.fetch_sub(1, Ordering::SeqCst);
+            self.ejector.state.lock().expect("ejection state").until = None;
+            self.ejector.pool.ejected.fetch_sub(1, Ordering::SeqCst);
             self.sleep = None;
         }
         self.inner.poll_ready(cx)
@@ -408,31 +444,51 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let fut = self.inner.call(req);
-        let state = self.state.clone();
-        let pool = self.pool.clone();
-        let replicas = self.replicas.clone();
+        let ejector = self.ejector.clone();
         Box::pin(async move {
-            let result = fut.await;
-            if result.is_err() {
-                replicas.refresh();
+            match fut.await {
+                Ok(response) => {
+                    ejector.succeeded();
+                    Ok(response.map(|inner| Body::new(Watched { inner, ejector: Some(ejector) })))
+                }
+                Err(err) => {
+                    ejector.failed();
+                    Err(err)
+                }
             }
-            let mut state = state.lock().expect("ejection state");
-            if result.is_ok() {
-                state.failures_in_a_row = 0;
-            } else if state.until.is_none()
-                && pool
-                    .ejected
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                        (n + 1 < pool.total.load(Ordering::SeqCst)).then_some(n + 1)
-                    })
-                    .is_ok()
-            {
-                state.failures_in_a_row = (state.failures_in_a_row + 1).min(6);
-                let backoff =
-                    Duration::from_millis(50 << state.failures_in_a_row).min(Duration::from_secs(5));
-                state.until = Some(tokio::time::Instant::now() + backoff);
-            }
-            result
         })
+    }
+}
+
+/// A response body that ejects its replica when it breaks off: the
+/// replica died while it streamed.
+struct Watched {
+    inner: Body,
+    ejector: Option<Ejector>,
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled
+            && let Some(ejector) = self.ejector.take()
+        {
+            ejector.failed();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
