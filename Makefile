@@ -10,7 +10,7 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run stop story seed token postgres-tls test test-system readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
+.PHONY: help run stop story seed token postgres-tls test test-system image test-image readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ test: ## Every test: the workspace's (nextest), then the Python client and grpcu
 
 test-system: ## The slow system suites: replicas on PostgreSQL killed, restarted and drained (root; AGORA_TEST_POSTGRES_URL)
 	@tools/test-system.sh
+
+image: ## OCI images of the services, built from scratch without a daemon (buildah): target/image/agora-<service>.tar
+	@tools/image.sh
+
+test-image: ## Run the catalog's image with podman and runc: SERVING, a call over TLS, exit 0 on SIGTERM
+	@tools/test-image.sh
 
 postgres-tls: ## Give the local PostgreSQL a certificate of a test CA, for the TLS test (root; reconfigures PostgreSQL)
 	@tools/postgres-tls.sh
