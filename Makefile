@@ -10,7 +10,7 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run stop story seed token postgres-tls test test-system image test-image readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
+.PHONY: help run stop story seed token postgres-tls test test-system image test-image deploy-manifests deploy-check readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ image: ## OCI images of the services, built from scratch without a daemon (build
 
 test-image: ## Run the catalog's image with podman and runc: SERVING, a call over TLS, exit 0 on SIGTERM
 	@tools/test-image.sh
+
+deploy-manifests: ## Write deploy/base and the overlays' patches from the context map (tools/deploy_manifests.py)
+	@tools/.venv/bin/python tools/deploy_manifests.py
+
+deploy-check: ## Check deploy/ offline: generated, rendered by kustomize, validated, NetworkPolicies equal to the context map
+	@tools/deploy-check.sh
 
 postgres-tls: ## Give the local PostgreSQL a certificate of a test CA, for the TLS test (root; reconfigures PostgreSQL)
 	@tools/postgres-tls.sh
