@@ -354,25 +354,27 @@ def seed(system: Scaled, count: int) -> tuple:
     return family.family_id, products
 
 
-def serving_the_feed(system: Scaled) -> Replica:
-    """The catalog replica whose Watch stream offers follows."""
-    deadline = time.monotonic() + 10
+def first_alive(replicas: list, condition, what: str, bound: float = 10) -> Replica:
+    """The first live replica for which `condition` holds, waited for within `bound` seconds."""
+    deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
-        for replica in system.catalog:
-            if replica.alive() and (replica.metric("agora_outbox_watchers") or 0) >= 1:
+        for replica in replicas:
+            if replica.alive() and condition(replica):
                 return replica
         time.sleep(0.05)
-    raise AssertionError("no catalog replica serves the feed")
+    raise AssertionError(f"no {what}")
+
+
+def serving_the_feed(system: Scaled) -> Replica:
+    """The catalog replica whose Watch stream offers follows."""
+    return first_alive(system.catalog, lambda r: (r.metric("agora_outbox_watchers") or 0) >= 1,
+                       "catalog replica serves the feed")
 
 
 def leading(system: Scaled) -> Replica:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for replica in system.offers:
-            if replica.alive() and replica.metric("agora_feed_leader", 'feed="catalog"') == 1.0:
-                return replica
-        time.sleep(0.05)
-    raise AssertionError("no offers replica leads the catalog feed")
+    """The offers replica that leads the catalog feed."""
+    return first_alive(system.offers, lambda r: r.metric("agora_feed_leader", 'feed="catalog"') == 1.0,
+                       "offers replica leads the catalog feed")
 
 
 def test_kills_restarts_and_drains_fail_no_call_and_lose_no_write(scaled):
