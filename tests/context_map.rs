@@ -77,6 +77,37 @@ fn rpcs(ws: &Workspace, context: &str) -> Vec<String> {
         .collect()
 }
 
+/// The platform's upstream helpers (`services/platform/src/upstream/hosts.rs`)
+/// a downstream may call instead of an RPC: the call as it reads in a
+/// downstream (`.catalog.sale(`, `hosts.follow(`), and the snake-case names
+/// of the RPCs the helper's body calls.
+fn host_helpers(ws: &Workspace) -> Vec<(String, BTreeSet<String>)> {
+    let all_rpcs: BTreeSet<String> = ["catalog", "customers", "offers", "shopping"]
+        .iter()
+        .flat_map(|c| rpcs(ws, c))
+        .map(|r| snake_case(&r))
+        .collect();
+    let Some(text) = ws.files.get("services/platform/src/upstream/hosts.rs") else { return Vec::new() };
+    let mut helpers = Vec::new();
+    for block in text.split("\nimpl ").skip(1) {
+        let receiver = match block.split(" {").next().unwrap_or("") {
+            "Catalog" => ".catalog.",
+            "Customers" => ".customers.",
+            "Hosts" => "hosts.",
+            _ => continue,
+        };
+        for function in block.split(" fn ").skip(1) {
+            let name: String = function.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let called: BTreeSet<String> =
+                all_rpcs.iter().filter(|r| function.contains(&format!(".{r}("))).cloned().collect();
+            if !called.is_empty() {
+                helpers.push((format!("{receiver}{name}("), called));
+            }
+        }
+    }
+    helpers
+}
+
 /// Every difference between the declared map and the code.
 fn check(ws: &Workspace, map: &Value) -> Vec<String> {
     let mut problems = Vec::new();
@@ -139,10 +170,22 @@ fn check(ws: &Workspace, map: &Value) -> Vec<String> {
             problems.push(format!("{krate}/Cargo.toml is missing"));
         }
 
-        // Which other contexts the code refers to, where, and what it calls.
+        // Which other contexts the code refers to, where, and what it calls:
+        // itself, or through the platform's helpers.
+        let helpers = host_helpers(ws);
         let mut used_calls: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for (path, text) in ws.under(&format!("{krate}/src/")) {
+            let through_helpers: BTreeSet<&String> = helpers
+                .iter()
+                .filter(|(call, _)| text.contains(call.as_str()))
+                .flat_map(|(_, rpcs)| rpcs)
+                .collect();
             for other in contexts.keys().filter(|o| *o != context) {
+                for rpc in rpcs(ws, other) {
+                    if through_helpers.contains(&snake_case(&rpc)) {
+                        used_calls.entry(other.as_str()).or_default().insert(rpc);
+                    }
+                }
                 // `agora::catalog::v1`, or `catalog::v1` inside `agora::{…}`.
                 if !text.contains(&format!("{other}::v1")) {
                     continue;

@@ -176,8 +176,8 @@ impl CustomerService for CustomersApi {
     }
 
     async fn get_customer(&self, req: Request<pb::GetCustomerRequest>) -> Answer<pb::GetCustomerResponse> {
-        let grant = Grant::of(&req)?.clone();
-        let id = required_id("customer_id", &req.into_inner().customer_id)?;
+        let (grant, req) = Grant::split(req)?;
+        let id = required_id("customer_id", &req.customer_id)?;
         grant.check_owner(&id)?;
         let customer = store::customer(&self.db, &id).await?;
         reply(pb::GetCustomerResponse { customer: Some(customer.into()) })
@@ -190,10 +190,8 @@ impl CustomerService for CustomersApi {
         let req = req.into_inner();
         let paging = Paging::of(req.page_size, &req.page_token, LIST_FILTER)?;
         let page = store::list(&self.db, paging.after, paging.size).await?;
-        reply(pb::ListCustomersResponse {
-            next_page_token: paging.next_page_token(&page),
-            customers: page.map(Into::into).items,
-        })
+        let (customers, next_page_token) = paging.answer(page);
+        reply(pb::ListCustomersResponse { customers, next_page_token })
     }
 
     async fn update_customer(

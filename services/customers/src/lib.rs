@@ -16,7 +16,7 @@ pub mod store;
 use agora_contracts::{
     FILE_DESCRIPTOR_SET, agora::customers::v1::customer_service_server::CustomerServiceServer,
 };
-use agora_platform::{Application, Database, Migrations, ServiceSpec, Services, Settings, outbox::Outbox};
+use agora_platform::{Application, Migrations, ServiceSpec, Settings, limited, server::OpenHost};
 
 /// Name and default ports of the customers service.
 pub const SPEC: ServiceSpec = ServiceSpec { name: "customers", grpc_port: 50052, admin_port: 9102 };
@@ -29,13 +29,8 @@ pub const MIGRATIONS: Migrations = agora_platform::migrations!(
 
 /// The customers service, bound to its ports and ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let database = Database::connect_lazy(&settings)?;
-    let services = Services::new(FILE_DESCRIPTOR_SET);
-    let outbox = Outbox::new(database.clone(), settings.outbox_poll_interval);
-    let api = api::CustomersApi::new(database.clone(), outbox.clone(), services.shutdown());
-    let customers = CustomerServiceServer::new(api)
-        .max_decoding_message_size(settings.max_message_bytes)
-        .max_encoding_message_size(settings.max_message_bytes);
-    let services = services.with(customers, api::POLICY).task(outbox.pruning(settings.outbox_retention));
+    let OpenHost { database, outbox, services } = OpenHost::new(&settings, FILE_DESCRIPTOR_SET)?;
+    let api = api::CustomersApi::new(database.clone(), outbox, services.shutdown());
+    let services = services.with(limited!(CustomerServiceServer::new(api), settings), api::POLICY);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

@@ -11,7 +11,7 @@ use agora_platform::{
     db::IdempotencyKey,
     middleware::{Deadline, ExtraTrailers},
     security::{Access, Audit, Grant, Policy, Rule},
-    upstream::hosts::Hosts,
+    upstream::hosts::{Hosts, Sale},
     wire::{
         Answer, Paging, micros_from_timestamp, new_id, now_micros, optional_id, parse_request_id, reply,
         required, required_id, timestamp_from_micros,
@@ -23,7 +23,6 @@ use crate::{
     domain::{self, MAX_AVAILABLE, NewOffer, Offer, OfferKind, OfferState, Window, WindowProblem},
     fallback::Fallback,
     store,
-    upstream::{self, Offerable},
 };
 
 /// Who may call what. Staff create, list and withdraw offers, audited; a
@@ -135,12 +134,12 @@ impl OffersApi {
     /// The upstream checks of a new offer: the product is on sale, and a
     /// personal offer's customer exists.
     async fn check_references(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<(), Error> {
-        match upstream::offerable(&self.hosts, &new.product_id, deadline).await? {
-            Offerable::Yes => {}
-            Offerable::Unknown => {
+        match self.hosts.catalog.sale(&new.product_id, deadline).await? {
+            Sale::OnSale => {}
+            Sale::Unknown => {
                 return Err(Error::NotFound { resource: "product", id: new.product_id.clone() });
             }
-            Offerable::Discontinued => {
+            Sale::NotOnSale => {
                 return Err(Error::FailedPrecondition {
                     kind: Precondition::ProductState,
                     subject: format!("product/{}", new.product_id),
@@ -149,7 +148,7 @@ impl OffersApi {
             }
         }
         if let Some(customer_id) = &new.customer_id
-            && !upstream::customer_exists(&self.hosts, customer_id, deadline).await?
+            && !self.hosts.customers.exists(customer_id, deadline).await?
         {
             return Err(Error::NotFound { resource: "customer", id: customer_id.clone() });
         }
@@ -183,8 +182,8 @@ impl OfferService for OffersApi {
     }
 
     async fn get_offer(&self, req: Request<pb::GetOfferRequest>) -> Answer<pb::GetOfferResponse> {
-        let grant = Grant::of(&req)?.clone();
-        let id = required_id("offer_id", &req.into_inner().offer_id)?;
+        let (grant, req) = Grant::split(req)?;
+        let id = required_id("offer_id", &req.offer_id)?;
         // A personal offer is its customer's; the others are everyone's.
         let offer = grant.owned(store::offer(&self.db, &id).await, |o| o.customer_id.as_deref())?;
         reply(pb::GetOfferResponse { offer: Some(offer.into()) })
@@ -207,10 +206,8 @@ impl OfferService for OffersApi {
         let paging = size.token(&mut v, &req.page_token, filter.fingerprint());
         v.finish()?;
         let page = store::list(&self.db, &filter, paging.after, paging.size).await?;
-        reply(pb::ListOffersResponse {
-            next_page_token: paging.next_page_token(&page),
-            offers: page.map(Into::into).items,
-        })
+        let (offers, next_page_token) = paging.answer(page);
+        reply(pb::ListOffersResponse { offers, next_page_token })
     }
 
     async fn withdraw_offer(
@@ -233,8 +230,7 @@ impl OfferService for OffersApi {
         &self,
         req: Request<pb::ListAvailableOffersRequest>,
     ) -> Answer<pb::ListAvailableOffersResponse> {
-        let grant = Grant::of(&req)?.clone();
-        let req = req.into_inner();
+        let (grant, req) = Grant::split(req)?;
         let mut v = Violations::new();
         let customer_id = optional_id(&mut v, "customer_id", &req.customer_id);
         let product_id = optional_id(&mut v, "product_id", &req.product_id);

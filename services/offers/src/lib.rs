@@ -24,6 +24,7 @@ use agora_contracts::{FILE_DESCRIPTOR_SET, agora::offers::v1::offer_service_serv
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
+    limited,
     upstream::hosts::Addresses,
 };
 
@@ -84,12 +85,9 @@ pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::R
     let database = Database::connect_lazy(&settings)?;
     let hosts = offers.upstreams.connect(&settings.security)?;
     // Follow the upstreams' change feeds in the background.
-    let [catalog_feed, customers_feed] = upstream::follow(&hosts, &database);
+    let feeds = hosts.follow(upstream::Offers, &database);
     let api = api::OffersApi { db: database.clone(), hosts, fallback: offers.fallback };
-    let server = OfferServiceServer::new(api)
-        .max_decoding_message_size(settings.max_message_bytes)
-        .max_encoding_message_size(settings.max_message_bytes);
-    let services =
-        Services::new(FILE_DESCRIPTOR_SET).with(server, api::POLICY).task(catalog_feed).task(customers_feed);
-    Application::build(SPEC, settings, database, MIGRATIONS, services).await
+    let services = Services::new(FILE_DESCRIPTOR_SET)
+        .with(limited!(OfferServiceServer::new(api), settings), api::POLICY);
+    Application::build(SPEC, settings, database, MIGRATIONS, services.tasks(feeds)).await
 }

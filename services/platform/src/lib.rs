@@ -45,3 +45,26 @@ pub use config::{ServiceSpec, Settings};
 pub use db::{Backend, Database, Migrations, UnitOfWork};
 pub use error::{Error, Precondition, Violations};
 pub use server::{Application, Services, Shutdown};
+
+/// A directory of this test process's own under the system's temporary
+/// directory, created.
+#[cfg(test)]
+pub(crate) fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("agora-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+/// A scratch directory (see [`scratch_dir`]) holding one file, `file`,
+/// with `contents`: the directory and the file's path.
+#[cfg(test)]
+pub(crate) fn scratch_file(
+    name: &str,
+    file: &str,
+    contents: impl AsRef<[u8]>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = scratch_dir(name);
+    let path = dir.join(file);
+    std::fs::write(&path, contents).expect("a scratch file");
+    (dir, path)
+}

@@ -164,6 +164,13 @@ impl Paging {
             .map(|after| PageToken { after, filter: self.filter.clone() }.encode())
             .unwrap_or_default()
     }
+
+    /// A List answer's two parts: `page`'s items in their wire form, and the
+    /// `next_page_token` that continues after it.
+    pub fn answer<T, U: From<T>>(&self, page: Page<T>) -> (Vec<U>, String) {
+        let next_page_token = self.next_page_token(&page);
+        (page.items.into_iter().map(U::from).collect(), next_page_token)
+    }
 }
 
 /// A page size read before the filter; see [`Paging::size`].
@@ -217,6 +224,16 @@ impl PageToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_trimmed_bounded_in_characters_and_printable() {
+        assert_eq!(parse_line("  Ana  ", 10), Ok("Ana".into()));
+        assert!(parse_line("   ", 10).is_err());
+        assert!(parse_line(&"x".repeat(11), 10).is_err());
+        assert!(parse_line(&"é".repeat(10), 10).is_ok(), "counts characters, not bytes");
+        assert!(parse_line("a\u{0}b", 10).is_err());
+        assert!(parse_line("An\u{7}a", 10).is_err());
+    }
 
     #[test]
     fn timestamps_round_trip_through_micros() {

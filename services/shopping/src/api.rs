@@ -14,7 +14,7 @@ use agora_platform::{
     Database, Error, Precondition, Violations,
     middleware::Deadline,
     security::{Access, Grant, Policy, Rule},
-    upstream::hosts::Hosts,
+    upstream::hosts::{Hosts, Sale},
     wire::{Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros},
 };
 use tonic::Request;
@@ -22,7 +22,6 @@ use tonic::Request;
 use crate::{
     domain::{self, NewList, ShoppingList},
     store,
-    upstream::{self, Listable},
 };
 
 /// Who may call what. A shopping list is its customer's alone: not even
@@ -134,7 +133,7 @@ fn list_filter(customer_id: &str) -> String {
 impl ShoppingApi {
     /// The owner of a new list must be a customer.
     async fn check_customer(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        if upstream::customer_exists(&self.hosts, customer_id, deadline).await? {
+        if self.hosts.customers.exists(customer_id, deadline).await? {
             Ok(())
         } else {
             Err(Error::NotFound { resource: "customer", id: customer_id.to_owned() })
@@ -143,10 +142,10 @@ impl ShoppingApi {
 
     /// Only a product on sale goes on a list.
     async fn check_listable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        match upstream::listable(&self.hosts, product_id, deadline).await? {
-            Listable::Yes => Ok(()),
-            Listable::Unknown => Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
-            Listable::NotOnSale => Err(Error::FailedPrecondition {
+        match self.hosts.catalog.sale(product_id, deadline).await? {
+            Sale::OnSale => Ok(()),
+            Sale::Unknown => Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
+            Sale::NotOnSale => Err(Error::FailedPrecondition {
                 kind: Precondition::ProductState,
                 subject: format!("product/{product_id}"),
                 description: format!(
@@ -164,8 +163,8 @@ impl ShoppingListService for ShoppingApi {
         req: Request<pb::CreateShoppingListRequest>,
     ) -> Answer<pb::CreateShoppingListResponse> {
         let deadline = Deadline::of(&req);
-        let grant = Grant::of(&req)?.clone();
-        let new = NewList::try_from(req.into_inner())?;
+        let (grant, req) = Grant::split(req)?;
+        let new = NewList::try_from(req)?;
         grant.check_owner(&new.customer_id)?;
         self.check_customer(&new.customer_id, deadline).await?;
         let list = ShoppingList::create(new_id("lst"), new, now_micros());
@@ -180,8 +179,8 @@ impl ShoppingListService for ShoppingApi {
         &self,
         req: Request<pb::GetShoppingListRequest>,
     ) -> Answer<pb::GetShoppingListResponse> {
-        let grant = Grant::of(&req)?.clone();
-        let id = required_id("list_id", &req.into_inner().list_id)?;
+        let (grant, req) = Grant::split(req)?;
+        let id = required_id("list_id", &req.list_id)?;
         let list = grant.owned(store::list(&self.db, &id).await, owner)?;
         reply(pb::GetShoppingListResponse { shopping_list: Some(list.into()) })
     }
@@ -190,8 +189,7 @@ impl ShoppingListService for ShoppingApi {
         &self,
         req: Request<pb::ListShoppingListsRequest>,
     ) -> Answer<pb::ListShoppingListsResponse> {
-        let grant = Grant::of(&req)?.clone();
-        let req = req.into_inner();
+        let (grant, req) = Grant::split(req)?;
         let mut v = Violations::new();
         // Not asked of customers: an unknown customer simply has no lists.
         let customer_id = v.check("customer_id", domain::parse_id(&req.customer_id)).unwrap_or_default();
@@ -199,16 +197,14 @@ impl ShoppingListService for ShoppingApi {
         v.finish()?;
         grant.check_owner(&customer_id)?;
         let page = store::lists_of(&self.db, &customer_id, paging.after, paging.size).await?;
-        reply(pb::ListShoppingListsResponse {
-            next_page_token: paging.next_page_token(&page),
-            shopping_lists: page.map(Into::into).items,
-        })
+        let (shopping_lists, next_page_token) = paging.answer(page);
+        reply(pb::ListShoppingListsResponse { shopping_lists, next_page_token })
     }
 
     async fn add_item(&self, req: Request<pb::AddItemRequest>) -> Answer<pb::AddItemResponse> {
         let deadline = Deadline::of(&req);
-        let grant = Grant::of(&req)?.clone();
-        let add = ItemToAdd::try_from(req.into_inner())?;
+        let (grant, req) = Grant::split(req)?;
+        let add = ItemToAdd::try_from(req)?;
         // Whose the list is, before the catalog is asked about a product
         // for a list the caller may not touch.
         if let Grant::Owner(_) = grant {
@@ -227,8 +223,7 @@ impl ShoppingListService for ShoppingApi {
     }
 
     async fn remove_item(&self, req: Request<pb::RemoveItemRequest>) -> Answer<pb::RemoveItemResponse> {
-        let grant = Grant::of(&req)?.clone();
-        let req = req.into_inner();
+        let (grant, req) = Grant::split(req)?;
         let (list_id, product_id) = parse_removal(&req)?;
         let mut uow = self.db.begin().await?;
         let mut list = grant.owned(store::lock(&mut uow, &list_id).await, owner)?;
@@ -244,8 +239,7 @@ impl ShoppingListService for ShoppingApi {
         &self,
         req: Request<pb::DeleteShoppingListRequest>,
     ) -> Answer<pb::DeleteShoppingListResponse> {
-        let grant = Grant::of(&req)?.clone();
-        let req = req.into_inner();
+        let (grant, req) = Grant::split(req)?;
         let id = required_id("list_id", &req.list_id)?;
         let mut uow = self.db.begin().await?;
         grant.owned(store::lock(&mut uow, &id).await, owner)?.delete(&req.etag)?;

@@ -24,7 +24,7 @@ use agora_contracts::{
     FILE_DESCRIPTOR_SET, agora::shopping::v1::shopping_list_service_server::ShoppingListServiceServer,
 };
 use agora_platform::{
-    Application, Database, Migrations, ServiceSpec, Services, Settings, upstream::hosts::Addresses,
+    Application, Database, Migrations, ServiceSpec, Services, Settings, limited, upstream::hosts::Addresses,
 };
 
 /// Name and default ports of the shopping service.
@@ -55,14 +55,11 @@ pub async fn build_with(settings: Settings, shopping: ShoppingSettings) -> anyho
     let database = Database::connect_lazy(&settings)?;
     let hosts = shopping.connect(&settings.security)?;
     // Follow the upstreams' change feeds in the background.
-    let [catalog_feed, customers_feed] = upstream::follow(&hosts, &database);
+    let feeds = hosts.follow(upstream::Lists, &database);
     let api = api::ShoppingApi { db: database.clone(), hosts };
-    let server = ShoppingListServiceServer::new(api)
-        .max_decoding_message_size(settings.max_message_bytes)
-        .max_encoding_message_size(settings.max_message_bytes);
-    let services =
-        Services::new(FILE_DESCRIPTOR_SET).with(server, api::POLICY).task(catalog_feed).task(customers_feed);
-    Application::build(SPEC, settings, database, MIGRATIONS, services).await
+    let services = Services::new(FILE_DESCRIPTOR_SET)
+        .with(limited!(ShoppingListServiceServer::new(api), settings), api::POLICY);
+    Application::build(SPEC, settings, database, MIGRATIONS, services.tasks(feeds)).await
 }
 
 #[cfg(test)]

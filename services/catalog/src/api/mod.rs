@@ -111,10 +111,8 @@ impl CatalogService for CatalogApi {
         let req = req.into_inner();
         let paging = Paging::of(req.page_size, &req.page_token, FAMILIES)?;
         let page = store::list_families(&self.db, paging.after, paging.size).await?;
-        reply(pb::ListFamiliesResponse {
-            next_page_token: paging.next_page_token(&page),
-            families: page.map(Into::into).items,
-        })
+        let (families, next_page_token) = paging.answer(page);
+        reply(pb::ListFamiliesResponse { families, next_page_token })
     }
 
     async fn create_product(
@@ -186,10 +184,8 @@ impl CatalogService for CatalogApi {
         let paging = size.token(&mut v, &req.page_token, filter.fingerprint());
         v.finish()?;
         let page = store::list_products(&self.db, &filter, paging.after, paging.size).await?;
-        reply(pb::ListProductsResponse {
-            next_page_token: paging.next_page_token(&page),
-            products: page.map(Into::into).items,
-        })
+        let (products, next_page_token) = paging.answer(page);
+        reply(pb::ListProductsResponse { products, next_page_token })
     }
 
     async fn update_product(

@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn sqlite_urls_create_their_file_when_missing() {
-        let dir = std::env::temp_dir().join(format!("agora-db-{}", std::process::id()));
+        let dir = crate::scratch_dir("db");
         let url = DatabaseUrl::new(format!("sqlite:{}/x/catalog.db", dir.display()));
         let (prepared, backend) = prepare_url(&url).unwrap();
         assert_eq!(backend, Backend::Sqlite);

@@ -8,18 +8,14 @@
 //! tower's `LoadShed` over `GlobalConcurrencyLimit` sheds every path alike,
 //! which is why this small layer exists.
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{pin::Pin, sync::Arc};
 
 use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use super::{Refused, status_response};
-use crate::health::Health;
+use crate::{health::Health, middleware::delegate_to_inner};
 
 /// The answer to a call turned away, marked so the observe layer knows.
 fn refused<B: Default>(status: tonic::Status) -> Response<B> {
@@ -66,13 +62,8 @@ where
     S::Error: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    delegate_to_inner!(passthrough);
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         if bypasses(req.uri().path()) {

@@ -4,17 +4,13 @@
 //! Written here rather than taken from tonic's `Server::timeout`, which
 //! reports an expired deadline as CANCELLED; gRPC says DEADLINE_EXCEEDED.
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{pin::Pin, time::Duration};
 
 use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::status_response;
+use super::{delegate_to_inner, status_response};
 
 /// When a call must be answered by. The server puts it in every request's
 /// extensions; a handler hands it on, as a value, to whatever works for the
@@ -93,13 +89,8 @@ where
     S::Future: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    delegate_to_inner!(passthrough);
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let asked =

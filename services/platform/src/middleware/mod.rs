@@ -9,6 +9,24 @@ mod deadline;
 mod observe;
 mod trailers;
 
+/// The items of `tower::Service` that the middleware here write alike: the
+/// inner service's error, and ready when the inner service is; with
+/// `passthrough`, the inner service's response too.
+macro_rules! delegate_to_inner {
+    () => {
+        type Error = S::Error;
+
+        fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+    };
+    (passthrough) => {
+        type Response = S::Response;
+        $crate::middleware::delegate_to_inner!();
+    };
+}
+pub(crate) use delegate_to_inner;
+
 pub use admission::AdmissionLayer;
 pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
 pub use observe::{CallNotes, ObserveLayer};

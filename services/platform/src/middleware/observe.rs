@@ -31,6 +31,8 @@ use metrics::{Label, counter, gauge, histogram};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field};
 
+use super::delegate_to_inner;
+
 /// Canonical gRPC status names, indexed by code.
 const CODE_NAMES: [&str; 17] = [
     "OK",
@@ -136,12 +138,8 @@ where
     ResBody: Body,
 {
     type Response = Response<ObservedBody<ResBody>>;
-    type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    delegate_to_inner!();
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let (service, method) = labels(&self.services, req.uri().path());

@@ -16,12 +16,7 @@
 //! whether another customer's resource exists or not (AIP-211), so ids
 //! cannot be probed.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::HashMap, fmt, sync::Arc};
 
 use http::{Request, Response};
 use serde::Deserialize;
@@ -32,7 +27,10 @@ use super::{
     tls,
     token::{Rejection, SERVICE_ROLE, STAFF_ROLE, Verifier},
 };
-use crate::{Error, middleware::CallNotes};
+use crate::{
+    Error,
+    middleware::{CallNotes, delegate_to_inner},
+};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +127,12 @@ impl Grant {
     /// server built without it) is refused: authorization fails closed.
     pub fn of<T>(req: &tonic::Request<T>) -> Result<&Self, Error> {
         req.extensions().get::<Self>().ok_or_else(denied)
+    }
+
+    /// The grant of the call `req`, and its message.
+    pub fn split<T>(req: tonic::Request<T>) -> Result<(Self, T), Error> {
+        let grant = Self::of(&req)?.clone();
+        Ok((grant, req.into_inner()))
     }
 
     /// Ok when the caller may act on what belongs to `owner`.
@@ -350,14 +354,9 @@ where
     S::Future: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
     type Future =
         futures_util::future::Either<S::Future, std::future::Ready<Result<Self::Response, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    delegate_to_inner!(passthrough);
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         use futures_util::future::Either;

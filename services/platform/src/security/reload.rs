@@ -162,10 +162,7 @@ mod tests {
     /// value; dropping the handle ends the watch.
     #[tokio::test]
     async fn changes_are_picked_up_and_broken_ones_ignored() {
-        let dir = std::env::temp_dir().join(format!("agora-reload-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("number");
-        std::fs::write(&file, "1").unwrap();
+        let (dir, file) = crate::scratch_file("reload", "number", "1");
         let parse =
             |c: &[Vec<u8>]| -> anyhow::Result<u32> { Ok(std::str::from_utf8(&c[0])?.trim().parse()?) };
         let value = Reloading::start("number", vec![file.clone()], Duration::from_millis(10), parse).unwrap();

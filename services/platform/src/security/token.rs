@@ -289,11 +289,8 @@ mod tests {
     #[tokio::test]
     async fn remembered_tokens_still_expire_and_are_forgotten_with_their_keys() {
         use agora_dev::tokens::{AUDIENCE, ISSUER, Signer};
-        let dir = std::env::temp_dir().join(format!("agora-verifier-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let jwks = dir.join("jwks.json");
         let first = Signer::generate("first").unwrap();
-        std::fs::write(&jwks, first.jwks().unwrap()).unwrap();
+        let (dir, jwks) = crate::scratch_file("verifier", "jwks.json", first.jwks().unwrap());
         let settings = TokenSettings {
             jwks: jwks.clone(),
             issuer: ISSUER.into(),

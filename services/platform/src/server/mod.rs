@@ -38,6 +38,7 @@ pub use lifecycle::Task;
 use crate::{
     config::{ServiceSpec, Settings},
     db::{Database, Migrations},
+    outbox::Outbox,
     security::{Policy, policy::Authorizer, tls::ServerTls, token::Verifier},
 };
 
@@ -138,6 +139,44 @@ impl Services {
     pub fn task(mut self, task: Task) -> Self {
         self.tasks.push(task);
         self
+    }
+
+    /// Adds background tasks.
+    pub fn tasks(mut self, tasks: impl IntoIterator<Item = Task>) -> Self {
+        self.tasks.extend(tasks);
+        self
+    }
+}
+
+/// A generated tonic server with `settings`' message size limit
+/// (`AGORA_MAX_MESSAGE_BYTES`) both ways. A macro because tonic's generated
+/// servers share these methods by name only, with no trait to call them
+/// through.
+#[macro_export]
+macro_rules! limited {
+    ($server:expr, $settings:expr) => {{
+        let max = $settings.max_message_bytes;
+        $server.max_decoding_message_size(max).max_encoding_message_size(max)
+    }};
+}
+
+/// What an open host service (a context that publishes a change feed) is
+/// built from: its database, its outbox, and its services with the outbox's
+/// pruning already among their tasks.
+pub struct OpenHost {
+    pub database: Database,
+    pub outbox: Outbox,
+    pub services: Services,
+}
+
+impl OpenHost {
+    /// Connects (lazily) to the database of `settings`; `descriptor_set`
+    /// describes the services for reflection.
+    pub fn new(settings: &Settings, descriptor_set: &'static [u8]) -> anyhow::Result<Self> {
+        let database = Database::connect_lazy(settings)?;
+        let outbox = Outbox::new(database.clone(), settings.outbox_poll_interval);
+        let services = Services::new(descriptor_set).task(outbox.pruning(settings.outbox_retention));
+        Ok(Self { database, outbox, services })
     }
 }
 
