@@ -42,10 +42,10 @@ image: ## OCI images of the services, built from scratch without a daemon (build
 test-image: ## Run the catalog's image with podman and runc: SERVING, a call over TLS, exit 0 on SIGTERM
 	@tools/test-image.sh
 
-deploy-manifests: ## Write deploy/base and the overlays' patches from the context map (tools/deploy_manifests.py)
+deploy-manifests: ## Write deploy/ (base, overlays' patches, components) from the context map and the protos (tools/deploy_manifests.py)
 	@tools/.venv/bin/python tools/deploy_manifests.py
 
-deploy-check: ## Check deploy/ offline: generated, rendered by kustomize, validated, NetworkPolicies equal to the context map
+deploy-check: ## Check deploy/ offline: generated, rendered (with and without components), validated, checkov, NetworkPolicies = context map
 	@tools/deploy-check.sh
 
 postgres-tls: ## Give the local PostgreSQL a certificate of a test CA, for the TLS test (root; reconfigures PostgreSQL)

@@ -234,12 +234,39 @@ impl Settings {
         env.finish().map(|()| settings)
     }
 
+    /// `AGORA_DATABASE_URL`, or the content of the file that
+    /// `AGORA_DATABASE_URL_FILE` names: a mounted Secret keeps the password
+    /// out of the environment, where every process of the user can read it.
+    fn database_url<F: Fn(&str) -> Option<String>>(spec: &ServiceSpec, env: &mut EnvReader<F>) -> String {
+        let default = format!("sqlite:data/{}.db", spec.name);
+        match (env.optional("AGORA_DATABASE_URL"), env.optional("AGORA_DATABASE_URL_FILE")) {
+            (Some(_), Some(_)) => {
+                env.problem(
+                    "AGORA_DATABASE_URL and AGORA_DATABASE_URL_FILE: set one of them, not both".into(),
+                );
+                default
+            }
+            (Some(url), None) => url,
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
+                Ok(_) => {
+                    env.problem(format!("AGORA_DATABASE_URL_FILE={path}: the file is empty"));
+                    default
+                }
+                Err(e) => {
+                    env.problem(format!("AGORA_DATABASE_URL_FILE={path}: {e}"));
+                    default
+                }
+            },
+            (None, None) => default,
+        }
+    }
+
     /// Settings from any lookup; tests pass a map.
     pub fn read<F: Fn(&str) -> Option<String>>(spec: &ServiceSpec, env: &mut EnvReader<F>) -> Self {
         let grpc_addr = env.address("AGORA_GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.grpc_port)));
         let admin_addr = env.address("AGORA_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], spec.admin_port)));
-        let database_url =
-            DatabaseUrl::new(env.string("AGORA_DATABASE_URL", &format!("sqlite:data/{}.db", spec.name)));
+        let database_url = DatabaseUrl::new(Self::database_url(spec, env));
         if !database_url.is_postgres() && !database_url.is_sqlite() {
             env.problem(format!(
                 "AGORA_DATABASE_URL={:?}: expected a sqlite: or postgres:// URL",
@@ -315,6 +342,27 @@ mod tests {
         let mut env = EnvReader::new(move |k| map.get(k).cloned());
         let s = Settings::read(&SPEC, &mut env);
         env.finish().map(|()| s)
+    }
+
+    /// The URL may come from a file (a mounted Secret); its content never
+    /// reaches an error message.
+    #[test]
+    fn the_database_url_may_be_read_from_a_file() {
+        let (_dir, file) = crate::scratch_file("config", "url", "postgres://agora:s3cret@db/agora\n");
+        let path = file.to_str().unwrap();
+        let s = read(&[("AGORA_INSECURE", "1"), ("AGORA_DATABASE_URL_FILE", path)]).unwrap();
+        assert!(s.database_url.is_postgres());
+        assert_eq!(format!("{:?}", s.database_url), "postgres://***@db/agora");
+        let both =
+            read(&[("AGORA_INSECURE", "1"), ("AGORA_DATABASE_URL_FILE", path), ("AGORA_DATABASE_URL", "x")]);
+        assert!(both.unwrap_err().0[0].contains("not both"));
+        let missing =
+            read(&[("AGORA_INSECURE", "1"), ("AGORA_DATABASE_URL_FILE", "/nonexistent/url")]).unwrap_err();
+        assert!(missing.0[0].starts_with("AGORA_DATABASE_URL_FILE=/nonexistent/url: "), "{missing}");
+        let (_dir, bad) = crate::scratch_file("config-bad", "url", "mysql://agora:s3cret@db/agora");
+        let bad =
+            read(&[("AGORA_INSECURE", "1"), ("AGORA_DATABASE_URL_FILE", bad.to_str().unwrap())]).unwrap_err();
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
     }
 
     #[test]
