@@ -23,6 +23,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import monitoring  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name: (gRPC port, admin port); the services' own defaults.
@@ -102,6 +105,7 @@ NOT_SET = {
     "AGORA_INSECURE": "secure by default: never in a deployment",
     "AGORA_SERVICE_TOKEN_FILE": "services prove who they are with their certificates (mTLS is on everywhere)",
     "AGORA_OFFERS_FALLBACK": "offers reads its fallback from a file instead (ConfigMap offers-fallback)",
+    "AGORA_BUILD_COMMIT": "read when the binary is built (make image names the commit), not when it runs",
     "AGORA_REQUIRE_POSTGRES": "tests only",
     "AGORA_TEST_POSTGRES_URL": "tests only",
     "AGORA_TEST_LOG": "tests only",
@@ -367,6 +371,10 @@ class Dumper(yaml.SafeDumper):
         return True
 
 
+Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
 # What a reader of a generated file needs to know, by its path.
 NOTES = {
     "base/kustomization.yaml": """\
@@ -436,8 +444,10 @@ def render() -> dict:
         for doc in files[path]:
             doc["metadata"] = {"name": doc["metadata"]["name"], "namespace": "agora",
                                **{k: v for k, v in doc["metadata"].items() if k != "name"}}
-    return {path: HEADER + NOTES.get(path, "") + yaml.dump_all(docs, Dumper=Dumper, sort_keys=False)
-            for path, docs in files.items()}
+    out = {path: HEADER + NOTES.get(path, "") + yaml.dump_all(docs, Dumper=Dumper, sort_keys=False)
+           for path, docs in files.items()}
+    out.update(monitoring.files(lambda docs: HEADER + yaml.dump_all(docs, Dumper=Dumper, sort_keys=False, width=120)))
+    return out
 
 
 def main() -> int:

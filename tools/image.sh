@@ -32,7 +32,9 @@ done
   exit 1
 }
 
-cargo build --profile "$PROFILE" $(for s in "${wanted[@]}"; do echo "-p agora-$s"; done)
+# agora_build_info names the commit the image was built from.
+AGORA_BUILD_COMMIT=${AGORA_BUILD_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)} \
+  cargo build --profile "$PROFILE" $(for s in "${wanted[@]}"; do echo "-p agora-$s"; done)
 mkdir -p "$out"
 
 for s in "${SERVICES[@]}"; do

@@ -24,11 +24,12 @@ sys.path.insert(0, str(ROOT / "tools"))
 import deploy_manifests  # noqa: E402
 
 OVERLAYS = ["dev", "production"]
-COMPONENTS = ["cert-manager", "grpc-route"]
+COMPONENTS = ["cert-manager", "grpc-route", "prometheus-operator"]
 # Custom resources: kubernetes-validate knows the built-in kinds only, and no
 # CRD schema can be fetched offline; these are checked by the tests below.
 CUSTOM = {"cert-manager.io/v1": {"Certificate", "Issuer"},
-          "gateway.networking.k8s.io/v1": {"GRPCRoute", "BackendTLSPolicy"}}
+          "gateway.networking.k8s.io/v1": {"GRPCRoute", "BackendTLSPolicy"},
+          "monitoring.coreos.com/v1": {"PodMonitor", "PrometheusRule"}}
 TOOLS = ROOT / "tools"
 REQUIRED = {"AGORA_TLS_CERT_FILE", "AGORA_TLS_KEY_FILE", "AGORA_JWKS_FILE", "AGORA_JWT_ISSUER",
             "AGORA_JWT_AUDIENCE"}
@@ -143,6 +144,15 @@ def test_the_custom_resources_are_well_formed_and_agree_with_the_services(tmp_pa
         tls = by_kind["BackendTLSPolicy"][name]["spec"]
         assert tls["targetRefs"] == [{"group": "", "kind": "Service", "name": name}]
         assert tls["validation"]["hostname"] in cert["dnsNames"]
+    # The Prometheus Operator's objects: the admin port of every pod of
+    # Agora, job="agora" and `service` as the rules expect, and the rules.
+    monitor = by_kind["PodMonitor"]["agora"]["spec"]
+    assert monitor["selector"]["matchLabels"] == deploy_manifests.PART_OF
+    for pod in (d["spec"]["template"] for d in by_kind["Deployment"].values()):
+        assert pod["metadata"]["labels"][monitor["jobLabel"]] == "agora"
+        assert monitor["podMetricsEndpoints"][0]["port"] in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    rules = yaml.safe_load((ROOT / "deploy" / "monitoring" / "rules.yaml").read_text())
+    assert by_kind["PrometheusRule"]["agora"]["spec"] == rules
     ca = by_kind["Certificate"]["agora-ca"]["spec"]
     assert ca["isCA"] and by_kind["Issuer"]["agora-ca"]["spec"]["ca"]["secretName"] == ca["secretName"]
 

@@ -94,6 +94,9 @@ where
     A: Translate<M::Kind>,
 {
     let name = feed.name;
+    // The series the alerts read, from the start: not following yet, no lag.
+    metrics::gauge!("agora_feed_connected", "feed" => name).set(0.0);
+    metrics::gauge!("agora_feed_lag_events", "feed" => name).increment(0.0);
     Task::new(name, move |shutdown| async move {
         tokio::select! {
             _ = consume(&feed, &effects, &db) => {}

@@ -16,8 +16,21 @@ use tonic_health::pb::health_server::HealthServer;
 const LATENCY_BUCKETS: &[f64] =
     &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// The process's own series (CPU, memory, open fds, start time: the names
+/// Prometheus' client libraries use), read from /proc at every scrape.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    })
+}
+
 /// The process-wide recorder. Installed once: tests run many servers in one
-/// process, and they share it.
+/// process, and they share it. It starts with `agora_build_info` (the
+/// version, and the commit `AGORA_BUILD_COMMIT` named at build time) and
+/// the process series.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
@@ -37,6 +50,10 @@ pub fn handle() -> &'static PrometheusHandle {
                 }
             })
             .expect("spawning the metrics upkeep thread");
+        let commit = option_env!("AGORA_BUILD_COMMIT").unwrap_or("unknown");
+        metrics::gauge!("agora_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => commit)
+            .set(1.0);
+        process().collect();
         handle
     })
 }
@@ -62,7 +79,13 @@ where
     let v1 = reflection().build_v1().map_err(std::io::Error::other)?;
     let v1alpha = reflection().build_v1alpha().map_err(std::io::Error::other)?;
     let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/metrics",
+            get(move || {
+                process().collect();
+                std::future::ready(handle.render())
+            }),
+        )
         .route_service("/grpc.health.v1.Health/{*method}", health)
         .route_service("/grpc.reflection.v1.ServerReflection/{*method}", v1)
         .route_service("/grpc.reflection.v1alpha.ServerReflection/{*method}", v1alpha);

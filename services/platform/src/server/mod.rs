@@ -271,6 +271,9 @@ where
         }
     };
     crate::telemetry::init(&settings);
+    // The metrics recorder before the service is built: the series it
+    // registers while it builds (feeds, upstreams) are not lost.
+    crate::metrics::handle();
     let app = match build(settings).await {
         Ok(app) => app,
         Err(err) if err.downcast_ref::<crate::config::ConfigError>().is_some() => {

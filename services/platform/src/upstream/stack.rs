@@ -75,6 +75,11 @@ pub(super) fn channel_over(
         credentials.tls(url)?;
     }
     let balanced = balanced(settings, credentials, replicas, 1024);
+    // The series the alerts read, at zero from the start (the breaker's own
+    // appear at its first call).
+    metrics::counter!("circuitbreaker_calls_total", "circuitbreaker" => name, "outcome" => "rejected")
+        .increment(0);
+    metrics::counter!("agora_upstream_retries_refused_total", "upstream" => name).increment(0);
 
     let breaker = CircuitBreakerLayer::builder()
         .name(name)
