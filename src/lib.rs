@@ -71,6 +71,9 @@ pub mod feed {
         pub head_sequence: i64,
         /// What happened; None for a kind this build does not know yet.
         pub kind: Option<K>,
+        /// The trace context of the change's call (`traceparent`, then
+        /// `;` and `tracestate` when there is one); empty when untraced.
+        pub trace_context: String,
     }
 
     /// A message of a Watch stream.
@@ -97,12 +100,25 @@ pub mod feed {
                         occur_time: event.occur_time,
                         head_sequence: self.head_sequence,
                         kind: event.kind,
+                        trace_context: match (self.traceparent, self.tracestate) {
+                            (parent, state) if state.is_empty() => parent,
+                            (parent, state) => format!("{parent};{state}"),
+                        },
                     })
                 }
 
                 fn from_envelope(envelope: Envelope<$kind>) -> Self {
-                    let Envelope { sequence, occur_time, head_sequence, kind } = envelope;
-                    Self { event: Some($event { sequence, occur_time, kind }), head_sequence }
+                    let Envelope { sequence, occur_time, head_sequence, kind, trace_context } = envelope;
+                    let (traceparent, tracestate) = match trace_context.split_once(';') {
+                        Some((parent, state)) => (parent.to_owned(), state.to_owned()),
+                        None => (trace_context, String::new()),
+                    };
+                    Self {
+                        event: Some($event { sequence, occur_time, kind }),
+                        head_sequence,
+                        traceparent,
+                        tracestate,
+                    }
                 }
             }
         };

@@ -138,31 +138,35 @@ class Running:
     database. A context manager: all start, SERVING, on entry; all stop
     with SIGTERM on exit."""
 
-    def __init__(self, data: Path):
-        self.data = data
+    def __init__(self, data: Path, extra_env: dict | None = None, logs: Path | None = None):
+        """`extra_env` is added to every service's variables; with `logs`,
+        each service writes its log to `logs`/<service>.log."""
+        self.data, self.logs = data, logs
         self.system = System(data)
         self.processes: dict[str, subprocess.Popen] = {}
+        self.extra_env = extra_env or {}
 
     def env(self, name: str) -> dict:
         system = self.system
-        return dict(
-            os.environ,
+        return {
+            **os.environ,
             **system.env(name),
-            AGORA_GRPC_ADDR=system.addrs[name],
-            AGORA_ADMIN_ADDR=system.admins[name],
-            AGORA_DATABASE_URL=f"sqlite:{self.data / name}.db",
-            AGORA_CATALOG_ADDRS=f"https://{system.addrs['catalog']}",
-            AGORA_CUSTOMERS_ADDRS=f"https://{system.addrs['customers']}",
-            AGORA_DRAIN_DELAY_MS="0",
-            AGORA_OUTBOX_POLL_MS="100",
-            AGORA_LOG="warn",
-        )
+            "AGORA_GRPC_ADDR": system.addrs[name],
+            "AGORA_ADMIN_ADDR": system.admins[name],
+            "AGORA_DATABASE_URL": f"sqlite:{self.data / name}.db",
+            "AGORA_CATALOG_ADDRS": f"https://{system.addrs['catalog']}",
+            "AGORA_CUSTOMERS_ADDRS": f"https://{system.addrs['customers']}",
+            "AGORA_DRAIN_DELAY_MS": "0",
+            "AGORA_OUTBOX_POLL_MS": "100",
+            "AGORA_LOG": "warn",
+            **self.extra_env,
+        }
 
     def start(self, name: str) -> None:
         binary = BIN_DIR / f"agora-{name}"
         assert binary.exists(), f"{binary} is missing: build the workspace first"
-        self.processes[name] = subprocess.Popen([binary], env=self.env(name), stdout=subprocess.DEVNULL,
-                                                stderr=sys.stderr)
+        out = open(self.logs / f"{name}.log", "a") if self.logs else subprocess.DEVNULL
+        self.processes[name] = subprocess.Popen([binary], env=self.env(name), stdout=out, stderr=sys.stderr)
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name)

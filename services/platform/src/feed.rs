@@ -39,6 +39,8 @@ use std::{
 use agora_contracts::feed::{ChangeFeedMessage, Envelope};
 use futures_util::StreamExt as _;
 use tonic::{Status, Streaming};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     Database, Error,
@@ -254,7 +256,28 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
         }
         let Envelope { sequence, head_sequence, .. } = envelope;
         let occur_time = envelope.occur_time.as_ref().and_then(micros_from_timestamp).unwrap_or(0);
-        if !apply_one(feed, effects, db, sequence, envelope.kind).await? {
+        let applied = apply_one(feed, effects, db, sequence, envelope.kind);
+        let applied = if crate::telemetry::exporting() {
+            // A consumer span of its own trace, linked to the call that
+            // made the change: one call may fan out to many consumers, late.
+            let span = tracing::info_span!(
+                "feed.apply",
+                otel.name = %format_args!("{feed} process"),
+                otel.kind = "consumer",
+                messaging.system = "agora.feed",
+                messaging.operation.type = "process",
+                messaging.destination.name = feed,
+                messaging.message.id = sequence,
+            );
+            let _ = span.set_parent(opentelemetry::Context::new());
+            if let Some(origin) = crate::telemetry::span_context_of(&envelope.trace_context) {
+                span.add_link(origin);
+            }
+            applied.instrument(span).await?
+        } else {
+            applied.await?
+        };
+        if !applied {
             return Err(Interrupted::Lead(format!("event {sequence} was applied by another replica")));
         }
         after = sequence;

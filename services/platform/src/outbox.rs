@@ -47,6 +47,8 @@ pub struct Published<E> {
     /// tell how far behind they are.
     pub head: i64,
     pub event: E,
+    /// The trace context of the call that wrote it (see `telemetry`).
+    pub trace_context: String,
 }
 
 /// An event as stored.
@@ -55,6 +57,7 @@ struct Stored {
     sequence: i64,
     payload: String,
     occur_time: i64,
+    trace_context: String,
 }
 
 /// Events read per query while streaming the backlog.
@@ -98,6 +101,7 @@ impl Outbox {
                 occur_time: Some(timestamp_from_micros(published.occur_time)),
                 head_sequence: published.head,
                 kind: Some(kind(published.event)),
+                trace_context: published.trace_context,
             }))
         });
         Ok(Box::pin(stream))
@@ -108,7 +112,7 @@ impl Outbox {
         let rows = self
             .db
             .query(
-                "SELECT sequence, payload, occur_time FROM outbox_events \
+                "SELECT sequence, payload, occur_time, trace_context FROM outbox_events \
                  WHERE sequence > $1 ORDER BY sequence LIMIT $2",
             )
             .bind(after)
@@ -121,6 +125,7 @@ impl Outbox {
                     sequence: r.get("sequence")?,
                     payload: r.get("payload")?,
                     occur_time: r.get("occur_time")?,
+                    trace_context: r.get("trace_context")?,
                 })
             })
             .collect()
@@ -283,5 +288,11 @@ fn decode<E: DomainEvent>(stored: Stored, head: i64) -> Result<Published<E>, Err
     let event = serde_json::from_str(&stored.payload).map_err(|e| {
         Error::Internal(anyhow::Error::new(e).context(format!("decoding outbox event {}", stored.sequence)))
     })?;
-    Ok(Published { sequence: stored.sequence, occur_time: stored.occur_time, head, event })
+    Ok(Published {
+        sequence: stored.sequence,
+        occur_time: stored.occur_time,
+        head,
+        event,
+        trace_context: stored.trace_context,
+    })
 }

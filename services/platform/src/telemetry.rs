@@ -1,24 +1,341 @@
-//! Logs through `tracing`: human-readable by default, JSON when asked.
+//! Logs and traces through `tracing`.
+//!
+//! Logs: human-readable by default, JSON when asked (`AGORA_LOG_FORMAT`),
+//! filtered by `AGORA_LOG`.
+//!
+//! Traces: OpenTelemetry, exported over OTLP/gRPC when
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! names a collector, with the standard variables for the rest
+//! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`). Without an endpoint no
+//! OpenTelemetry layer is installed: a span costs what it cost before.
+//! W3C `traceparent` and `tracestate` carry the context between services.
 
-use std::io::IsTerminal as _;
+use std::{
+    io::IsTerminal as _,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use opentelemetry::{
+    Context,
+    propagation::{TextMapCompositePropagator, TextMapPropagator},
+    trace::{TraceContextExt as _, TracerProvider as _},
+};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    propagation::TraceContextPropagator,
+    trace::{SdkTracerProvider, SpanData, SpanExporter, SpanProcessor},
+};
+use tokio::sync::mpsc;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, filter::Targets, fmt, prelude::*};
 
-use crate::config::{LogFormat, Settings};
+use crate::config::{ConfigError, LogFormat, Settings};
 
-/// Installs the global subscriber. Safe to call more than once (tests start
-/// many servers in one process): later calls keep the first subscriber.
-pub fn init(settings: &Settings) {
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: the server and client stacks skip the
+/// propagation work when they are not.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+fn propagator() -> &'static TextMapCompositePropagator {
+    static PROPAGATOR: OnceLock<TextMapCompositePropagator> = OnceLock::new();
+    // W3C trace context: `traceparent` and `tracestate`.
+    PROPAGATOR.get_or_init(|| TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new())]))
+}
+
+/// The caller's trace context, from a request's headers.
+pub fn extract(headers: &http::HeaderMap) -> Context {
+    propagator().extract(&opentelemetry_http::HeaderExtractor(headers))
+}
+
+/// Writes `span`'s trace context into outgoing headers.
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    propagator().inject_context(&span.context(), &mut opentelemetry_http::HeaderInjector(headers));
+}
+
+/// `span`'s trace context as a `traceparent` (and `tracestate`) pair, to
+/// keep beside what it wrote (an outbox event); empty when not exporting.
+pub fn trace_context(span: &tracing::Span) -> String {
+    if !exporting() {
+        return String::new();
+    }
+    let mut carrier = std::collections::HashMap::new();
+    propagator().inject_context(&span.context(), &mut carrier);
+    match (carrier.remove("traceparent"), carrier.remove("tracestate")) {
+        (Some(parent), Some(state)) if !state.is_empty() => format!("{parent};{state}"),
+        (Some(parent), _) => parent,
+        _ => String::new(),
+    }
+}
+
+/// The span context `trace_context` wrote, to link a span to it.
+pub fn span_context_of(text: &str) -> Option<opentelemetry::trace::SpanContext> {
+    if text.is_empty() {
+        return None;
+    }
+    let (parent, state) = text.split_once(';').unwrap_or((text, ""));
+    let carrier: std::collections::HashMap<String, String> =
+        [("traceparent".to_owned(), parent.to_owned()), ("tracestate".to_owned(), state.to_owned())].into();
+    let context = propagator().extract(&carrier);
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
+/// Records `trace_id` and `span_id` on `span` (declared empty), so that
+/// every log line written inside it names the trace it belongs to.
+pub fn record_ids(span: &tracing::Span) {
+    let context = span.context();
+    let span_ref = context.span();
+    let ids = span_ref.span_context();
+    if ids.is_valid() {
+        span.record("trace_id", tracing::field::display(ids.trace_id()));
+        span.record("span_id", tracing::field::display(ids.span_id()));
+    }
+}
+
+/// Where traces go, from the standard variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// The collector's OTLP/gRPC endpoint; None: traces off.
+    pub endpoint: Option<String>,
+    /// The queue of ended spans waiting for export (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub max_queue: usize,
+    /// Spans a batch holds at most (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+    pub max_batch: usize,
+    /// The longest a span waits for its batch (`OTEL_BSP_SCHEDULE_DELAY`, ms).
+    pub delay: Duration,
+    /// The longest an export may take (`OTEL_BSP_EXPORT_TIMEOUT`, ms).
+    pub export_timeout: Duration,
+}
+
+impl TraceSettings {
+    /// From the process environment; a bad value is a configuration error.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::read(|name| std::env::var(name).ok())
+    }
+
+    pub fn read(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let get = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let disabled = get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let (variable, endpoint) = match get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(e) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Some(e)),
+            None => ("OTEL_EXPORTER_OTLP_ENDPOINT", get("OTEL_EXPORTER_OTLP_ENDPOINT")),
+        };
+        if let Some(e) = &endpoint
+            && !e.starts_with("http://")
+        {
+            // One crypto provider (aws-lc-rs) serves every TLS here, and the
+            // exporter's TLS would bring a second: traces go in plaintext to
+            // a collector beside the service (a node agent or a sidecar),
+            // which forwards them over TLS.
+            problems.push(format!(
+                "{variable}={e}: expected http://host:port, a collector beside the service (an OTLP/gRPC \
+                 agent forwards over TLS)"
+            ));
+        }
+        let mut number = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| match get(name) {
+            None => default,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if range.contains(&n) => n,
+                _ => {
+                    problems.push(format!(
+                        "{name}={v:?}: expected a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ));
+                    default
+                }
+            },
+        };
+        let settings = Self {
+            endpoint: if disabled { None } else { endpoint },
+            max_queue: number("OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1..=1_000_000) as usize,
+            max_batch: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1..=100_000) as usize,
+            delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1000, 1..=600_000)),
+            export_timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 10_000, 1..=600_000)),
+        };
+        if problems.is_empty() { Ok(settings) } else { Err(ConfigError(problems)) }
+    }
+}
+
+/// Installs the global subscriber: logs, and traces when `traces` names a
+/// collector. Safe to call more than once (tests start many servers in one
+/// process): later calls keep the first subscriber.
+pub fn init(settings: &Settings, service: &str, traces: &TraceSettings) -> anyhow::Result<()> {
     // Checked with the rest of the configuration; "info" if it was not.
     let filter = EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match settings.log_format {
+    let logs = match settings.log_format {
         // Colours for a terminal only: a log file or a collector gets plain text.
-        LogFormat::Text => registry
-            .with(fmt::layer().with_target(false).with_ansi(std::io::stdout().is_terminal()))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
-            .try_init(),
+        LogFormat::Text => fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
     };
+    let traces = match &traces.endpoint {
+        None => None,
+        Some(endpoint) => {
+            let provider = tracer_provider(service, endpoint, traces)?;
+            let tracer = provider.tracer("agora");
+            // The spans of Agora's own code, the database's included (at debug).
+            let spans = Targets::new().with_target("agora", tracing::Level::DEBUG);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans))
+        }
+    };
+    let exporting = traces.is_some();
+    if tracing_subscriber::registry().with(logs).with(traces).try_init().is_ok() {
+        EXPORTING.store(exporting, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn tracer_provider(
+    service: &str,
+    endpoint: &str,
+    settings: &TraceSettings,
+) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(settings.export_timeout)
+        .build()?;
+    // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by the
+    // resource's detectors; the service's own name when neither names it.
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none()
+        && !std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default().contains("service.name=")
+    {
+        resource = resource.with_service_name(format!("agora-{service}"));
+    }
+    let resource = resource.build();
+    // The exporter sends the resource with every batch.
+    exporter.set_resource(&resource);
+    // The sampler comes from OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG
+    // (the SDK's default: parent-based, always on).
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(Queue::start(exporter, settings))
+        .with_resource(resource)
+        .build())
+}
+
+/// Ended spans on their way to the collector: a bounded queue and one
+/// exporting task. Written here rather than taken from the SDK's batch
+/// processor, which runs its exports on a thread of its own (the tonic
+/// exporter needs the Tokio runtime) and drops spans without a count we
+/// can export: here a full queue, or a collector that is down or slow,
+/// drops spans, counted in `agora_trace_spans_dropped_total`, and never
+/// holds up the call that ended them.
+#[derive(Debug)]
+struct Queue {
+    sender: mpsc::Sender<SpanData>,
+}
+
+/// Asks the exporting task to send what it holds now; answered when done.
+static FLUSH: OnceLock<mpsc::Sender<tokio::sync::oneshot::Sender<()>>> = OnceLock::new();
+
+/// Sends the spans still queued, within `bound`: the last thing a service
+/// does before it exits.
+pub async fn flush(bound: Duration) {
+    let Some(flush) = FLUSH.get() else { return };
+    let (done, wait) = tokio::sync::oneshot::channel();
+    if flush.send(done).await.is_ok() {
+        let _ = tokio::time::timeout(bound, wait).await;
+    }
+}
+
+impl Queue {
+    fn start<E: SpanExporter + 'static>(exporter: E, settings: &TraceSettings) -> Self {
+        let (sender, mut receiver) = mpsc::channel(settings.max_queue);
+        let (flush, mut flushes) = mpsc::channel(1);
+        let _ = FLUSH.set(flush);
+        let (max_batch, delay, timeout) = (settings.max_batch, settings.delay, settings.export_timeout);
+        metrics::counter!("agora_trace_spans_dropped_total").increment(0);
+        metrics::counter!("agora_trace_spans_exported_total").increment(0);
+        let export = async move |batch: Vec<SpanData>| {
+            let spans = batch.len() as u64;
+            match tokio::time::timeout(timeout, exporter.export(batch)).await {
+                Ok(Ok(())) => metrics::counter!("agora_trace_spans_exported_total").increment(spans),
+                failed => {
+                    metrics::counter!("agora_trace_spans_dropped_total").increment(spans);
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the collector did not answer in time".to_owned(),
+                    };
+                    tracing::debug!(target: "otel", spans, why, "spans dropped");
+                }
+            }
+        };
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            loop {
+                tokio::select! {
+                    first = receiver.recv() => {
+                        let Some(first) = first else { return };
+                        batch.push(first);
+                        let wait = tokio::time::sleep(delay);
+                        tokio::pin!(wait);
+                        while batch.len() < max_batch {
+                            tokio::select! {
+                                next = receiver.recv() => match next {
+                                    Some(span) => batch.push(span),
+                                    None => break,
+                                },
+                                _ = &mut wait => break,
+                            }
+                        }
+                        export(std::mem::take(&mut batch)).await;
+                    }
+                    Some(done) = flushes.recv() => {
+                        while let Ok(span) = receiver.try_recv() {
+                            batch.push(span);
+                            if batch.len() == max_batch {
+                                export(std::mem::take(&mut batch)).await;
+                            }
+                        }
+                        if !batch.is_empty() {
+                            export(std::mem::take(&mut batch)).await;
+                        }
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Self { sender }
+    }
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.sender.try_send(span).is_err() {
+            metrics::counter!("agora_trace_spans_dropped_total").increment(1);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        // `flush` sends what is queued; the task ends with the runtime.
+        Ok(())
+    }
 }

@@ -225,7 +225,8 @@ pub fn settings(service: &str, database: &TestDatabase) -> Settings {
     settings.security = pki().security(service);
     if let Ok(filter) = std::env::var("AGORA_TEST_LOG") {
         settings.log_filter = filter;
-        agora_platform::telemetry::init(&settings);
+        let traces = agora_platform::telemetry::TraceSettings::read(|_| None).expect("no trace settings");
+        agora_platform::telemetry::init(&settings, "test", &traces).expect("logs without traces");
     }
     settings
 }

@@ -98,8 +98,12 @@ macro_rules! migrations {
 }
 
 /// The platform's own tables.
-const PLATFORM: Migrations =
-    crate::migrations!([(1, "0001_idempotency_keys"), (2, "0002_outbox"), (3, "0003_feed_cursors")]);
+const PLATFORM: Migrations = crate::migrations!([
+    (1, "0001_idempotency_keys"),
+    (2, "0002_outbox"),
+    (3, "0003_feed_cursors"),
+    (4, "0004_outbox_trace_context")
+]);
 
 /// Where each history is recorded.
 const PLATFORM_TABLE: &str = "_agora_platform_migrations";

@@ -14,6 +14,8 @@ use sqlx::{
     sqlite::{SqliteArguments, SqliteConnection, SqliteRow},
 };
 
+use tracing::Instrument as _;
+
 use super::{Database, Pool, UnitOfWork, failure};
 use crate::Error;
 
@@ -36,6 +38,8 @@ enum Inner<'c> {
 /// `$1`, `$2`, … in both dialects.
 pub struct Statement<'c> {
     inner: Inner<'c>,
+    /// The statement's text, for its span: placeholders, never values.
+    sql: SqlStr,
     /// A unique constraint whose violation is the caller's error, not a bug.
     unique: Option<(Unique, Box<dyn FnOnce() -> Error + Send + 'c>)>,
 }
@@ -71,18 +75,38 @@ impl<'c> Executor<'c> for &'c mut UnitOfWork {
 impl<'c> Statement<'c> {
     pub(super) fn on_pool(pool: &'c Pool, sql: SqlStr) -> Self {
         let inner = match pool {
-            Pool::Sqlite(p) => Inner::Sqlite(Target::Pool(p), sqlx::query(sql)),
-            Pool::Postgres(p) => Inner::Postgres(Target::Pool(p), sqlx::query(sql)),
+            Pool::Sqlite(p) => Inner::Sqlite(Target::Pool(p), sqlx::query(sql.clone())),
+            Pool::Postgres(p) => Inner::Postgres(Target::Pool(p), sqlx::query(sql.clone())),
         };
-        Self { inner, unique: None }
+        Self { inner, sql, unique: None }
     }
 
     pub(super) fn on_sqlite(conn: &'c mut SqliteConnection, sql: SqlStr) -> Self {
-        Self { inner: Inner::Sqlite(Target::Conn(conn), sqlx::query(sql)), unique: None }
+        Self { inner: Inner::Sqlite(Target::Conn(conn), sqlx::query(sql.clone())), sql, unique: None }
     }
 
     pub(super) fn on_postgres(conn: &'c mut PgConnection, sql: SqlStr) -> Self {
-        Self { inner: Inner::Postgres(Target::Conn(conn), sqlx::query(sql)), unique: None }
+        Self { inner: Inner::Postgres(Target::Conn(conn), sqlx::query(sql.clone())), sql, unique: None }
+    }
+
+    /// The statement's span (at debug: exported with traces, free without):
+    /// the OpenTelemetry database conventions, the text with its
+    /// placeholders and never a bound value.
+    fn span(&self) -> tracing::Span {
+        let text = self.sql.as_str();
+        let operation = text.split_whitespace().next().unwrap_or("");
+        let system = match self.inner {
+            Inner::Sqlite(..) => "sqlite",
+            Inner::Postgres(..) => "postgresql",
+        };
+        tracing::debug_span!(
+            "db",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system.name = system,
+            db.operation.name = operation,
+            db.query.text = text,
+        )
     }
 
     /// Binds the next placeholder.
@@ -104,37 +128,56 @@ impl<'c> Statement<'c> {
 
     /// Runs the statement; returns the number of rows it changed.
     pub async fn execute(self) -> Result<u64, Error> {
-        let Self { inner, unique } = self;
-        let result = match inner {
-            Inner::Sqlite(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
-            Inner::Sqlite(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
-            Inner::Postgres(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
-            Inner::Postgres(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
-        };
+        let span = self.span();
+        let Self { inner, unique, .. } = self;
+        let result = async {
+            match inner {
+                Inner::Sqlite(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
+                Inner::Sqlite(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
+                Inner::Postgres(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
+                Inner::Postgres(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
+            }
+        }
+        .instrument(span)
+        .await;
         result.map_err(|e| translate(e, unique))
     }
 
     /// Runs the statement; returns every row.
     pub async fn fetch_all(self) -> Result<Vec<Row>, Error> {
-        let Self { inner, unique } = self;
-        let result = match inner {
-            Inner::Sqlite(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Sqlite)),
-            Inner::Sqlite(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Sqlite)),
-            Inner::Postgres(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Postgres)),
-            Inner::Postgres(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Postgres)),
-        };
+        let span = self.span();
+        let Self { inner, unique, .. } = self;
+        let result = async {
+            match inner {
+                Inner::Sqlite(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Sqlite)),
+                Inner::Sqlite(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Sqlite)),
+                Inner::Postgres(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Postgres)),
+                Inner::Postgres(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Postgres)),
+            }
+        }
+        .instrument(span)
+        .await;
         result.map_err(|e| translate(e, unique))
     }
 
     /// Runs the statement; returns its first row, if any.
     pub async fn fetch_optional(self) -> Result<Option<Row>, Error> {
-        let Self { inner, unique } = self;
-        let result = match inner {
-            Inner::Sqlite(Target::Pool(p), q) => q.fetch_optional(p).await.map(|r| r.map(Row::Sqlite)),
-            Inner::Sqlite(Target::Conn(c), q) => q.fetch_optional(c).await.map(|r| r.map(Row::Sqlite)),
-            Inner::Postgres(Target::Pool(p), q) => q.fetch_optional(p).await.map(|r| r.map(Row::Postgres)),
-            Inner::Postgres(Target::Conn(c), q) => q.fetch_optional(c).await.map(|r| r.map(Row::Postgres)),
-        };
+        let span = self.span();
+        let Self { inner, unique, .. } = self;
+        let result = async {
+            match inner {
+                Inner::Sqlite(Target::Pool(p), q) => q.fetch_optional(p).await.map(|r| r.map(Row::Sqlite)),
+                Inner::Sqlite(Target::Conn(c), q) => q.fetch_optional(c).await.map(|r| r.map(Row::Sqlite)),
+                Inner::Postgres(Target::Pool(p), q) => {
+                    q.fetch_optional(p).await.map(|r| r.map(Row::Postgres))
+                }
+                Inner::Postgres(Target::Conn(c), q) => {
+                    q.fetch_optional(c).await.map(|r| r.map(Row::Postgres))
+                }
+            }
+        }
+        .instrument(span)
+        .await;
         result.map_err(|e| translate(e, unique))
     }
 

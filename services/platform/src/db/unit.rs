@@ -100,10 +100,15 @@ impl UnitOfWork {
             self.query("SELECT pg_advisory_xact_lock(72110)").execute().await?;
         }
         let sequence: i64 = self
-            .query("INSERT INTO outbox_events (kind, payload, occur_time) VALUES ($1, $2, $3) RETURNING sequence")
+            .query(
+                "INSERT INTO outbox_events (kind, payload, occur_time, trace_context) \
+                 VALUES ($1, $2, $3, $4) RETURNING sequence",
+            )
             .bind(event.kind())
             .bind(payload)
             .bind(now_micros())
+            // The call's trace, for the consumers' spans to link to.
+            .bind(crate::telemetry::trace_context(&tracing::Span::current()))
             .fetch_one()
             .await?
             .get("sequence")?;

@@ -30,6 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use metrics::{Label, counter, gauge, histogram};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::delegate_to_inner;
 
@@ -147,15 +148,40 @@ where
         req.extensions_mut().insert(notes.clone());
         let request_id =
             req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let span = tracing::info_span!(
-            "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            request_id = %request_id,
-            caller = field::Empty,
-            grpc.code = field::Empty,
-            elapsed_ms = field::Empty,
-        );
+        let span = if crate::telemetry::exporting() {
+            // A server span of the OpenTelemetry RPC conventions, child of
+            // the caller's (`traceparent`), with its ids for the log lines.
+            let span = tracing::info_span!(
+                "grpc",
+                otel.name = %format_args!("{service}/{method}"),
+                otel.kind = "server",
+                otel.status_code = field::Empty,
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = field::Empty,
+                server.address = req.uri().host().unwrap_or(""),
+                request_id = %request_id,
+                trace_id = field::Empty,
+                span_id = field::Empty,
+                caller = field::Empty,
+                grpc.code = field::Empty,
+                elapsed_ms = field::Empty,
+            );
+            let _ = span.set_parent(crate::telemetry::extract(req.headers()));
+            crate::telemetry::record_ids(&span);
+            span
+        } else {
+            tracing::info_span!(
+                "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                request_id = %request_id,
+                caller = field::Empty,
+                grpc.code = field::Empty,
+                elapsed_ms = field::Empty,
+            )
+        };
         let guard = CallGuard::start(service, method, span.clone(), notes);
         let fut = self.inner.call(req).instrument(span);
         Box::pin(async move {
@@ -218,6 +244,11 @@ impl CallGuard {
         let ms = elapsed.as_secs_f64() * 1000.0;
         self.span.record("grpc.code", name);
         self.span.record("elapsed_ms", ms);
+        // Recorded only where declared: on the spans that are exported.
+        self.span.record("rpc.grpc.status_code", code as i64);
+        if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+            self.span.record("otel.status_code", "ERROR");
+        }
         let _entered = self.span.enter();
         let (caller, audit, resource) =
             self.notes.with(|notes| (notes.caller.take(), notes.audit, notes.resource.take()));

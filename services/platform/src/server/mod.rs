@@ -25,7 +25,7 @@
 mod grpc;
 mod lifecycle;
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use http::Request;
@@ -270,7 +270,17 @@ where
             return std::process::ExitCode::from(2);
         }
     };
-    crate::telemetry::init(&settings);
+    let traces = match crate::telemetry::TraceSettings::from_env() {
+        Ok(traces) => traces,
+        Err(err) => {
+            eprintln!("agora-{}: {err}", spec.name);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(err) = crate::telemetry::init(&settings, spec.name, &traces) {
+        eprintln!("agora-{}: traces: {err:#}", spec.name);
+        return std::process::ExitCode::from(2);
+    }
     // The metrics recorder before the service is built: the series it
     // registers while it builds (feeds, upstreams) are not lost.
     crate::metrics::handle();
@@ -288,7 +298,10 @@ where
     // One line on stdout with the bound addresses, for scripts and tests
     // that start the binary on port 0.
     println!("agora-{} listening grpc={} admin={}", spec.name, app.grpc_addr(), app.admin_addr());
-    match app.run_until_stopped().await {
+    let stopped = app.run_until_stopped().await;
+    // The spans of the last calls, before the process ends.
+    crate::telemetry::flush(Duration::from_secs(2)).await;
+    match stopped {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "server failed");

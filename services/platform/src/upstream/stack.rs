@@ -29,6 +29,7 @@ use tower::{
     util::{BoxCloneSyncService, rng::HasherRng},
 };
 use tower_resilience_circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
+use tracing::Instrument as _;
 
 use super::{
     Credentials, UpstreamSettings,
@@ -116,6 +117,8 @@ pub(super) fn channel_over(
         .layer(AsyncFilterLayer::new(buffer_request))
         // Retry UNAVAILABLE with backoff and jitter, within the budget.
         .layer(RetryLayer::new(policy))
+        // Each attempt a client span, its context sent to the upstream.
+        .layer(tower::layer::layer_fn(move |inner| Attempts { inner, upstream: name }))
         // Tell the upstream how long it has, per attempt.
         .map_request(with_remaining_timeout)
         // Who is asking, where a token says it.
@@ -205,6 +208,77 @@ fn to_status(upstream: &str, err: CircuitBreakerError<BoxError>) -> Status {
     }
 }
 
+/// How many attempts one upstream call has made, shared by its retries.
+#[derive(Debug, Clone, Default)]
+struct AttemptCount(Arc<std::sync::atomic::AtomicU32>);
+
+/// One attempt of an upstream call, when spans are exported: a client span
+/// of the OpenTelemetry RPC conventions, numbered (`agora.attempt`: a retry
+/// is attempt 2, 3, ...), whose context the request carries to the
+/// upstream in `traceparent`, so the upstream's server span is its child.
+#[derive(Clone)]
+struct Attempts<S> {
+    inner: S,
+    upstream: &'static str,
+}
+
+impl<S, B> tower::Service<Request<B>> for Attempts<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if !crate::telemetry::exporting() {
+            return Box::pin(self.inner.call(req));
+        }
+        let attempt =
+            req.extensions().get::<AttemptCount>().map_or(1, |c| c.0.fetch_add(1, Ordering::Relaxed) + 1);
+        let path = req.uri().path();
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = self.upstream,
+            agora.attempt = i64::from(attempt),
+        );
+        crate::telemetry::inject(&span, req.headers_mut());
+        let fut = self.inner.call(req).instrument(span.clone());
+        Box::pin(async move {
+            let answer = fut.await;
+            // A failed call is answered trailers-only (its status in the
+            // headers); an answer with a message ends with OK unless the
+            // stream breaks, which the caller sees as an error here.
+            let code = match &answer {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+                    .unwrap_or(0),
+                Err(_) => 14,
+            };
+            span.record("rpc.grpc.status_code", code);
+            if code != 0 {
+                span.record("otel.status_code", "ERROR");
+            }
+            answer
+        })
+    }
+}
+
 /// The absolute deadline of one upstream call, carried in the request's
 /// extensions from the deadline layer to each attempt.
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +327,7 @@ where
             return Box::pin(std::future::ready(Err(status.into())));
         }
         req.extensions_mut().insert(CallDeadline(deadline));
+        req.extensions_mut().insert(AttemptCount::default());
         let fut = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, fut).await {

@@ -1,0 +1,225 @@
+"""Traces from real processes into an OTLP collector inside the test (a gRPC
+TraceService of the opentelemetry-proto package): one call that crosses
+services arrives as one trace with the right parents and codes; a catalog
+change consumed by offers and shopping is linked to the write's trace; and a
+collector that is down or stalled costs the calls nothing but dropped,
+counted spans."""
+
+import json
+import re
+import socket
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from google.protobuf import timestamp_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from agora_local import Running, free_port, generated_client
+
+BOUND_SECONDS = 30
+# The caller's own span: the trace starts in the test, sampled.
+TRACE_ID = uuid.uuid4().hex
+CALLER_SPAN = uuid.uuid4().hex[:16]
+TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+SERVER, CLIENT, CONSUMER = 2, 3, 5  # OTLP's SpanKind
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """Keeps every span it is sent, with the service that sent it."""
+
+    def __init__(self):
+        self.spans, self.lock = [], threading.Lock()
+
+    def Export(self, request, context):
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                service = next(a.value.string_value for a in resource_spans.resource.attributes
+                               if a.key == "service.name")
+                for scope in resource_spans.scope_spans:
+                    self.spans += [(service, span) for span in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def of_trace(self, trace_id: str) -> list:
+        with self.lock:
+            return [(s, span) for s, span in self.spans if span.trace_id.hex() == trace_id]
+
+    def wait(self, what: str, condition):
+        deadline = time.monotonic() + BOUND_SECONDS
+        while not (found := condition()):
+            assert time.monotonic() < deadline, f"not within {BOUND_SECONDS} s: {what}"
+            time.sleep(0.1)
+        return found
+
+
+def attribute(span, key: str):
+    for a in span.attributes:
+        if a.key == key:
+            value = a.value
+            return value.string_value or value.int_value
+    return None
+
+
+def traced_env(endpoint: str) -> dict:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+
+
+def timestamp(seconds_from_now: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(time.time()) + seconds_from_now)
+
+
+def test_a_call_across_services_is_one_trace_and_a_feed_event_links_to_its_write():
+    collector = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    pb = generated_client()
+    catalog_pb2, catalog_grpc = pb["catalog"]
+    customers_pb2, customers_grpc = pb["customers"]
+    offers_pb2, offers_grpc = pb["offers"]
+    try:
+        data = Path(tempfile.mkdtemp(prefix="agora-traces-"))
+        env = {**traced_env(f"http://127.0.0.1:{port}"), "AGORA_LOG_FORMAT": "json", "AGORA_LOG": "info,agora_platform=debug"}
+        with Running(data, env, logs=data) as run:
+            system = run.system
+            staff = system.token("staff")
+            with system.channel("catalog", staff) as c, system.channel("customers", staff) as u:
+                catalog = catalog_grpc.CatalogServiceStub(c)
+                family = catalog.CreateFamily(catalog_pb2.CreateFamilyRequest(
+                    family=catalog_pb2.Family(display_name="Lamps")), timeout=5).family
+                # The write whose event offers and shopping consume, traced.
+                write_trace = uuid.uuid4().hex
+                product = catalog.CreateProduct(catalog_pb2.CreateProductRequest(
+                    request_id=str(uuid.uuid4()),
+                    product=catalog_pb2.Product(display_name="Desk lamp", family_id=family.family_id,
+                                                price=pb["money"].Money(currency_code="EUR", amount_minor=3990))),
+                    timeout=5, metadata=[("traceparent", f"00-{write_trace}-{CALLER_SPAN}-01")]).product
+                customer = customers_grpc.CustomerServiceStub(u).CreateCustomer(customers_pb2.CreateCustomerRequest(
+                    customer=customers_pb2.Customer(given_name="Ada", family_name="Lovelace",
+                                                    email="ada@example.com")), timeout=5).customer
+            # One call that asks both catalog and customers: a personal offer.
+            with system.channel("offers", staff) as o:
+                offers_grpc.OfferServiceStub(o).CreateOffer(offers_pb2.CreateOfferRequest(offer=offers_pb2.Offer(
+                    product_id=product.product_id, customer_id=customer.customer_id,
+                    kind=offers_pb2.OFFER_KIND_SPEED, discount_percent=15,
+                    start_time=timestamp(-60), end_time=timestamp(3600))),
+                    timeout=5, metadata=[("traceparent", TRACEPARENT)])
+
+            def complete():
+                spans = collector.of_trace(TRACE_ID)
+                servers = {(s, span.name) for s, span in spans if span.kind == SERVER}
+                return spans if {("agora-catalog", "agora.catalog.v1.CatalogService/GetProduct"),
+                                 ("agora-customers", "agora.customers.v1.CustomerService/GetCustomer")} <= servers else None
+
+            spans = collector.wait("the trace of CreateOffer reaches the collector", complete)
+            by_id = {span.span_id: (service, span) for service, span in spans}
+            [(_, root)] = [(s, span) for s, span in spans
+                           if span.kind == SERVER and span.name == "agora.offers.v1.OfferService/CreateOffer"]
+            # The caller's decision and span are honoured: its span is the root's parent.
+            assert root.parent_span_id.hex() == CALLER_SPAN
+            assert attribute(root, "rpc.system") == "grpc"
+            assert attribute(root, "rpc.service") == "agora.offers.v1.OfferService"
+            assert attribute(root, "rpc.method") == "CreateOffer"
+            assert attribute(root, "rpc.grpc.status_code") == 0 and root.status.code != 2
+            for upstream, method in [("catalog", "agora.catalog.v1.CatalogService/GetProduct"),
+                                     ("customers", "agora.customers.v1.CustomerService/GetCustomer")]:
+                [(_, answered)] = [(s, span) for s, span in spans
+                                   if s == f"agora-{upstream}" and span.kind == SERVER and span.name == method]
+                # The upstream's server span is the child of offers' attempt,
+                # which is the child of offers' server span.
+                service, attempt = by_id[answered.parent_span_id]
+                assert (service, attempt.kind, attempt.name) == ("agora-offers", CLIENT, method)
+                assert attribute(attempt, "agora.attempt") == 1
+                assert attribute(attempt, "server.address") == upstream
+                assert attempt.parent_span_id == root.span_id
+                assert answered.status.code != 2, "an OK call is no error"
+            # Every log line written inside the call names its trace and span.
+            lines = [json.loads(line) for line in (data / "offers.log").read_text().splitlines()
+                     if line.startswith("{")]
+            inside = [line for line in lines if line.get("span", {}).get("rpc.method") == "CreateOffer"]
+            assert inside, "offers logged nothing inside CreateOffer"
+            assert all(line["span"]["trace_id"] == TRACE_ID and line["span"]["span_id"] == root.span_id.hex()
+                       for line in inside), inside
+            # The database's spans: the statement's shape, never its values.
+            statements = [span for s, span in spans if s == "agora-offers" and attribute(span, "db.query.text")]
+            assert statements and all("$1" in attribute(span, "db.query.text") or "VALUES" not in
+                                       attribute(span, "db.query.text") for span in statements)
+            assert not any(customer.customer_id in str(attribute(span, "db.query.text")) for span in statements)
+
+            # The catalog's event, consumed by offers and shopping, each in a
+            # span of its own linked to the write's span.
+            def consumed():
+                found = {}
+                with collector.lock:
+                    for service, span in collector.spans:
+                        for link in span.links:
+                            if link.trace_id.hex() == write_trace and span.kind == CONSUMER:
+                                found[service] = (span, link)
+                return found if {"agora-offers", "agora-shopping"} <= set(found) else None
+
+            links = collector.wait("offers and shopping link the event to the write", consumed)
+            [(_, write)] = [(s, span) for s, span in collector.of_trace(write_trace)
+                            if span.kind == SERVER and span.name == "agora.catalog.v1.CatalogService/CreateProduct"]
+            for service, (span, link) in links.items():
+                assert link.span_id == write.span_id, service
+                assert span.name == "catalog process"
+                assert span.trace_id.hex() != write_trace, "a consumer's span starts a trace of its own"
+    finally:
+        server.stop(0)
+
+
+def call_latencies(run: Running, calls: int) -> list:
+    pb = generated_client()
+    catalog_pb2, catalog_grpc = pb["catalog"]
+    staff = run.system.token("staff")
+    latencies = []
+    with run.system.channel("catalog", staff) as channel:
+        catalog = catalog_grpc.CatalogServiceStub(channel)
+        for _ in range(calls):
+            started = time.perf_counter()
+            catalog.ListFamilies(catalog_pb2.ListFamiliesRequest(), timeout=5)
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def metric(admin: str, name: str) -> float:
+    text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_stalled_or_missing_collector_costs_the_calls_nothing():
+    # Stalled: accepts connections and never answers.
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(64)
+    endpoints = {"stalled": f"http://127.0.0.1:{stalled.getsockname()[1]}",
+                 "down": f"http://127.0.0.1:{free_port()}"}
+    try:
+        with Running(Path(tempfile.mkdtemp(prefix="agora-untraced-"))) as run:
+            call_latencies(run, 50)  # warm up
+            untraced = statistics.median(call_latencies(run, 300))
+        for why, endpoint in endpoints.items():
+            env = {**traced_env(endpoint), "OTEL_BSP_MAX_QUEUE_SIZE": "64", "OTEL_BSP_EXPORT_TIMEOUT": "200"}
+            with Running(Path(tempfile.mkdtemp(prefix=f"agora-{why}-")), env) as run:
+                call_latencies(run, 50)
+                traced = statistics.median(call_latencies(run, 300))
+                # Every call answered (call_latencies raises otherwise), no
+                # slower than a bound, and the spans that could not go counted.
+                assert traced < untraced * 2 + 0.002, f"{why}: {traced * 1e3:.2f} ms against {untraced * 1e3:.2f} ms"
+                admin = run.system.admins["catalog"]
+                deadline = time.monotonic() + BOUND_SECONDS
+                while metric(admin, "agora_trace_spans_dropped_total") == 0:
+                    assert time.monotonic() < deadline, f"{why}: no span counted as dropped"
+                    time.sleep(0.1)
+                assert metric(admin, "agora_trace_spans_exported_total") == 0
+    finally:
+        stalled.close()
