@@ -28,3 +28,8 @@ def start_python_peer(procs: Procs, db: Path, gen: Path) -> Server:
     """`gen`: the directory of the generated Python client (Client.dir), so the peer does not generate its own."""
     return procs.start("python-peer", [PYTHON, str(ROOT / "bench" / "python_peer.py"), "--db", str(db),
                                        "--gen", str(gen)]).wait_listening()
+
+
+def start_otlp_sink(procs: Procs) -> Server:
+    """An OTLP collector that keeps nothing, off the server's core: where traced servers export."""
+    return procs.start("otlp-sink", [PYTHON, str(ROOT / "bench" / "otlp_sink.py")], pin=False).wait_listening()

@@ -163,6 +163,11 @@ def getproduct_rows(rows: Rows, pg_skip) -> None:
         x_cpu = sum(x["cpu_us"].values())
         rows.request(key, vs=f"{x['rps'] / g['rps']:.2f}× plaintext; {what} cost {x_cpu - g_cpu:+.1f} µs CPU a call",
                      goals=f"p99 < 2 ms at 80 %: {goal(x['p99_80'] < 2)}")
+    for key, what in (("get_traced", "traces of every call"), ("get_traced_1", "traces of 1 % of calls")):
+        x = r[key]
+        x_cpu = sum(x["cpu_us"].values())
+        rows.request(key, vs=f"{x['rps'] / g['rps']:.2f}× without traces; {what} cost {x_cpu - g_cpu:+.1f} µs CPU a call",
+                     goals=f"p99 < 2 ms at 80 %: {goal(x['p99_80'] < 2)}")
     if "get_postgres" in r:
         p = r["get_postgres"]
         rows.request("get_postgres", vs=f"{p['rps'] / bare:.2f}× bare, {p['rps'] / py:.1f}× Python",

@@ -4,8 +4,10 @@ Each scenario starts the servers it needs, measures through `Bench` (which keeps
 results under fixed keys, the ones report.render reads) and stops its servers, whatever
 happens:
 
-  getproduct_side_by_side  bare tonic, Python grpc.aio and the Agora catalog on SQLite and
-                           PostgreSQL, measured in turns (bare, python, get_sqlite, get_postgres)
+  getproduct_side_by_side  bare tonic, Python grpc.aio and the Agora catalog on SQLite (plain, TLS,
+                           TLS and token, traces of 100 % and 1 % of calls) and PostgreSQL,
+                           measured in turns (bare, python, get_sqlite, get_tls, get_secure,
+                           get_traced, get_traced_1, get_postgres)
   list_available_offers    offers on SQLite (available)
   create_offer             offers asking catalog for the product (create)
   scale                    GetProduct and a deep ListProducts page on SMALL and LARGE products
@@ -26,7 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .data import Data, expected_available, offers_postgres, postgres_backends_cpu, prepare, product_id, psql
-from .references import start_bare, start_python_peer
+from .references import start_bare, start_otlp_sink, start_python_peer
 from .report import publish
 from .runner import (CLIENTS, LARGE, OFFERS, OVERLOAD_CLIENTS, OVERLOAD_LIMIT, OVERLOAD_STREAMS, QUICK, RUN_SECONDS,
                      SERVICES, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, H2load, Procs, Server, call,
@@ -109,6 +111,17 @@ def getproduct_side_by_side(bench: Bench, data: Data) -> None:
             dict(key="get_secure", label="Agora catalog, GetProduct, SQLite, TLS 1.3 and a customer's token",
                  addr=catalog_secure.grpc, servers=[catalog_secure], method=GET_PATH, tls=True, token=token),
         ]
+        # The cost of traces: every call traced, then 1 % of them, exported to a collector that
+        # keeps nothing (off the server's core), against the same catalog without traces.
+        sink = start_otlp_sink(procs)
+        started.append(sink)
+        for key, ratio, what in (("get_traced", "1.0", "100 %"), ("get_traced_1", "0.01", "1 %")):
+            traced = start_service(procs, f"catalog-{key}", "catalog", f"sqlite:{data.small_db}",
+                                   OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{sink.grpc}",
+                                   OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=ratio)
+            started.append(traced.wait_serving())
+            contenders.append(dict(key=key, label=f"Agora catalog, GetProduct, SQLite, traces of {what} of calls",
+                                   addr=traced.grpc, servers=[traced], method=GET_PATH))
         if data.pg_db:
             catalog_pg = start_service(procs, "catalog", "catalog", data.pg_url)
             started.append(catalog_pg.wait_serving())

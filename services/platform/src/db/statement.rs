@@ -128,43 +128,33 @@ impl<'c> Statement<'c> {
 
     /// Runs the statement; returns the number of rows it changed.
     pub async fn execute(self) -> Result<u64, Error> {
-        let span = self.span();
-        let Self { inner, unique, .. } = self;
-        let result = async {
+        self.run(|inner| async move {
             match inner {
                 Inner::Sqlite(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
                 Inner::Sqlite(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
                 Inner::Postgres(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
                 Inner::Postgres(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
             }
-        }
-        .instrument(span)
-        .await;
-        result.map_err(|e| translate(e, unique))
+        })
+        .await
     }
 
     /// Runs the statement; returns every row.
     pub async fn fetch_all(self) -> Result<Vec<Row>, Error> {
-        let span = self.span();
-        let Self { inner, unique, .. } = self;
-        let result = async {
+        self.run(|inner| async move {
             match inner {
                 Inner::Sqlite(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Sqlite)),
                 Inner::Sqlite(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Sqlite)),
                 Inner::Postgres(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Postgres)),
                 Inner::Postgres(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Postgres)),
             }
-        }
-        .instrument(span)
-        .await;
-        result.map_err(|e| translate(e, unique))
+        })
+        .await
     }
 
     /// Runs the statement; returns its first row, if any.
     pub async fn fetch_optional(self) -> Result<Option<Row>, Error> {
-        let span = self.span();
-        let Self { inner, unique, .. } = self;
-        let result = async {
+        self.run(|inner| async move {
             match inner {
                 Inner::Sqlite(Target::Pool(p), q) => q.fetch_optional(p).await.map(|r| r.map(Row::Sqlite)),
                 Inner::Sqlite(Target::Conn(c), q) => q.fetch_optional(c).await.map(|r| r.map(Row::Sqlite)),
@@ -175,10 +165,20 @@ impl<'c> Statement<'c> {
                     q.fetch_optional(c).await.map(|r| r.map(Row::Postgres))
                 }
             }
-        }
-        .instrument(span)
-        .await;
-        result.map_err(|e| translate(e, unique))
+        })
+        .await
+    }
+
+    /// Runs `go` on the statement inside its span; a failure becomes the
+    /// platform's error (a unique violation the caller's, when declared).
+    async fn run<T, F, Fut>(self, go: F) -> Result<T, Error>
+    where
+        F: FnOnce(Inner<'c>) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let span = self.span();
+        let Self { inner, unique, .. } = self;
+        go(inner).instrument(span).await.map_err(|e| translate(e, unique))
     }
 
     /// Runs a statement that reads one resource, `resource` `id`; no row is
