@@ -46,15 +46,16 @@ PROTOS = {"catalog": "catalog/v1/catalog_service.proto", "customers": "customers
 TRUST_DOMAIN = "agora.local"
 
 # Requests and limits, from `make bench` (BENCHMARKS.md) on one core:
-# - memory: 12 to 15 MiB idle; peaks of 20 MiB serving GetProduct flat out
-#   over TLS, 24 MiB for offers' CreateOffer, 23 MiB with four full-table
-#   streams. Request 48Mi (twice the busiest peak); limit 128Mi, which only
-#   a fault reaches (the pod is restarted rather than the node starved).
-# - CPU: about 150 us of server CPU per GetProduct over TLS with a token,
-#   6,100 calls/s on a whole core. Request 250m (about 1,500 calls/s);
+# - memory: 15 MiB idle; 19 to 25 MiB serving flat out (GetProduct over
+#   TLS, CreateOffer, four full-table streams); 48 MiB paging deep into a
+#   million products (SQLite's page cache). Request 64Mi (the largest
+#   peak with room); limit 128Mi, which only a fault reaches (the pod is
+#   restarted rather than the node starved).
+# - CPU: about 105 us of server CPU per GetProduct over TLS with a token,
+#   9,400 calls/s on a whole core. Request 250m (about 2,300 calls/s);
 #   the HPA adds replicas at 70 % of it. No CPU limit: throttling a gRPC
 #   server turns spare node CPU into tail latency.
-RESOURCES = {"requests": {"cpu": "250m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
+RESOURCES = {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
 
 # What every service reads, as one ConfigMap an operator edits (the
 # services' own defaults, but JSON logs); kustomize names it with a hash of

@@ -105,13 +105,17 @@ def test_a_call_across_services_is_one_trace_and_a_feed_event_links_to_its_write
                 customer = customers_grpc.CustomerServiceStub(u).CreateCustomer(customers_pb2.CreateCustomerRequest(
                     customer=customers_pb2.Customer(given_name="Ada", family_name="Lovelace",
                                                     email="ada@example.com")), timeout=5).customer
-            # One call that asks both catalog and customers: a personal offer.
+            # One call that asks both catalog and customers: a personal offer
+            # (no shopping RPC asks both). Then the same call from a caller
+            # that decided not to sample: parent-based sampling keeps that.
+            unsampled = uuid.uuid4().hex
             with system.channel("offers", staff) as o:
-                offers_grpc.OfferServiceStub(o).CreateOffer(offers_pb2.CreateOfferRequest(offer=offers_pb2.Offer(
-                    product_id=product.product_id, customer_id=customer.customer_id,
-                    kind=offers_pb2.OFFER_KIND_SPEED, discount_percent=15,
-                    start_time=timestamp(-60), end_time=timestamp(3600))),
-                    timeout=5, metadata=[("traceparent", TRACEPARENT)])
+                for traceparent in (TRACEPARENT, f"00-{unsampled}-{CALLER_SPAN}-00"):
+                    offers_grpc.OfferServiceStub(o).CreateOffer(offers_pb2.CreateOfferRequest(offer=offers_pb2.Offer(
+                        product_id=product.product_id, customer_id=customer.customer_id,
+                        kind=offers_pb2.OFFER_KIND_SPEED, discount_percent=15,
+                        start_time=timestamp(-60), end_time=timestamp(3600))),
+                        timeout=5, metadata=[("traceparent", traceparent)])
 
             def complete():
                 spans = collector.of_trace(TRACE_ID)
@@ -146,8 +150,9 @@ def test_a_call_across_services_is_one_trace_and_a_feed_event_links_to_its_write
                      if line.startswith("{")]
             inside = [line for line in lines if line.get("span", {}).get("rpc.method") == "CreateOffer"]
             assert inside, "offers logged nothing inside CreateOffer"
-            assert all(line["span"]["trace_id"] == TRACE_ID and line["span"]["span_id"] == root.span_id.hex()
-                       for line in inside), inside
+            assert all(line["span"]["trace_id"] in (TRACE_ID, unsampled) for line in inside), inside
+            assert all(line["span"]["span_id"] == root.span_id.hex()
+                       for line in inside if line["span"]["trace_id"] == TRACE_ID), inside
             # The database's spans: the statement's shape, never its values.
             statements = [span for s, span in spans if s == "agora-offers" and attribute(span, "db.query.text")]
             assert statements and all("$1" in attribute(span, "db.query.text") or "VALUES" not in
@@ -172,6 +177,8 @@ def test_a_call_across_services_is_one_trace_and_a_feed_event_links_to_its_write
                 assert link.span_id == write.span_id, service
                 assert span.name == "catalog process"
                 assert span.trace_id.hex() != write_trace, "a consumer's span starts a trace of its own"
+            # Long after the unsampled call, none of its spans arrived.
+            assert collector.of_trace(unsampled) == []
     finally:
         server.stop(0)
 
