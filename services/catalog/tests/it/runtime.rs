@@ -136,6 +136,9 @@ async fn over_the_concurrency_limit_calls_are_shed_and_health_still_answers() {
     let mut probe = c.client.clone();
     let err = probe.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // Shed, not oversized: RetryInfo says when to try again.
+    let retry = tonic_types::StatusExt::get_details_retry_info(&err).expect("a shed call carries RetryInfo");
+    assert!(retry.retry_delay.is_some_and(|d| d > Duration::ZERO), "{retry:?}");
     assert_eq!(health_status(&c.server.channel, "").await, Some(ServingStatus::Serving));
 
     lock.execute("ROLLBACK").await.unwrap();

@@ -24,6 +24,10 @@ fn refused<B: Default>(status: tonic::Status) -> Response<B> {
     response
 }
 
+/// The wait a shed call is told before it retries (RetryInfo), jittered by
+/// the client's own backoff.
+const SHED_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Paths that are always admitted.
 fn bypasses(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
@@ -77,8 +81,15 @@ where
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics::counter!("agora_grpc_server_shed_total").increment(1);
-            let status =
-                tonic::Status::resource_exhausted("the server is at its concurrency limit; retry later");
+            // RetryInfo tells a shed call from an oversized request (also
+            // RESOURCE_EXHAUSTED, never worth sending again): only this one
+            // says when to retry.
+            let details = tonic_types::ErrorDetails::with_retry_info(Some(SHED_RETRY_DELAY));
+            let status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "the server is at its concurrency limit; retry later",
+                details,
+            );
             return Box::pin(std::future::ready(Ok(refused(status))));
         };
         let fut = self.inner.call(req);

@@ -61,6 +61,36 @@ fn code_of(headers: &HeaderMap) -> Option<usize> {
     Some(if code < CODE_NAMES.len() { code } else { 2 })
 }
 
+/// The codes tonic's transport gives two mistakes of the caller, corrected
+/// before the call is counted, as other gRPC implementations answer them:
+/// a body that does not decode as the method's message is
+/// INVALID_ARGUMENT (tonic answers INTERNAL, as if the server broke), and a
+/// request over `AGORA_MAX_MESSAGE_BYTES` is RESOURCE_EXHAUSTED naming the
+/// limit (tonic: OUT_OF_RANGE). An oversized request carries no RetryInfo:
+/// unlike a call shed under load, sending it again cannot succeed. Both
+/// come as trailers-only answers, before the handler runs.
+fn correct_transport_codes(headers: &mut HeaderMap, method: &str) {
+    let Some(status) = tonic::Status::from_header_map(headers) else { return };
+    let message = status.message();
+    let corrected = match status.code() {
+        tonic::Code::Internal if message.starts_with("failed to decode Protobuf message") => {
+            counter!("agora_grpc_server_malformed_total").increment(1);
+            tracing::debug!(method, why = message, "a request body that is not the method's message");
+            tonic::Status::invalid_argument("the request body is not a valid message of this method")
+        }
+        tonic::Code::OutOfRange if message.contains("decoded message length too large") => {
+            let limit = message.rsplit("the limit is: ").next().unwrap_or("its limit");
+            tonic::Status::resource_exhausted(format!(
+                "the request is larger than this server accepts ({limit}); it is not retried"
+            ))
+        }
+        _ => return,
+    };
+    // The new status replaces the old one's headers (status, message, details).
+    headers.remove("grpc-status-details-bin");
+    let _ = corrected.add_header(headers);
+}
+
 /// What inner layers and the handler tell the end of a call.
 #[derive(Clone, Default)]
 pub struct CallNotes(Arc<Mutex<Notes>>);
@@ -103,6 +133,8 @@ pub struct ObserveLayer {
 
 impl ObserveLayer {
     pub fn new(services: impl IntoIterator<Item = String>) -> Self {
+        // At zero from the start: an alert on its rate sees 0, not no data.
+        counter!("agora_grpc_server_malformed_total").increment(0);
         Self { services: services.into_iter().collect() }
     }
 }
@@ -182,11 +214,13 @@ where
                 elapsed_ms = field::Empty,
             )
         };
+        let method_label = format!("{service}/{method}");
         let guard = CallGuard::start(service, method, span.clone(), notes);
         let fut = self.inner.call(req).instrument(span);
         Box::pin(async move {
             let response = fut.await?;
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
+            correct_transport_codes(&mut parts.headers, &method_label);
             // A status in the headers is a trailers-only answer: the call is over.
             let guard = match code_of(&parts.headers) {
                 Some(code) => {
