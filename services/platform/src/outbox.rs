@@ -210,8 +210,8 @@ impl Outbox {
     }
 
     /// The events after `after`: the backlog, then new events as they
-    /// commit, until the consumer goes away or the server shuts down. Only
-    /// reads when the consumer asks for more.
+    /// commit, until the consumer goes away or the server shuts down (then
+    /// UNAVAILABLE). Only reads when the consumer asks for more.
     pub fn watch<E: DomainEvent>(
         &self,
         after: i64,
@@ -224,6 +224,7 @@ impl Outbox {
             buffer: VecDeque<Stored>,
             committed: watch::Receiver<i64>,
             shutdown: Shutdown,
+            ended: bool,
             _open: Watching,
         }
         let state = State {
@@ -233,9 +234,13 @@ impl Outbox {
             buffer: VecDeque::new(),
             committed: self.db.committed(),
             shutdown,
+            ended: false,
             _open: Watching::open(),
         };
         futures_util::stream::unfold(state, |mut s| async move {
+            if s.ended {
+                return None;
+            }
             loop {
                 if let Some(stored) = s.buffer.pop_front() {
                     s.after = stored.sequence;
@@ -260,7 +265,14 @@ impl Outbox {
                 tokio::select! {
                     _ = s.committed.changed() => {}
                     _ = tokio::time::sleep(s.outbox.poll_interval) => {}
-                    _ = s.shutdown.wait() => return None,
+                    // UNAVAILABLE, not the end of the stream: the consumer
+                    // reconnects (to another replica) instead of taking
+                    // the feed for finished.
+                    _ = s.shutdown.wait() => {
+                        s.ended = true;
+                        let stopping = Error::unavailable("the server is shutting down; reconnect to another replica");
+                        return Some((Err(stopping), s));
+                    }
                 }
             }
         })

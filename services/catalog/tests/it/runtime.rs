@@ -266,6 +266,29 @@ async fn sigterm_drains_then_exits_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+/// At SIGTERM an open change-feed stream ends with UNAVAILABLE, not OK: its
+/// consumer reconnects, to another replica, instead of taking the feed for
+/// finished; and the process still exits cleanly.
+#[tokio::test]
+async fn sigterm_ends_a_feed_stream_with_unavailable() {
+    let db = TestDatabase::sqlite();
+    let mut p = spawn_binary(&db, &[("AGORA_DRAIN_DELAY_MS", "0"), ("AGORA_SHUTDOWN_TIMEOUT_MS", "2000")]);
+    let ch = agora_testing::channel_as(p.grpc, &agora_testing::Who::Service("offers".into()));
+    wait_for_health(&ch, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let mut feed = pb::catalog_service_client::CatalogServiceClient::new(ch.clone())
+        .watch_catalog_events(pb::WatchCatalogEventsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    sigterm(&p.child);
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), feed.next()).await.expect("an answer within 10 s");
+    let err = end.expect("a status, not a silent end").expect_err("no event: the feed is empty");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let status = wait_for_exit(&mut p.child, Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+}
+
 /// A bad variable stops the process at start with a message naming it.
 #[tokio::test]
 async fn bad_configuration_exits_with_a_clear_message() {
