@@ -33,6 +33,7 @@ use tracing::{Instrument, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::delegate_to_inner;
+use crate::server::Shutdown;
 
 /// Canonical gRPC status names, indexed by code.
 const CODE_NAMES: [&str; 17] = [
@@ -129,20 +130,23 @@ pub struct ObserveLayer {
     /// Fully qualified gRPC services this server offers. Other paths are
     /// labelled `unknown`, so a scanner cannot grow the label set.
     services: Arc<[String]>,
+    stopping: Shutdown,
 }
 
 impl ObserveLayer {
-    pub fn new(services: impl IntoIterator<Item = String>) -> Self {
+    /// `stopping`: the server's shutdown, which explains the UNAVAILABLE
+    /// that ends the streams it stops (no warning for those).
+    pub fn new(services: impl IntoIterator<Item = String>, stopping: Shutdown) -> Self {
         // At zero from the start: an alert on its rate sees 0, not no data.
         counter!("agora_grpc_server_malformed_total").increment(0);
-        Self { services: services.into_iter().collect() }
+        Self { services: services.into_iter().collect(), stopping }
     }
 }
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, services: self.services.clone() }
+        Observe { inner, services: self.services.clone(), stopping: self.stopping.clone() }
     }
 }
 
@@ -150,6 +154,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     services: Arc<[String]>,
+    stopping: Shutdown,
 }
 
 /// Service and method labels of a request path `/pkg.Service/Method`.
@@ -215,7 +220,7 @@ where
             )
         };
         let method_label = format!("{service}/{method}");
-        let guard = CallGuard::start(service, method, span.clone(), notes);
+        let guard = CallGuard::start(service, method, span.clone(), notes, self.stopping.clone());
         let fut = self.inner.call(req).instrument(span);
         Box::pin(async move {
             let response = fut.await?;
@@ -241,16 +246,17 @@ struct CallGuard {
     labels: [Label; 2],
     span: Span,
     notes: CallNotes,
+    stopping: Shutdown,
     start: Instant,
     done: bool,
 }
 
 impl CallGuard {
-    fn start(service: String, method: String, span: Span, notes: CallNotes) -> Self {
+    fn start(service: String, method: String, span: Span, notes: CallNotes, stopping: Shutdown) -> Self {
         let labels = [Label::new("grpc_service", service), Label::new("grpc_method", method)];
         counter!("grpc_server_started_total", labels.iter()).increment(1);
         gauge!("grpc_server_in_flight", labels.iter()).increment(1.0);
-        Self { labels, span, notes, start: Instant::now(), done: false }
+        Self { labels, span, notes, stopping, start: Instant::now(), done: false }
     }
 
     fn finish(mut self, code: usize) {
@@ -303,6 +309,10 @@ impl CallGuard {
             // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS:
             // the server's side of the story, worth a look, unless the
             // server refused the call itself (still starting, shedding).
+            // UNAVAILABLE while the server stops is the stop's doing: the
+            // streams it ends (change feeds) tell their callers to go
+            // elsewhere.
+            14 if self.stopping.is_triggered() => tracing::debug!("call ended by the shutdown"),
             2 | 4 | 13 | 14 | 15 if !refused => tracing::warn!("call failed"),
             // Successes, refusals and the caller's mistakes at debug: the
             // metrics count them, and a flood of bad or excess calls must

@@ -84,7 +84,7 @@ pub(super) async fn serve(
         // Send the request id back in the response headers.
         .layer(PropagateRequestIdLayer::x_request_id())
         // A span and the Prometheus metrics for every call, by gRPC code.
-        .layer(ObserveLayer::new(advertised))
+        .layer(ObserveLayer::new(advertised, services.shutdown()))
         // Shed load instead of queueing when saturated; wait for start-up.
         // Early in the stack, so a refusal costs little of a busy core.
         .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
