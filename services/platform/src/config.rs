@@ -293,7 +293,11 @@ impl Settings {
             db_probe_interval: env.millis("AGORA_DB_PROBE_INTERVAL_MS", 1_000, 10..=600_000),
             request_timeout: env.millis("AGORA_REQUEST_TIMEOUT_MS", 10_000, 1..=3_600_000),
             concurrency_limit: env.number("AGORA_CONCURRENCY_LIMIT", 256, 1..=1_000_000),
-            max_message_bytes: env.number("AGORA_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024..=(256 << 20)),
+            max_message_bytes: env.number(
+                "AGORA_MAX_MESSAGE_BYTES",
+                4 * 1024 * 1024,
+                (64 << 10)..=(256 << 20),
+            ),
             drain_delay: env.millis("AGORA_DRAIN_DELAY_MS", 5_000, 0..=600_000),
             shutdown_timeout: env.millis("AGORA_SHUTDOWN_TIMEOUT_MS", 10_000, 0..=600_000),
             outbox_poll_interval: env.millis("AGORA_OUTBOX_POLL_MS", 500, 10..=60_000),

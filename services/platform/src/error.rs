@@ -85,6 +85,44 @@ fn describe(violations: &[FieldViolation]) -> String {
     violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
+/// Most field violations one answer carries; the rest are counted in one
+/// last violation. With [`MAX_DETAIL_CHARS`] this keeps every error a few
+/// KB, whatever the request held (an update_mask of 100,000 paths).
+pub const MAX_VIOLATIONS: usize = 10;
+
+/// Longest field path or description in an answer, in characters; longer
+/// ones (quoting the caller's input) are cut and end with `…`.
+pub const MAX_DETAIL_CHARS: usize = 160;
+
+/// `text` cut to [`MAX_DETAIL_CHARS`] characters.
+fn bounded(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_DETAIL_CHARS - 1) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// At most [`MAX_VIOLATIONS`] violations, each bounded; when there were
+/// more, the last one says how many were left out.
+fn bounded_violations(violations: Vec<FieldViolation>) -> Vec<FieldViolation> {
+    let total = violations.len();
+    let mut kept: Vec<FieldViolation> = violations
+        .into_iter()
+        .take(MAX_VIOLATIONS)
+        .map(|v| FieldViolation { field: bounded(v.field), description: bounded(v.description) })
+        .collect();
+    if total > MAX_VIOLATIONS {
+        kept.truncate(MAX_VIOLATIONS - 1);
+        let left_out = total - kept.len();
+        kept.push(FieldViolation {
+            field: String::new(),
+            description: format!("and {left_out} more violations, not listed"),
+        });
+    }
+    kept
+}
+
 impl Error {
     /// A single invalid field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
@@ -164,6 +202,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument(violations) => {
+                let violations = bounded_violations(violations);
                 let message = format!("invalid request: {}", describe(&violations));
                 let mut details = ErrorDetails::new();
                 for v in violations {
@@ -171,7 +210,8 @@ impl From<Error> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            err @ Error::NotFound { .. } => {
+            Error::NotFound { resource, id } => {
+                let err = Error::NotFound { resource, id: bounded(id) };
                 let Error::NotFound { resource, ref id } = err else { unreachable!() };
                 let details = ErrorDetails::with_resource_info(resource, id.clone(), "", err.to_string());
                 Status::with_error_details(Code::NotFound, err.to_string(), details)
@@ -180,8 +220,9 @@ impl From<Error> for Status {
                 metrics::counter!("agora_auth_rejections_total", "reason" => "forbidden").increment(1);
                 Status::permission_denied(message)
             }
-            Error::AlreadyExists(message) => Status::already_exists(message),
+            Error::AlreadyExists(message) => Status::already_exists(bounded(message)),
             Error::FailedPrecondition { kind, subject, description } => {
+                let (subject, description) = (bounded(subject), bounded(description));
                 let details = ErrorDetails::with_precondition_failure_violation(
                     kind.as_str(),
                     subject,
@@ -219,6 +260,25 @@ mod tests {
         let fields: Vec<_> =
             details.bad_request().unwrap().field_violations.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["product.display_name", "product.price"]);
+    }
+
+    /// However much the request held, the answer stays a few KB: the
+    /// violations are capped in count and each is cut.
+    #[test]
+    fn field_violations_are_bounded() {
+        let mut v = Violations::new();
+        for i in 0..100_000 {
+            v.add("update_mask", format!("{:?} is not a field of Product", format!("path{i}").repeat(50)));
+        }
+        let status: Status = v.finish().unwrap_err().into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().len() < 4096, "message of {} bytes", status.message().len());
+        assert!(status.details().len() < 4096, "details of {} bytes", status.details().len());
+        let details = status.get_error_details();
+        let violations = &details.bad_request().unwrap().field_violations;
+        assert_eq!(violations.len(), MAX_VIOLATIONS);
+        assert!(violations[0].description.ends_with('…'));
+        assert_eq!(violations.last().unwrap().description, "and 99991 more violations, not listed");
     }
 
     #[test]

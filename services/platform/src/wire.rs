@@ -5,6 +5,8 @@
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::{Error, Violations, db::Page};
 
 /// Microseconds since the Unix epoch: how every service stores time (an
@@ -113,6 +115,56 @@ pub fn parse_line(raw: &str, max_chars: usize) -> Result<String, String> {
     Ok(line.to_owned())
 }
 
+/// The bytes of items one answer carries at most (a List page, a message
+/// of a stream): half the message size limit, so the rest of the message
+/// always fits. Set once at start-up from `AGORA_MAX_MESSAGE_BYTES`; a
+/// process-wide value because handlers build their answers without the
+/// settings at hand.
+static ANSWER_BYTES: AtomicUsize = AtomicUsize::new(2 << 20);
+
+/// See [`ANSWER_BYTES`].
+pub fn answer_bytes() -> usize {
+    ANSWER_BYTES.load(Ordering::Relaxed)
+}
+
+/// Sets [`answer_bytes`] from the message size limit.
+pub fn set_max_message_bytes(max_message_bytes: usize) {
+    ANSWER_BYTES.store(max_message_bytes / 2, Ordering::Relaxed);
+}
+
+/// Counts `item` into `bytes` (with its tag and length prefix) if it fits
+/// in [`answer_bytes`]; the first item of an answer always does (the
+/// write limits keep any one item far below the size limit).
+fn fits(bytes: &mut usize, item: &impl prost::Message, first: bool) -> bool {
+    let len = item.encoded_len();
+    let framed = len + 1 + prost::encoding::encoded_len_varint(len as u64);
+    if !first && *bytes + framed > answer_bytes() {
+        return false;
+    }
+    *bytes += framed;
+    true
+}
+
+/// `items` in consecutive runs of at most [`answer_bytes`] each: the
+/// messages of a stream, each within the message size limit.
+pub fn chunks_by_bytes<U: prost::Message>(items: Vec<U>) -> Vec<Vec<U>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        if !fits(&mut bytes, &item, chunk.is_empty()) {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+            fits(&mut bytes, &item, true);
+        }
+        chunk.push(item);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 /// Default and largest page sizes of every List call.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -160,16 +212,34 @@ impl Paging {
 
     /// The `next_page_token` that continues after `page`: empty on the last.
     pub fn next_page_token<T>(&self, page: &Page<T>) -> String {
-        page.next_after
-            .map(|after| PageToken { after, filter: self.filter.clone() }.encode())
-            .unwrap_or_default()
+        self.token_after(page.next_after)
+    }
+
+    fn token_after(&self, after: Option<i64>) -> String {
+        after.map(|after| PageToken { after, filter: self.filter.clone() }.encode()).unwrap_or_default()
     }
 
     /// A List answer's two parts: `page`'s items in their wire form, and the
-    /// `next_page_token` that continues after it.
-    pub fn answer<T, U: From<T>>(&self, page: Page<T>) -> (Vec<U>, String) {
-        let next_page_token = self.next_page_token(&page);
-        (page.items.into_iter().map(U::from).collect(), next_page_token)
+    /// `next_page_token` that continues after it. The answer holds at most
+    /// [`answer_bytes`] of items: a page whose rows are larger ends early,
+    /// and its token continues after the last item it holds.
+    pub fn answer<T, U: From<T> + prost::Message>(&self, page: Page<T>) -> (Vec<U>, String) {
+        let Page { items, mut next_after, seqs } = page;
+        let total = items.len();
+        let mut kept = Vec::with_capacity(total);
+        let mut bytes = 0;
+        for (seq, item) in seqs.iter().zip(items) {
+            let item = U::from(item);
+            if !fits(&mut bytes, &item, kept.is_empty()) {
+                break;
+            }
+            kept.push((*seq, item));
+        }
+        if kept.len() < total {
+            next_after = kept.last().map(|(seq, _)| *seq);
+        }
+        let next_page_token = self.token_after(next_after);
+        (kept.into_iter().map(|(_, item)| item).collect(), next_page_token)
     }
 }
 
@@ -243,6 +313,26 @@ mod tests {
         assert_eq!(micros_from_timestamp(&prost_types::Timestamp { seconds: 1, nanos: -1 }), None);
     }
 
+    /// Rows larger than the answer allows end the page early, and its
+    /// token continues after the last item it holds; a stream's batch
+    /// splits into messages that each fit.
+    #[test]
+    fn answers_are_bounded_in_bytes() {
+        let big = "é".repeat(answer_bytes() / 5); // 2/5 of the budget each
+        let page = Page { items: vec![big.clone(); 5], next_after: None, seqs: vec![10, 11, 12, 13, 14] };
+        let paging = Paging::of(5, "", "").unwrap();
+        let (items, token): (Vec<String>, _) = paging.answer(page);
+        assert_eq!(items.len(), 2);
+        assert_eq!(PageToken::decode(&token, ""), Ok(Some(11)));
+
+        let small = Page { items: vec!["a".to_string(); 3], next_after: None, seqs: vec![1, 2, 3] };
+        let (items, token): (Vec<String>, _) = paging.answer(small);
+        assert_eq!((items.len(), token.as_str()), (3, ""), "a page that fits is whole");
+
+        let chunks = chunks_by_bytes(vec![big; 5]);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    }
+
     #[test]
     fn page_tokens_are_bound_to_their_filter() {
         let token = PageToken { after: 42, filter: "family=f1".into() }.encode();
@@ -258,12 +348,12 @@ mod tests {
         let first = Paging::read(&mut v, 0, "", "family=f1");
         assert!(v.is_empty());
         assert_eq!((first.size, first.after), (DEFAULT_PAGE_SIZE, None));
-        let token = first.next_page_token(&Page { items: vec![1], next_after: Some(7) });
+        let token = first.next_page_token(&Page { items: vec![1], next_after: Some(7), seqs: vec![7] });
         assert_eq!(Paging::read(&mut v, 5, &token, "family=f1").after, Some(7));
         assert!(v.is_empty());
         Paging::read(&mut v, -1, &token, "family=f2");
         assert!(!v.is_empty(), "a negative size and a token of another filter are refused");
-        assert_eq!(first.next_page_token(&Page::<u8> { items: vec![], next_after: None }), "");
+        assert_eq!(first.next_page_token(&Page::<u8> { items: vec![], next_after: None, seqs: vec![] }), "");
     }
 
     #[test]

@@ -16,10 +16,10 @@ use agora_platform::{
     db::Filter,
     outbox::{Outbox, ResponseStream},
     security::{Access, Audit, Policy, Rule},
-    wire::{Answer, Paging, new_id, now_micros, reply, required, required_id},
+    wire::{Answer, Paging, chunks_by_bytes, new_id, now_micros, reply, required, required_id},
 };
 use futures_util::StreamExt as _;
-use tonic::Request;
+use tonic::{Request, Status};
 
 use crate::{
     domain::{self, CatalogEvent, Family, MAX_BATCH, Product},
@@ -236,9 +236,17 @@ impl CatalogService for CatalogApi {
         let mut v = Violations::new();
         let filter = product_filter(&mut v, req.family_id, req.state);
         v.finish()?;
-        let stream = store::stream_products(self.db.clone(), filter, STREAM_BATCH).map(|batch| {
-            let products = batch?.into_iter().map(Into::into).collect();
-            Ok(pb::StreamProductsResponse { products })
+        // A batch of rows becomes as many messages as its size in bytes
+        // needs, each within the message size limit.
+        let stream = store::stream_products(self.db.clone(), filter, STREAM_BATCH).flat_map(|batch| {
+            let messages: Vec<Result<_, Status>> = match batch {
+                Ok(products) => chunks_by_bytes(products.into_iter().map(pb::Product::from).collect())
+                    .into_iter()
+                    .map(|products| Ok(pb::StreamProductsResponse { products }))
+                    .collect(),
+                Err(err) => vec![Err(err.into())],
+            };
+            futures_util::stream::iter(messages)
         });
         reply(Box::pin(stream))
     }

@@ -2,6 +2,7 @@
 //! database, one module a theme, in one test binary.
 //! nextest runs every test in a process of its own.
 
+mod abuse;
 mod api;
 mod common;
 mod feed;

@@ -11,12 +11,15 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// The `seq` to continue after; None on the last page.
     pub next_after: Option<i64>,
+    /// Each item's `seq`, so that an answer cut short (by its size in
+    /// bytes) can continue after its own last item.
+    pub seqs: Vec<i64>,
 }
 
 impl<T> Page<T> {
     /// The same page with every item converted (to its wire form, say).
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page { items: self.items.into_iter().map(f).collect(), next_after: self.next_after }
+        Page { items: self.items.into_iter().map(f).collect(), next_after: self.next_after, seqs: self.seqs }
     }
 
     /// A page of `limit` items out of `items` fetched with `LIMIT limit + 1`
@@ -25,7 +28,8 @@ impl<T> Page<T> {
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
         let next_after = if more { items.last().map(|(seq, _)| *seq) } else { None };
-        Self { items: items.into_iter().map(|(_, item)| item).collect(), next_after }
+        let (seqs, items) = items.into_iter().unzip();
+        Self { items, next_after, seqs }
     }
 }
 

@@ -205,6 +205,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         // The metrics recorder first: what start-up records must not be lost.
         crate::metrics::handle();
+        crate::wire::set_max_message_bytes(settings.max_message_bytes);
         // An unreadable certificate or key file is the operator's to fix,
         // like a bad variable: exit status 2.
         let security = &settings.security;

@@ -15,6 +15,9 @@ use agora_platform::{Error, Precondition};
 pub const MAX_TITLE_CHARS: usize = 200;
 /// How many of one product a list may hold: per AddItem and in total.
 pub const QUANTITY: std::ops::RangeInclusive<i32> = 1..=1000;
+/// Most products one list holds: a list, with every item, always fits in
+/// one answer (about 80 bytes an item, under 64 KiB in all).
+pub const MAX_ITEMS: usize = 500;
 
 /// One product on a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,8 @@ pub enum Refusal {
     StaleEtag,
     /// The product's quantity would pass the most one list may hold.
     TooMany { product_id: String, total: i32 },
+    /// A new product on a list that holds [`MAX_ITEMS`] already.
+    Full,
 }
 
 /// What adding a product changed, for the store to write.
@@ -121,6 +126,11 @@ impl ShoppingList {
     fn refused(&self, refusal: Refusal) -> Error {
         match refusal {
             Refusal::StaleEtag => Error::stale_etag("shopping_list", &self.id),
+            Refusal::Full => Error::FailedPrecondition {
+                kind: Precondition::Quantity,
+                subject: format!("shopping_list/{}", self.id),
+                description: format!("the list holds {MAX_ITEMS} products, its most; remove one first"),
+            },
             Refusal::TooMany { product_id, total } => Error::FailedPrecondition {
                 kind: Precondition::Quantity,
                 subject: format!("shopping_list/{}/product/{product_id}", self.id),
@@ -141,6 +151,7 @@ impl ShoppingList {
     /// already on the list, which keeps its place. The list is unchanged
     /// when the total would pass the maximum.
     fn add(&mut self, product_id: &str, quantity: i32) -> Result<Addition, Refusal> {
+        let full = self.items.len() >= MAX_ITEMS;
         match self.items.iter_mut().find(|item| item.product_id == product_id) {
             Some(item) => {
                 // Both terms are at most 1000: the sum cannot overflow.
@@ -151,6 +162,7 @@ impl ShoppingList {
                 item.quantity = total;
                 Ok(Addition::MoreOf { total })
             }
+            None if full => Err(Refusal::Full),
             None => {
                 self.items.push(Item { product_id: product_id.to_owned(), quantity, available: true });
                 Ok(Addition::NewItem)
@@ -226,6 +238,22 @@ mod tests {
         let before = l.clone();
         assert_eq!(l.add("prd_a", 1), Err(Refusal::TooMany { product_id: "prd_a".into(), total: 1001 }));
         assert_eq!(l, before, "a refused addition changes nothing");
+    }
+
+    #[test]
+    fn a_list_holds_at_most_500_products() {
+        let mut l = list();
+        for i in 0..MAX_ITEMS {
+            l.add(&format!("prd_{i}"), 1).unwrap();
+        }
+        let before = l.clone();
+        assert_eq!(l.add("prd_more", 1), Err(Refusal::Full));
+        assert_eq!(l, before, "a refused addition changes nothing");
+        assert_eq!(
+            l.add("prd_0", 1),
+            Ok(Addition::MoreOf { total: 2 }),
+            "more of a product on it still fits"
+        );
     }
 
     #[test]
