@@ -110,6 +110,75 @@ pub struct Settings {
     pub log_filter: String,
     /// TLS, tokens and the insecure opt-out (`AGORA_TLS_*`, `AGORA_JWT_*`, ...).
     pub security: crate::security::SecuritySettings,
+    /// Connections and long-lived streams: their limits and timeouts.
+    pub connections: ConnectionSettings,
+}
+
+/// How the gRPC server bounds what clients hold open: connections (their
+/// number, handshake, idleness and age) and long-lived streams (their
+/// number, and how long a reader may take nothing).
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Connections open at once; a connection over it is closed at accept
+    /// (`AGORA_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Time for the TLS handshake, and for a new connection's first call
+    /// (`AGORA_HANDSHAKE_TIMEOUT_MS`).
+    pub handshake_timeout: Duration,
+    /// A connection with no call or stream open for this long is closed
+    /// with GOAWAY (`AGORA_IDLE_TIMEOUT_MS`).
+    pub idle_timeout: Duration,
+    /// A connection this old (±10%) is asked to close with GOAWAY, so
+    /// clients re-balance across replicas (`AGORA_MAX_CONNECTION_AGE_MS`).
+    pub max_age: Duration,
+    /// Time the calls of an aged or idle connection get after its GOAWAY
+    /// before it is cut (`AGORA_MAX_CONNECTION_AGE_GRACE_MS`).
+    pub age_grace: Duration,
+    /// HTTP/2 PING interval, and how long the answer may take before the
+    /// peer is taken for dead (`AGORA_KEEPALIVE_INTERVAL_MS`,
+    /// `AGORA_KEEPALIVE_TIMEOUT_MS`).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 streams (calls) one connection may have open at once
+    /// (`AGORA_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// Long-lived streams (server-streaming calls, feeds, health watches)
+    /// open at once in the process, and on one connection; more are
+    /// refused with RESOURCE_EXHAUSTED (`AGORA_STREAM_LIMIT`,
+    /// `AGORA_STREAM_LIMIT_PER_CONNECTION`).
+    pub stream_limit: usize,
+    pub stream_limit_per_connection: usize,
+    /// A stream whose reader takes nothing for this long closes its
+    /// connection (`AGORA_STREAM_STALL_TIMEOUT_MS`).
+    pub stream_stall_timeout: Duration,
+    /// Largest request header list, in HTTP/2's measure (names, values and
+    /// 32 bytes a field); a larger one gets RESOURCE_EXHAUSTED naming the
+    /// limit (`AGORA_MAX_HEADER_BYTES`).
+    pub max_header_bytes: usize,
+}
+
+impl ConnectionSettings {
+    fn read<F: Fn(&str) -> Option<String>>(env: &mut EnvReader<F>) -> Self {
+        Self {
+            max_connections: env.number("AGORA_MAX_CONNECTIONS", 1024, 1..=1_000_000),
+            handshake_timeout: env.millis("AGORA_HANDSHAKE_TIMEOUT_MS", 10_000, 100..=600_000),
+            idle_timeout: env.millis("AGORA_IDLE_TIMEOUT_MS", 300_000, 100..=86_400_000),
+            max_age: env.millis("AGORA_MAX_CONNECTION_AGE_MS", 1_800_000, 1_000..=604_800_000),
+            age_grace: env.millis("AGORA_MAX_CONNECTION_AGE_GRACE_MS", 30_000, 0..=3_600_000),
+            keepalive_interval: env.millis("AGORA_KEEPALIVE_INTERVAL_MS", 30_000, 100..=3_600_000),
+            keepalive_timeout: env.millis("AGORA_KEEPALIVE_TIMEOUT_MS", 10_000, 100..=600_000),
+            max_concurrent_streams: env.number("AGORA_MAX_CONCURRENT_STREAMS", 256, 1..=100_000),
+            stream_limit: env.number("AGORA_STREAM_LIMIT", 512, 1..=1_000_000),
+            stream_limit_per_connection: env.number("AGORA_STREAM_LIMIT_PER_CONNECTION", 32, 1..=100_000),
+            stream_stall_timeout: env.millis("AGORA_STREAM_STALL_TIMEOUT_MS", 60_000, 100..=3_600_000),
+            max_header_bytes: env.number("AGORA_MAX_HEADER_BYTES", 16 << 10, (1 << 10)..=(1 << 20)),
+        }
+    }
+
+    /// The defaults, as a process without any of the variables gets them.
+    pub fn defaults() -> Self {
+        Self::read(&mut EnvReader::new(|_| None))
+    }
 }
 
 /// Every problem found in the environment, one line each.
@@ -307,6 +376,7 @@ impl Settings {
             log_format: env.parse("AGORA_LOG_FORMAT", LogFormat::Text),
             log_filter,
             security: crate::security::SecuritySettings::read(env),
+            connections: ConnectionSettings::read(env),
         }
     }
 
@@ -330,6 +400,7 @@ impl Settings {
             log_format: LogFormat::Text,
             log_filter: "warn".into(),
             security: crate::security::SecuritySettings::insecure(),
+            connections: ConnectionSettings::defaults(),
         }
     }
 }

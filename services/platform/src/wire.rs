@@ -132,30 +132,36 @@ pub fn set_max_message_bytes(max_message_bytes: usize) {
     ANSWER_BYTES.store(max_message_bytes / 2, Ordering::Relaxed);
 }
 
+/// The most bytes of items in one message of a stream: small, because
+/// HTTP/2 takes a whole message at once, so a reader that stops reading
+/// leaves at most one message (and the send buffer) in the server's memory.
+pub const STREAM_MESSAGE_BYTES: usize = 64 << 10;
+
 /// Counts `item` into `bytes` (with its tag and length prefix) if it fits
-/// in [`answer_bytes`]; the first item of an answer always does (the
-/// write limits keep any one item far below the size limit).
-fn fits(bytes: &mut usize, item: &impl prost::Message, first: bool) -> bool {
+/// in `budget`; the first item of an answer always does (the write limits
+/// keep any one item far below the size limit).
+fn fits(bytes: &mut usize, item: &impl prost::Message, first: bool, budget: usize) -> bool {
     let len = item.encoded_len();
     let framed = len + 1 + prost::encoding::encoded_len_varint(len as u64);
-    if !first && *bytes + framed > answer_bytes() {
+    if !first && *bytes + framed > budget {
         return false;
     }
     *bytes += framed;
     true
 }
 
-/// `items` in consecutive runs of at most [`answer_bytes`] each: the
-/// messages of a stream, each within the message size limit.
+/// `items` in consecutive runs of at most [`STREAM_MESSAGE_BYTES`] (and
+/// [`answer_bytes`]) each: the messages of a stream.
 pub fn chunks_by_bytes<U: prost::Message>(items: Vec<U>) -> Vec<Vec<U>> {
+    let budget = answer_bytes().min(STREAM_MESSAGE_BYTES);
     let mut chunks = Vec::new();
     let mut chunk = Vec::new();
     let mut bytes = 0;
     for item in items {
-        if !fits(&mut bytes, &item, chunk.is_empty()) {
+        if !fits(&mut bytes, &item, chunk.is_empty(), budget) {
             chunks.push(std::mem::take(&mut chunk));
             bytes = 0;
-            fits(&mut bytes, &item, true);
+            fits(&mut bytes, &item, true, budget);
         }
         chunk.push(item);
     }
@@ -230,7 +236,7 @@ impl Paging {
         let mut bytes = 0;
         for (seq, item) in seqs.iter().zip(items) {
             let item = U::from(item);
-            if !fits(&mut bytes, &item, kept.is_empty()) {
+            if !fits(&mut bytes, &item, kept.is_empty(), answer_bytes()) {
                 break;
             }
             kept.push((*seq, item));
@@ -329,7 +335,7 @@ mod tests {
         let (items, token): (Vec<String>, _) = paging.answer(small);
         assert_eq!((items.len(), token.as_str()), (3, ""), "a page that fits is whole");
 
-        let chunks = chunks_by_bytes(vec![big; 5]);
+        let chunks = chunks_by_bytes(vec!["é".repeat(STREAM_MESSAGE_BYTES / 5); 5]);
         assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
     }
 

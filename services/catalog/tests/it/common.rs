@@ -34,6 +34,16 @@ pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> 
     Catalog { client, follower, server, db }
 }
 
+/// A counter or gauge from the admin port, 0 when absent.
+pub async fn metric(c: &Catalog, line_prefix: &str) -> f64 {
+    let text = agora_testing::http_get(c.server.admin_addr, "/metrics").await;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub async fn family(client: &mut CatalogServiceClient<Channel>, name: &str) -> pb::Family {
     client
         .create_family(pb::CreateFamilyRequest {

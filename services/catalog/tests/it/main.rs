@@ -5,6 +5,7 @@
 mod abuse;
 mod api;
 mod common;
+mod connections;
 mod feed;
 mod migrations;
 mod runtime;

@@ -6,21 +6,11 @@
 use std::time::Duration;
 
 use crate::common::*;
-use agora_testing::{http_get, wait_until};
+use agora_testing::wait_until;
 use sqlx::{Connection as _, Executor as _};
 use tokio_stream::StreamExt as _;
 
 const TOTAL: i64 = 200_000;
-
-/// A counter or gauge from the admin port, 0 when absent.
-async fn metric(c: &Catalog, line_prefix: &str) -> f64 {
-    let text = http_get(c.server.admin_addr, "/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 async fn rows_read(c: &Catalog) -> i64 {
     metric(c, "agora_catalog_stream_rows_read_total ").await as i64

@@ -1,21 +1,43 @@
 //! Admission control: refuse calls fast instead of queueing them.
 //!
-//! Application calls need a permit from a server-wide semaphore; when none is
-//! free the call fails at once with RESOURCE_EXHAUSTED (load shedding, no
-//! unbounded queue), and before start-up finished it fails with UNAVAILABLE.
-//! Health and reflection bypass both: a Kubernetes probe must get an answer
-//! from a busy server, or the kubelet would restart a pod for being popular.
-//! tower's `LoadShed` over `GlobalConcurrencyLimit` sheds every path alike,
-//! which is why this small layer exists.
+//! Unary calls need a permit from a server-wide semaphore, held until their
+//! answer; when none is free the call fails at once with RESOURCE_EXHAUSTED
+//! (load shedding, no unbounded queue), and before start-up finished it
+//! fails with UNAVAILABLE. Long-lived streams (server-streaming calls, the
+//! change feeds, health watches) are admitted apart, by a semaphore of
+//! their own and a count per connection, and hold their place until the
+//! stream ends: an open stream costs no unary permit, and a client cannot
+//! open more than its share. Health and reflection skip the start-up check
+//! and the unary limit: a Kubernetes probe must get an answer from a busy
+//! server, or the kubelet would restart a pod for being popular. tower's
+//! `LoadShed` over `GlobalConcurrencyLimit` sheds every path alike, and
+//! releases its permit when the answer's headers leave, which is why this
+//! layer exists.
+//!
+//! A request whose header list is over the limit is refused here too, with
+//! RESOURCE_EXHAUSTED naming the limit (HTTP/2 alone would answer 431,
+//! which clients report as UNKNOWN).
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    collections::HashSet,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http::{Request, Response};
-use tokio::sync::Semaphore;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::{Layer, Service};
 
 use super::{Refused, status_response};
-use crate::{health::Health, middleware::delegate_to_inner};
+use crate::{
+    config::ConnectionSettings,
+    health::Health,
+    server::{Connection, StreamOnConnection},
+};
 
 /// The answer to a call turned away, marked so the observe layer knows.
 fn refused<B: Default>(status: tonic::Status) -> Response<B> {
@@ -24,41 +46,80 @@ fn refused<B: Default>(status: tonic::Status) -> Response<B> {
     response
 }
 
+/// RESOURCE_EXHAUSTED with RetryInfo: a limit that frees up, unlike an
+/// oversized request (also RESOURCE_EXHAUSTED, never worth sending again):
+/// only this one says when to retry.
+fn shed<B: Default>(message: String, retry_after: Duration) -> Response<B> {
+    metrics::counter!("agora_grpc_server_shed_total").increment(1);
+    let details = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
+    let status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::ResourceExhausted,
+        message,
+        details,
+    );
+    refused(status)
+}
+
 /// The wait a shed call is told before it retries (RetryInfo), jittered by
 /// the client's own backoff.
-const SHED_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+const SHED_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// The wait a refused stream is told: streams end less often than calls.
+const STREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Paths that are always admitted.
+/// Paths that skip the start-up check and the unary limit.
 fn bypasses(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// The size of a header list as HTTP/2 measures it (RFC 9113, 6.5.2): each
+/// field's name and value and 32 bytes.
+fn header_list_bytes<B>(req: &Request<B>) -> usize {
+    req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum()
 }
 
 #[derive(Clone)]
 pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    /// The paths of long-lived streams.
+    stream_paths: Arc<HashSet<String>>,
+    limits: Arc<ConnectionSettings>,
     health: Health,
 }
 
 impl AdmissionLayer {
-    pub fn new(limit: usize, health: Health) -> Self {
+    /// `limit` unary calls at once; the streams of `stream_paths` as
+    /// `limits` says.
+    pub fn new(
+        limit: usize,
+        limits: &ConnectionSettings,
+        stream_paths: HashSet<String>,
+        health: Health,
+    ) -> Self {
         // At zero from the start: an alert on its rate sees 0, not no data.
         metrics::counter!("agora_grpc_server_shed_total").increment(0);
-        Self { permits: Arc::new(Semaphore::new(limit)), health }
+        metrics::gauge!("agora_grpc_server_streams").set(0.0);
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            streams: Arc::new(Semaphore::new(limits.stream_limit)),
+            stream_paths: Arc::new(stream_paths),
+            limits: Arc::new(limits.clone()),
+            health,
+        }
     }
 }
 
 impl<S> Layer<S> for AdmissionLayer {
     type Service = Admission<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Admission { inner, permits: self.permits.clone(), health: self.health.clone() }
+        Admission { inner, layer: self.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct Admission<S> {
     inner: S,
-    permits: Arc<Semaphore>,
-    health: Health,
+    layer: AdmissionLayer,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Admission<S>
@@ -66,37 +127,181 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Body + Default + Send + 'static,
 {
+    type Response = Response<Admitted<ResBody>>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-    delegate_to_inner!(passthrough);
+    super::delegate_to_inner!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if bypasses(req.uri().path()) {
-            return Box::pin(self.inner.call(req));
+        let layer = &self.layer;
+        let refuse = |response| -> Self::Future { Box::pin(std::future::ready(Ok(response))) };
+        let headers = header_list_bytes(&req);
+        if headers > layer.limits.max_header_bytes {
+            let status = tonic::Status::resource_exhausted(format!(
+                "the request's headers take {headers} bytes, over the server's limit of {} bytes \
+                 (AGORA_MAX_HEADER_BYTES); send less metadata, retrying will not help",
+                layer.limits.max_header_bytes
+            ));
+            return refuse(refused(status));
         }
-        if !self.health.is_started() {
-            let status = tonic::Status::unavailable("the service is starting");
-            return Box::pin(std::future::ready(Ok(refused(status))));
+        let path = req.uri().path();
+        if !bypasses(path) && !layer.health.is_started() {
+            return refuse(refused(tonic::Status::unavailable("the service is starting")));
         }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            metrics::counter!("agora_grpc_server_shed_total").increment(1);
-            // RetryInfo tells a shed call from an oversized request (also
-            // RESOURCE_EXHAUSTED, never worth sending again): only this one
-            // says when to retry.
-            let details = tonic_types::ErrorDetails::with_retry_info(Some(SHED_RETRY_DELAY));
-            let status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
-                tonic::Code::ResourceExhausted,
-                "the server is at its concurrency limit; retry later",
-                details,
-            );
-            return Box::pin(std::future::ready(Ok(refused(status))));
+        if layer.stream_paths.contains(path) {
+            return self.stream(req);
+        }
+        if bypasses(path) {
+            let fut = self.inner.call(req);
+            return Box::pin(async move { Ok(fut.await?.map(Admitted::plain)) });
+        }
+        let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
+            return refuse(shed(
+                "the server is at its concurrency limit; retry later".into(),
+                SHED_RETRY_DELAY,
+            ));
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
             drop(permit);
-            result
+            Ok(result?.map(Admitted::plain))
         })
+    }
+}
+
+impl<S> Admission<S> {
+    /// A long-lived stream: a place in the process's streams and in its
+    /// connection's, both held by the answer's body until the stream ends.
+    #[allow(clippy::type_complexity)]
+    fn stream<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Admitted<ResBody>>, S::Error>> + Send>>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ResBody: Body + Default + Send + 'static,
+    {
+        let limits = &self.layer.limits;
+        let Ok(permit) = self.layer.streams.clone().try_acquire_owned() else {
+            let message =
+                format!("the server has {} streams open, its most; retry later", limits.stream_limit);
+            return Box::pin(std::future::ready(Ok(shed(message, STREAM_RETRY_DELAY))));
+        };
+        let connection = req.extensions().get::<Arc<Connection>>().cloned();
+        let on_connection = match connection {
+            Some(connection) => match connection.open_stream(limits.stream_limit_per_connection) {
+                Some(on_connection) => Some(on_connection),
+                None => {
+                    let message = format!(
+                        "this connection has {} streams open, its most; end one, or open another connection",
+                        limits.stream_limit_per_connection
+                    );
+                    return Box::pin(std::future::ready(Ok(shed(message, STREAM_RETRY_DELAY))));
+                }
+            },
+            None => None,
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let response = fut.await?;
+            let open = metrics::gauge!("agora_grpc_server_streams");
+            open.increment(1.0);
+            let closing = on_connection.as_ref().map(|c| Box::pin(c.closing().cancelled_owned()));
+            let guard = StreamGuard { _permit: permit, on_connection, closing, ended: false };
+            Ok(response.map(|inner| Admitted { inner, guard: Some(guard) }))
+        })
+    }
+}
+
+/// What an open stream holds: its places in the process's and its
+/// connection's streams, and the signal that the server is closing.
+struct StreamGuard {
+    _permit: OwnedSemaphorePermit,
+    on_connection: Option<StreamOnConnection>,
+    closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Ended by the server (UNAVAILABLE sent).
+    ended: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("agora_grpc_server_streams").decrement(1.0);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body; a stream's holds its [`StreamGuard`], marks its
+    /// stall clock, and ends with UNAVAILABLE when the server closes while
+    /// it waits for something to send (a health watch, say), so that its
+    /// client reconnects elsewhere instead of holding the shutdown up.
+    pub struct Admitted<B> {
+        #[pin]
+        inner: B,
+        guard: Option<StreamGuard>,
+    }
+}
+
+impl<B> Admitted<B> {
+    fn plain(inner: B) -> Self {
+        Self { inner, guard: None }
+    }
+}
+
+impl<B: Default> Default for Admitted<B> {
+    fn default() -> Self {
+        Self::plain(B::default())
+    }
+}
+
+impl<B: Body> Body for Admitted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let Some(guard) = this.guard else { return this.inner.poll_frame(cx) };
+        if guard.ended {
+            return Poll::Ready(None);
+        }
+        let clock = guard.on_connection.as_ref().map(|c| &c.clock);
+        if let Some(clock) = clock {
+            clock.polled();
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => {
+                let closed =
+                    guard.closing.as_mut().is_some_and(|closing| closing.as_mut().poll(cx).is_ready());
+                if !closed {
+                    return Poll::Pending;
+                }
+                guard.ended = true;
+                let status = tonic::Status::unavailable("the server is shutting down; reconnect");
+                let mut trailers = http::HeaderMap::new();
+                let _ = status.add_header(&mut trailers);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(clock), true) = (clock, frame.is_data()) {
+                    clock.sent();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.ended) || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

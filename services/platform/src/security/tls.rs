@@ -19,7 +19,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -34,12 +33,8 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
     server::WebPkiClientVerifier,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
-};
-use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{CertificateFiles, SecuritySettings, reload::Reloading};
@@ -128,64 +123,11 @@ impl ServerTls {
     pub fn changes_seen(&self) -> u64 {
         self.config.changes_seen()
     }
-}
 
-/// At most this many TLS handshakes run at once; more connections wait in
-/// the listen backlog.
-const MAX_HANDSHAKES: usize = 128;
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The TLS connections of `listener`, for tonic's `serve_with_incoming`.
-/// Handshakes run concurrently (a slow client does not hold up the others)
-/// and a failed one is counted (`agora_tls_handshake_failures_total`) and
-/// logged at debug: a port scanner or a plaintext client is no server
-/// failure. Accepting stops when the server drops the stream.
-pub fn incoming(
-    listener: TcpListener,
-    tls: ServerTls,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                permit = handshakes.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                _ = tx.closed() => return,
-            };
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Out of file descriptors, say: wait rather than spin.
-                        tracing::warn!(error = %err, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = tx.closed() => return,
-            };
-            // Without TCP_NODELAY the end of an answer waits for the
-            // client's delayed ACK.
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.config.get());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let failure = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                        return;
-                    }
-                    Ok(Err(err)) => err.to_string(),
-                    Err(_) => "timed out".to_owned(),
-                };
-                metrics::counter!("agora_tls_handshake_failures_total").increment(1);
-                tracing::debug!(%peer, error = %failure, "TLS handshake failed");
-            });
-        }
-    });
-    ReceiverStream::new(rx)
+    /// The configuration now, for the next handshake.
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
+        self.config.get()
+    }
 }
 
 /// The client side for upstream calls, kept current with its files.

@@ -1,14 +1,9 @@
 //! The gRPC server of one service: its own services behind the house
 //! middleware stack, with health and reflection beside them.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tonic::{
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{body::Body, service::Routes};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -24,7 +19,7 @@ use crate::{
     },
     security::{
         policy::{AuthorizeLayer, Authorizer},
-        tls::{self, ServerTls},
+        tls::ServerTls,
     },
 };
 
@@ -33,6 +28,13 @@ const ALWAYS: [&str; 3] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Their methods whose answer is a stream.
+const ALWAYS_STREAMS: [&str; 3] = [
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
 /// Where and how one server listens.
@@ -77,17 +79,34 @@ pub(super) async fn serve(
     let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
 
-    let stack = ServiceBuilder::new()
+    let mut stream_paths: std::collections::HashSet<String> = services.stream_paths()?.into_iter().collect();
+    stream_paths.extend(ALWAYS_STREAMS.map(String::from));
+    let shutdown = services.shutdown();
+    let routes: Routes = services
+        .routes
+        .routes()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let service = ServiceBuilder::new()
+        // One body type for every answer, as hyper serves it.
+        .map_response(|response: http::Response<_>| response.map(Body::new))
         // Take the caller's x-request-id or make one, so every log line
         // of a call can be found from the id the client sees.
         .layer(SetRequestIdLayer::x_request_id(FastRequestId))
         // Send the request id back in the response headers.
         .layer(PropagateRequestIdLayer::x_request_id())
         // A span and the Prometheus metrics for every call, by gRPC code.
-        .layer(ObserveLayer::new(advertised, services.shutdown()))
-        // Shed load instead of queueing when saturated; wait for start-up.
+        .layer(ObserveLayer::new(advertised, shutdown))
+        // Shed load instead of queueing when saturated; wait for start-up;
+        // long-lived streams under limits of their own; headers bounded.
         // Early in the stack, so a refusal costs little of a busy core.
-        .layer(AdmissionLayer::new(settings.concurrency_limit, health.clone()))
+        .layer(AdmissionLayer::new(
+            settings.concurrency_limit,
+            &settings.connections,
+            stream_paths,
+            health.clone(),
+        ))
         // Who calls, and may they: UNAUTHENTICATED, PERMISSION_DENIED.
         .layer(AuthorizeLayer::new(authorizer))
         // Trailers a handler asked for (ExtraTrailers) join grpc-status.
@@ -96,30 +115,7 @@ pub(super) async fn serve(
         .layer(CatchPanicLayer::custom(PanicToInternal))
         // Honour grpc-timeout (capped by the server's own limit): DEADLINE_EXCEEDED.
         .layer(DeadlineLayer { server_limit: settings.request_timeout })
-        .into_inner();
-
-    let routes: Routes = services.routes.routes();
-    let server = Server::builder()
-        .layer(stack)
-        // Bound header lists as the message size limit bounds bodies.
-        .http2_max_header_list_size(64 * 1024)
-        // Detect dead peers that hold streams open.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_routes(routes)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-
-    let served = match tls {
-        Some(tls) => server.serve_with_incoming_shutdown(tls::incoming(listener, tls), stop).await,
-        None => {
-            // TCP_NODELAY on every accepted connection: without it the end
-            // of an answer waits for the client's delayed ACK (tonic
-            // applies its own `tcp_nodelay` only to listeners it binds).
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            server.serve_with_incoming_shutdown(incoming, stop).await
-        }
-    };
-    served.context("gRPC server")
+        .service(routes);
+    super::connections::serve(listener, tls, service, &settings.connections, stop).await;
+    Ok(())
 }

@@ -22,8 +22,11 @@
 //! background tasks are waited for (bounded); the admin server stops; the
 //! database closes last.
 
+mod connections;
 mod grpc;
 mod lifecycle;
+
+pub(crate) use connections::{Connection, StreamOnConnection};
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -118,6 +121,27 @@ impl Services {
 
     /// Each service served and its methods, from the descriptor sets.
     fn served(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let methods = self.methods()?;
+        Ok(methods
+            .into_iter()
+            .map(|(name, methods)| (name, methods.into_iter().map(|m| m.0).collect()))
+            .collect())
+    }
+
+    /// The paths of the methods served whose answer is a stream.
+    fn stream_paths(&self) -> anyhow::Result<Vec<String>> {
+        let mut paths = Vec::new();
+        for (service, methods) in self.methods()? {
+            let streams = methods.into_iter().filter(|(_, streams)| *streams);
+            paths.extend(streams.map(|(method, _)| format!("/{service}/{method}")));
+        }
+        Ok(paths)
+    }
+
+    /// Each service served, with each method's name and whether its answer
+    /// is a stream, from the descriptor sets.
+    #[allow(clippy::type_complexity)]
+    fn methods(&self) -> anyhow::Result<Vec<(String, Vec<(String, bool)>)>> {
         use prost::Message as _;
         let mut services = Vec::new();
         for set in &self.descriptor_sets {
@@ -126,7 +150,9 @@ impl Services {
                 for service in &file.service {
                     let name = format!("{}.{}", file.package(), service.name());
                     if self.names.contains(&name) {
-                        services.push((name, service.method.iter().map(|m| m.name().to_owned()).collect()));
+                        let methods =
+                            service.method.iter().map(|m| (m.name().to_owned(), m.server_streaming()));
+                        services.push((name, methods.collect()));
                     }
                 }
             }

@@ -1,0 +1,328 @@
+//! What the server does with the connections and streams clients hold
+//! open: a cap on connections, a handshake and an idle timeout, a maximum
+//! age, limits on long-lived streams, a stalled reader, an oversized
+//! header list, and streams at shutdown. Seen from a raw HTTP/2 client
+//! (the h2 crate), which does only what a test tells it, against a
+//! plaintext server (the opt-out) so that the frames are the test's own.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use crate::common::*;
+use agora_platform::{Settings, security::SecuritySettings};
+use agora_testing::wait_until;
+use bytes::Bytes;
+use tokio::{net::TcpStream, task::JoinHandle};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// A catalog on SQLite without TLS, with `tweak` applied to its settings.
+async fn plaintext(tweak: impl FnOnce(&mut Settings)) -> Catalog {
+    start_with(TestDatabase::sqlite(), |s| {
+        s.security = SecuritySettings::insecure();
+        tweak(s);
+    })
+    .await
+}
+
+/// An HTTP/2 connection made by hand: its handle for requests, and the
+/// task that drives it, which ends when the server closes the connection.
+struct Raw {
+    send: h2::client::SendRequest<Bytes>,
+    driver: JoinHandle<Result<(), h2::Error>>,
+    addr: SocketAddr,
+}
+
+async fn connect(addr: SocketAddr) -> Raw {
+    let tcp = TcpStream::connect(addr).await.expect("the server accepts");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("the HTTP/2 preface is sent");
+    Raw { send, driver: tokio::spawn(connection), addr }
+}
+
+/// A gRPC request's head, for `path`, with `extra` headers.
+fn grpc_request(addr: SocketAddr, path: &str, extra: &[(&str, String)]) -> http::Request<()> {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in extra {
+        request = request.header(*name, value.as_str());
+    }
+    request.body(()).expect("a valid request")
+}
+
+/// The gRPC frame of an encoded message.
+fn framed(message: &impl prost::Message) -> Bytes {
+    let body = message.encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend((body.len() as u32).to_be_bytes());
+    frame.extend(body);
+    Bytes::from(frame)
+}
+
+impl Raw {
+    /// Sends one call and returns the answer's head and body, unread.
+    async fn call(
+        &mut self,
+        path: &str,
+        message: &impl prost::Message,
+        extra: &[(&str, String)],
+    ) -> http::Response<h2::RecvStream> {
+        self.try_call(path, message, extra).await.expect("an answer")
+    }
+
+    async fn try_call(
+        &mut self,
+        path: &str,
+        message: &impl prost::Message,
+        extra: &[(&str, String)],
+    ) -> Result<http::Response<h2::RecvStream>, h2::Error> {
+        self.send = self.send.clone().ready().await?;
+        let (response, mut body) = self.send.send_request(grpc_request(self.addr, path, extra), false)?;
+        body.send_data(framed(message), true)?;
+        response.await
+    }
+
+    /// A health Check, read to its end: the grpc-status.
+    async fn check(&mut self) -> String {
+        let response = self.call("/grpc.health.v1.Health/Check", &HealthCheckRequest::default(), &[]).await;
+        grpc_status(response).await
+    }
+
+    /// Whether a health Check is answered OK.
+    async fn checks(&mut self) -> bool {
+        let request = HealthCheckRequest::default();
+        let call = self.try_call("/grpc.health.v1.Health/Check", &request, &[]);
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(response)) => grpc_status(response).await == "0",
+            _ => false,
+        }
+    }
+
+    /// Whether the server closed the connection within `bound`. The
+    /// handle stays alive meanwhile: without one, h2 closes the connection
+    /// itself.
+    async fn closed_within(self, bound: Duration) -> bool {
+        let Raw { send, driver, .. } = self;
+        let closed = tokio::time::timeout(bound, driver).await.is_ok();
+        drop(send);
+        closed
+    }
+}
+
+/// The grpc-status of an answer, from its headers (trailers-only) or its
+/// trailers, after reading its body.
+async fn grpc_status(response: http::Response<h2::RecvStream>) -> String {
+    let (head, mut body) = response.into_parts();
+    if let Some(status) = head.headers.get("grpc-status") {
+        return status.to_str().unwrap().to_owned();
+    }
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.expect("trailers").expect("trailers present");
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+/// How many connections the server closed for `reason`.
+async fn closed(c: &Catalog, reason: &str) -> f64 {
+    metric(c, &format!("agora_grpc_server_connections_closed_total{{reason=\"{reason}\"}} ")).await
+}
+
+/// A client that sends the HTTP/2 preface and nothing more is closed after
+/// the handshake timeout.
+#[tokio::test]
+async fn a_connection_that_never_calls_is_closed_after_the_handshake_timeout() {
+    let c = plaintext(|s| s.connections.handshake_timeout = Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let raw = connect(c.server.grpc_addr).await;
+    assert!(raw.closed_within(Duration::from_secs(10)).await, "still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed early: {:?}", started.elapsed());
+    assert_eq!(closed(&c, "handshake").await, 1.0);
+}
+
+/// A connection with nothing open for the idle timeout gets GOAWAY; one
+/// with a stream open all that time does not.
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_a_busy_one_is_kept() {
+    let c = plaintext(|s| s.connections.idle_timeout = Duration::from_millis(400)).await;
+    let mut idle = connect(c.server.grpc_addr).await;
+    assert_eq!(idle.check().await, "0");
+    let mut busy = HealthClient::new(c.server.channel.clone());
+    let mut watch = busy.watch(HealthCheckRequest::default()).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+
+    assert!(idle.closed_within(Duration::from_secs(10)).await, "idle and still open after 10 s");
+    assert_eq!(closed(&c, "idle").await, 1.0);
+    // Well past the idle timeout, the watching connection still serves.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(closed(&c, "idle").await, 1.0);
+    assert_eq!(agora_testing::health_status(&c.server.channel, "").await, Some(ServingStatus::Serving));
+}
+
+/// At its maximum age a connection gets GOAWAY even while busy, and is cut
+/// after the grace.
+#[tokio::test]
+async fn an_old_connection_gets_goaway_then_its_grace() {
+    let c = plaintext(|s| {
+        s.connections.max_age = Duration::from_secs(1);
+        s.connections.age_grace = Duration::from_millis(300);
+    })
+    .await;
+    let started = Instant::now();
+    let mut raw = connect(c.server.grpc_addr).await;
+    let watch = raw.call("/grpc.health.v1.Health/Watch", &HealthCheckRequest::default(), &[]).await;
+    assert_eq!(watch.status(), 200);
+    assert!(raw.closed_within(Duration::from_secs(10)).await, "still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed early: {:?}", started.elapsed());
+    assert_eq!(closed(&c, "age").await, 1.0);
+}
+
+/// Over the cap, a connection is closed at accept; once one closes, a new
+/// one is served.
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_accept() {
+    let c = plaintext(|s| s.connections.max_connections = 2).await;
+    let mut first = connect(c.server.grpc_addr).await;
+    assert_eq!(first.check().await, "0");
+    let mut second = connect(c.server.grpc_addr).await;
+    assert!(second.checks().await);
+    let third = connect(c.server.grpc_addr).await;
+    assert!(third.closed_within(Duration::from_secs(10)).await, "a connection over the cap stayed open");
+    assert_eq!(closed(&c, "limit").await, 1.0);
+
+    drop((first, second));
+    let served_again =
+        wait_until(Duration::from_secs(10), || async { connect(c.server.grpc_addr).await.checks().await })
+            .await;
+    assert!(served_again, "no connection served after one closed");
+}
+
+/// A header list over AGORA_MAX_HEADER_BYTES gets RESOURCE_EXHAUSTED that
+/// names the limit, not HTTP 431.
+#[tokio::test]
+async fn a_header_list_over_the_limit_gets_resource_exhausted() {
+    let c = plaintext(|_| {}).await;
+    let mut raw = connect(c.server.grpc_addr).await;
+    let big = [("x-big", "a".repeat(70 << 10))];
+    let response = raw.call("/grpc.health.v1.Health/Check", &HealthCheckRequest::default(), &big).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "8");
+    let message = response.headers()["grpc-message"].to_str().unwrap();
+    assert!(message.contains("AGORA_MAX_HEADER_BYTES"), "{message}");
+    // The connection still serves.
+    assert_eq!(raw.check().await, "0");
+}
+
+/// Long-lived streams are admitted by their own limits, per connection and
+/// per process, and hold no unary permit: calls still pass with every
+/// stream place taken.
+#[tokio::test]
+async fn streams_are_admitted_by_limits_of_their_own() {
+    let c = plaintext(|s| {
+        s.concurrency_limit = 1;
+        s.connections.stream_limit = 3;
+        s.connections.stream_limit_per_connection = 2;
+    })
+    .await;
+    let watch = |channel: agora_testing::Channel| async move {
+        let mut client = HealthClient::new(channel);
+        client.watch(HealthCheckRequest::default()).await.map(|r| r.into_inner())
+    };
+    let one = agora_testing::plain_channel(c.server.grpc_addr);
+    let a1 = watch(one.clone()).await.expect("first stream");
+    let _a2 = watch(one.clone()).await.expect("second stream");
+    let err = watch(one.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("this connection has 2 streams open"), "{}", err.message());
+
+    let other = agora_testing::plain_channel(c.server.grpc_addr);
+    let _b1 = watch(other.clone()).await.expect("third stream, on another connection");
+    let err = watch(other.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("the server has 3 streams open"), "{}", err.message());
+
+    // Streams hold no unary permit: a call passes with the limit at 1.
+    let mut client = pb::catalog_service_client::CatalogServiceClient::new(other.clone());
+    client.list_products(pb::ListProductsRequest::default()).await.expect("a unary call passes");
+
+    drop(a1);
+    let reopened = wait_until(Duration::from_secs(10), || {
+        let other = other.clone();
+        async move { watch(other).await.is_ok() }
+    })
+    .await;
+    assert!(reopened, "the place of an ended stream was not freed");
+}
+
+/// A reader that takes nothing has its connection closed after the stall
+/// timeout, while a reader on another connection gets every product.
+#[tokio::test]
+async fn a_stalled_reader_has_its_connection_closed() {
+    let mut c = plaintext(|s| {
+        s.connections.stream_stall_timeout = Duration::from_millis(500);
+        s.connections.age_grace = Duration::from_millis(200);
+    })
+    .await;
+    let fam = family(&mut c.client, "Posters").await;
+    for i in 0..40 {
+        let mut p = new_product(&fam.family_id, &format!("Poster {i}"), 100);
+        p.description = "€".repeat(2000); // 6,000 bytes: 240 KB in all
+        let request = pb::CreateProductRequest { request_id: String::new(), product: Some(p) };
+        c.client.create_product(request).await.unwrap();
+    }
+    let mut stalled = connect(c.server.grpc_addr).await;
+    let response = stalled
+        .call("/agora.catalog.v1.CatalogService/StreamProducts", &pb::StreamProductsRequest::default(), &[])
+        .await;
+    assert_eq!(response.status(), 200);
+    // Its body is never read: the window (64 KiB) and the server's send
+    // buffer fill, and the stream waits on its reader.
+    let _unread = response;
+
+    let mut reader = c.client.clone();
+    let mut stream = reader.stream_products(pb::StreamProductsRequest::default()).await.unwrap().into_inner();
+    let mut products = 0;
+    while let Some(message) = stream.message().await.unwrap() {
+        products += message.products.len();
+    }
+    assert_eq!(products, 40);
+
+    assert!(
+        stalled.closed_within(Duration::from_secs(10)).await,
+        "a stalled reader's connection stayed open"
+    );
+    assert_eq!(closed(&c, "stalled").await, 1.0);
+}
+
+/// At shutdown a health watch ends with UNAVAILABLE, after NOT_SERVING,
+/// and holds the process up for none of the shutdown bound.
+#[tokio::test]
+async fn at_shutdown_a_health_watch_ends_with_unavailable() {
+    let c = start_with(TestDatabase::sqlite(), |s| s.shutdown_timeout = Duration::from_secs(30)).await;
+    let mut client = HealthClient::new(c.server.channel.clone());
+    let mut watch = client.watch(HealthCheckRequest::default()).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    let started = Instant::now();
+    let Catalog { server, .. } = c;
+    let stopping = tokio::spawn(server.stop());
+    let mut statuses = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), watch.message()).await {
+            Ok(Ok(Some(message))) => statuses.push(message.status),
+            Ok(Ok(None)) => break Code::Ok,
+            Ok(Err(status)) => break status.code(),
+            Err(_) => panic!("the watch was still open 10 s after shutdown began"),
+        }
+    };
+    assert_eq!(end, Code::Unavailable);
+    assert_eq!(statuses, [ServingStatus::NotServing as i32]);
+    stopping.await.unwrap().expect("a clean stop");
+    assert!(started.elapsed() < Duration::from_secs(10), "the stop took {:?}", started.elapsed());
+}

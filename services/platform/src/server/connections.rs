@@ -1,0 +1,432 @@
+//! The gRPC server's connections: accepted, handshaken, served over HTTP/2
+//! and closed on the server's terms.
+//!
+//! Written here, on hyper's HTTP/2 connection, because tonic's `Server`
+//! has no hook per connection: no cap on their number, no timeout for a
+//! client that connects and never calls, no idle timeout, no maximum age
+//! (GOAWAY, so that clients re-balance across replicas) and no way to close
+//! a connection whose reader stalled. Each connection is one task:
+//!
+//! - over `max_connections`, it is closed at accept;
+//! - the TLS handshake has `handshake_timeout`, and so has the first call;
+//! - with no call or stream open for `idle_timeout`, it gets GOAWAY;
+//! - at `max_age` (±10%) it gets GOAWAY, and `age_grace` later it is cut;
+//! - a stream whose reader took nothing for `stream_stall_timeout` gets
+//!   its connection closed the same way (HTTP/2 flow control already keeps
+//!   what such a stream holds to the send buffer);
+//! - at shutdown it gets GOAWAY, and its calls end within the shutdown bound.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::{
+        Arc, Mutex, OnceLock, Weak,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response};
+use hyper::{body::Incoming, server::conn::http2};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, Semaphore},
+    task::JoinSet,
+};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tonic::{body::Body, transport::server::Connected};
+use tower::Service;
+
+use crate::{config::ConnectionSettings, security::tls::ServerTls};
+
+/// Bytes HTTP/2 buffers for one stream beyond what its reader's window
+/// lets through: what a stalled reader costs the server (hyper's default,
+/// 400 KiB, let 300 stalled streams take 280 MiB).
+const SEND_BUFFER_BYTES: usize = 64 << 10;
+
+/// How much larger than `max_header_bytes` a header list HTTP/2 itself
+/// accepts: between the two, the call gets a gRPC status that names the
+/// limit; past this, HTTP/2 answers 431, which clients report as UNKNOWN.
+const HEADER_HEADROOM: usize = 8;
+
+/// Milliseconds since the first connection: the clock of [`Connection`].
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What the server knows of one connection while it is open; every call
+/// on it finds it in its request's extensions.
+#[derive(Debug, Default)]
+pub(crate) struct Connection {
+    /// Calls in flight (until their answer's headers) and streams open.
+    open: AtomicUsize,
+    /// When `open` last changed, in [`now_ms`].
+    last_active: AtomicU64,
+    /// Whether a call ever came.
+    called: AtomicBool,
+    /// Long-lived streams open on this connection.
+    streams: AtomicUsize,
+    /// The clocks of those streams, to find a stalled reader.
+    clocks: Mutex<Vec<Weak<StallClock>>>,
+    /// Cancelled when the server closes: streams waiting for something to
+    /// send end with UNAVAILABLE.
+    closing: CancellationToken,
+    /// Wakes the connection's task when what it waits for changed (a first
+    /// call, a stream opened), so that it sets its next check anew.
+    changed: Notify,
+}
+
+impl Connection {
+    fn begin(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        if !self.called.load(Ordering::Relaxed) {
+            self.called.store(true, Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    fn end(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Admits one more long-lived stream if fewer than `limit` are open
+    /// here: the returned guard holds its place until dropped.
+    pub(crate) fn open_stream(self: &Arc<Self>, limit: usize) -> Option<StreamOnConnection> {
+        let admitted = self
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok();
+        if !admitted {
+            return None;
+        }
+        self.begin();
+        let clock = Arc::new(StallClock::default());
+        let mut clocks = self.clocks.lock().expect("never poisoned");
+        clocks.retain(|c| c.strong_count() > 0);
+        clocks.push(Arc::downgrade(&clock));
+        self.changed.notify_one();
+        Some(StreamOnConnection { connection: self.clone(), clock })
+    }
+
+    /// Since when a stream's reader has taken nothing, the longest, if
+    /// any does now.
+    fn stalled_since(&self) -> Option<u64> {
+        let clocks = self.clocks.lock().expect("never poisoned");
+        clocks.iter().filter_map(Weak::upgrade).filter_map(|c| c.waiting_since()).min()
+    }
+}
+
+/// A long-lived stream's place on its connection.
+#[derive(Debug)]
+pub(crate) struct StreamOnConnection {
+    connection: Arc<Connection>,
+    pub clock: Arc<StallClock>,
+}
+
+impl StreamOnConnection {
+    /// Cancelled when the server closes.
+    pub(crate) fn closing(&self) -> CancellationToken {
+        self.connection.closing.clone()
+    }
+}
+
+impl Drop for StreamOnConnection {
+    fn drop(&mut self) {
+        self.connection.streams.fetch_sub(1, Ordering::Relaxed);
+        self.connection.end();
+    }
+}
+
+/// Whether a stream's answer waits on its reader: set when the stream
+/// handed HTTP/2 a message, cleared when HTTP/2 asks for the next. HTTP/2
+/// asks again at once while the reader's window and the send buffer have
+/// room, so a mark that stays is a reader that takes nothing.
+#[derive(Debug, Default)]
+pub(crate) struct StallClock(AtomicU64);
+
+impl StallClock {
+    pub fn polled(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self) {
+        self.0.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    fn waiting_since(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+}
+
+/// Why the server closed a connection, as `agora_grpc_server_connections_closed_total`
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    Limit,
+    Handshake,
+    Idle,
+    Age,
+    Stalled,
+    Shutdown,
+}
+
+impl Closed {
+    const ALL: [Closed; 6] =
+        [Closed::Limit, Closed::Handshake, Closed::Idle, Closed::Age, Closed::Stalled, Closed::Shutdown];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Closed::Limit => "limit",
+            Closed::Handshake => "handshake",
+            Closed::Idle => "idle",
+            Closed::Age => "age",
+            Closed::Stalled => "stalled",
+            Closed::Shutdown => "shutdown",
+        }
+    }
+
+    fn count(self) {
+        metrics::counter!("agora_grpc_server_connections_closed_total", "reason" => self.as_str())
+            .increment(1);
+    }
+}
+
+/// The service of one connection: each request gets the connection's
+/// information (address, TLS peer certificates) and its [`Connection`],
+/// and is counted open until its answer's headers.
+#[derive(Clone)]
+struct PerConnection<S, I> {
+    inner: S,
+    info: I,
+    connection: Arc<Connection>,
+}
+
+impl<S, I> Service<Request<Incoming>> for PerConnection<S, I>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    I: Clone + Send + Sync + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(self.info.clone());
+        req.extensions_mut().insert(self.connection.clone());
+        self.connection.begin();
+        let connection = self.connection.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let response = fut.await;
+            connection.end();
+            response
+        })
+    }
+}
+
+/// Serves `service` on the connections of `listener` (TLS when `tls` is
+/// set) until `stop` resolves; then every connection gets GOAWAY and this
+/// returns once they all closed. Dropping the future cuts them.
+pub(super) async fn serve<S>(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    service: S,
+    limits: &ConnectionSettings,
+    stop: impl Future<Output = ()>,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    for reason in Closed::ALL {
+        metrics::counter!("agora_grpc_server_connections_closed_total", "reason" => reason.as_str())
+            .increment(0);
+    }
+    metrics::gauge!("agora_grpc_server_connections").set(0.0);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size((limits.max_header_bytes * HEADER_HEADROOM) as u32)
+        .max_send_buf_size(SEND_BUFFER_BYTES);
+    let shared = Arc::new(Shared { http2, limits: limits.clone(), tls, closing: CancellationToken::new() });
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    let mut stop = pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+            // Reap the tasks of closed connections as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            Closed::Limit.count();
+            tracing::debug!(%peer, limit = limits.max_connections, "connection refused: at the connection limit");
+            continue;
+        };
+        let (shared, service) = (shared.clone(), service.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let open = metrics::gauge!("agora_grpc_server_connections");
+            open.increment(1.0);
+            shared.handshake(tcp, peer, service).await;
+            open.decrement(1.0);
+        });
+    }
+    drop(listener);
+    shared.closing.cancel();
+    while connections.join_next().await.is_some() {}
+}
+
+/// What every connection task shares.
+struct Shared {
+    http2: http2::Builder<TokioExecutor>,
+    limits: ConnectionSettings,
+    tls: Option<ServerTls>,
+    /// Cancelled once the server stops: every connection gets GOAWAY.
+    closing: CancellationToken,
+}
+
+impl Shared {
+    /// TLS (bounded by the handshake timeout) when configured, then serve.
+    async fn handshake<S>(&self, tcp: TcpStream, peer: SocketAddr, service: S)
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        // Without TCP_NODELAY the end of an answer waits for the client's
+        // delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return self.run(tcp, service).await;
+        };
+        let acceptor = TlsAcceptor::from(tls.config());
+        let failure = match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => return self.run(stream, service).await,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => {
+                Closed::Handshake.count();
+                "timed out".to_owned()
+            }
+        };
+        // A port scanner or a plaintext client is no server failure.
+        metrics::counter!("agora_tls_handshake_failures_total").increment(1);
+        tracing::debug!(%peer, error = %failure, "TLS handshake failed");
+    }
+
+    /// Serves one connection until it ends, or the server ends it.
+    async fn run<IO, S>(&self, io: IO, service: S)
+    where
+        IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let connection = Arc::new(Connection {
+            last_active: AtomicU64::new(now_ms()),
+            closing: self.closing.clone(),
+            ..Default::default()
+        });
+        let service =
+            PerConnection { inner: service, info: io.connect_info(), connection: connection.clone() };
+        let mut conn = pin!(self.http2.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)));
+        let limits = &self.limits;
+        // ±10%, so that connections opened together do not all close together.
+        let age = limits.max_age.mul_f64(0.9 + fastrand::f64() * 0.2);
+        let aged = tokio::time::sleep(age);
+        let mut aged = pin!(aged);
+        let reason = loop {
+            let wake = self.next_check(&connection);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = self.closing.cancelled() => break Closed::Shutdown,
+                () = &mut aged => break Closed::Age,
+                () = connection.changed.notified() => {}
+                () = tokio::time::sleep(wake) => {
+                    if let Some(reason) = self.closes(&connection) {
+                        break reason;
+                    }
+                }
+            }
+        };
+        reason.count();
+        tracing::debug!(reason = reason.as_str(), "closing a connection with GOAWAY");
+        conn.as_mut().graceful_shutdown();
+        // At shutdown the server's own bound cuts what is left; otherwise
+        // the calls get the grace, then the connection is cut.
+        if reason == Closed::Shutdown {
+            let _ = conn.await;
+        } else {
+            let _ = tokio::time::timeout(limits.age_grace, conn).await;
+        }
+    }
+
+    /// Why `connection` should close now, if it should.
+    fn closes(&self, connection: &Connection) -> Option<Closed> {
+        let limits = &self.limits;
+        let now = now_ms();
+        if connection.open.load(Ordering::Relaxed) == 0 {
+            let called = connection.called.load(Ordering::Relaxed);
+            let timeout = if called { limits.idle_timeout } else { limits.handshake_timeout };
+            let idle_for = now.saturating_sub(connection.last_active.load(Ordering::Relaxed));
+            if idle_for >= timeout.as_millis() as u64 {
+                return Some(if called { Closed::Idle } else { Closed::Handshake });
+            }
+        }
+        let stalled_for = connection.stalled_since().map(|since| now.saturating_sub(since));
+        if stalled_for.is_some_and(|ms| ms >= limits.stream_stall_timeout.as_millis() as u64) {
+            return Some(Closed::Stalled);
+        }
+        None
+    }
+
+    /// How long until `connection` may next have to close: its idle or
+    /// handshake deadline when nothing is open, a quarter of the stall
+    /// timeout while streams are, and the idle timeout otherwise (its calls
+    /// end first). A connection closes between one and two idle timeouts
+    /// after its last call.
+    fn next_check(&self, connection: &Connection) -> Duration {
+        let limits = &self.limits;
+        if connection.streams.load(Ordering::Relaxed) > 0 {
+            return limits.stream_stall_timeout / 4;
+        }
+        if connection.open.load(Ordering::Relaxed) > 0 {
+            return limits.idle_timeout;
+        }
+        let since =
+            Duration::from_millis(now_ms().saturating_sub(connection.last_active.load(Ordering::Relaxed)));
+        let left = if connection.called.load(Ordering::Relaxed) {
+            limits.idle_timeout.saturating_sub(since)
+        } else {
+            // A first call may come before the handshake timeout: look
+            // again by then at the latest.
+            limits.handshake_timeout.saturating_sub(since).min(limits.idle_timeout)
+        };
+        left.max(Duration::from_millis(1))
+    }
+}
