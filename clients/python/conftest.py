@@ -23,7 +23,13 @@ def pb():
 
 
 @pytest.fixture(scope="session")
-def system():
-    """The four running services; stopped with SIGTERM at the end."""
+def running():
+    """The four services' processes; stopped with SIGTERM at the end."""
     with Running(Path(tempfile.mkdtemp(prefix="agora-python-data-"))) as running:
-        yield running.system
+        yield running
+
+
+@pytest.fixture(scope="session")
+def system(running):
+    """The four running services, and the credentials to call them."""
+    return running.system
