@@ -3,7 +3,7 @@
 - `machine()`: the machine, the code and the tools the figures came from
 - `render()`: the table in Markdown (a machine line, one row per measurement, notes); its
   rows come in the order of the scenarios: GetProduct side by side, ListAvailableOffers,
-  CreateOffer, scale, StreamProducts, start-up and idle memory, overload
+  CreateOffer, scale, StreamProducts, start-up and idle memory, overload, abuse
 - `publish()`: prints the table and, in a full run, `write_benchmarks()` puts it into
   BENCHMARKS.md between the BEGIN and END markers
 - cell formats: `num`, `mib`, `per_1000`, `goal` (and runner.fmt_ms)
@@ -17,6 +17,7 @@ import subprocess
 import grpc
 
 from . import runner
+from .abuse import rows as abuse_rows
 from .runner import (CALIBRATE_SECONDS, CLIENTS, CLK_TCK, FLAT_BOUND, LARGE, LIGHT_RPS, LOAD_CPU, MIB, QUICK, ROOT,
                      RUN_SECONDS, SERVER_CPU, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, fmt_ms, log)
 
@@ -143,6 +144,7 @@ def render(bench: Bench, info: dict, extra: dict, pg_skip) -> str:
     stream_rows(rows)
     startup_rows(rows)
     overload_row(rows)
+    abuse_rows(rows)
     notes = [f"- {n}" for n in table_notes(bench)]
     return "\n".join([machine_line(info), "", HEAD, *rows.lines, "", *notes])
 

@@ -16,6 +16,8 @@ happens:
                            (stream_python, stream_h2load)
   startup_and_idle         start-up time of every service and its idle memory (startup)
   overload                 ten times the admitted concurrency, health polled meanwhile (overload)
+  abuse                    1,000 stalled streams and 10,000 idle connections: memory, and the
+                           GetProduct rate meanwhile (abuse_stalled, abuse_idle; in abuse.py)
 """
 
 import sqlite3
@@ -27,6 +29,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .abuse import abuse
 from .data import Data, expected_available, offers_postgres, postgres_backends_cpu, prepare, product_id, psql
 from .references import start_bare, start_otlp_sink, start_python_peer
 from .report import publish
@@ -54,6 +57,7 @@ def run_all(bench: Bench, info: dict, created: list) -> None:
     stream_products(bench, data)
     startup_and_idle(bench, data)
     overload(bench, data)
+    abuse(bench, data, get_body(bench))
     publish(bench, info, {"available_count": available_count}, data.pg_skip)
 
 

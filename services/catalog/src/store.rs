@@ -124,7 +124,9 @@ pub fn stream_products(
         let (db, filter) = (db.clone(), filter.clone());
         async move {
             let after = after?;
-            match list_products(&db, &filter, Some(after), batch).await {
+            // Detached: a reader that stalls must not hold a pooled connection.
+            let read = async move { list_products(&db, &filter, Some(after), batch).await };
+            match agora_platform::db::detached(read).await {
                 Ok(page) if page.items.is_empty() => None,
                 Ok(page) => {
                     metrics::counter!("agora_catalog_stream_rows_read_total")

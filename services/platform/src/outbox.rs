@@ -250,12 +250,16 @@ impl Outbox {
                 // Mark what we are about to read as seen before reading, so a
                 // commit that lands in between still wakes us.
                 s.committed.borrow_and_update();
-                match s.outbox.read_after(s.after, BATCH).await {
+                let (outbox, after) = (s.outbox.clone(), s.after);
+                match crate::db::detached(async move { outbox.read_after(after, BATCH).await }).await {
                     Err(err) => return Some((Err(err), s)),
                     Ok(events) if !events.is_empty() => {
                         // A full batch means more waits behind it: ask how much.
                         if events.len() as i64 == BATCH {
-                            s.head = s.outbox.head().await.unwrap_or(s.head);
+                            let outbox = s.outbox.clone();
+                            s.head = crate::db::detached(async move { outbox.head().await })
+                                .await
+                                .unwrap_or(s.head);
                         }
                         s.buffer.extend(events);
                         continue;

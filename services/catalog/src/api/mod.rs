@@ -48,7 +48,7 @@ pub const POLICY: Policy = Policy {
 
 /// Products per StreamProducts message: big enough to amortise a message,
 /// small enough that a slow reader holds little in flight.
-const STREAM_BATCH: u32 = 500;
+const STREAM_BATCH: u32 = 128;
 
 /// What page tokens of ListFamilies are bound to: it has no filter, but a
 /// token of another list must still be refused.

@@ -38,8 +38,12 @@ struct Raw {
 }
 
 async fn connect(addr: SocketAddr) -> Raw {
+    connect_with(addr, &h2::client::Builder::new()).await
+}
+
+async fn connect_with(addr: SocketAddr, builder: &h2::client::Builder) -> Raw {
     let tcp = TcpStream::connect(addr).await.expect("the server accepts");
-    let (send, connection) = h2::client::handshake(tcp).await.expect("the HTTP/2 preface is sent");
+    let (send, connection) = builder.handshake(tcp).await.expect("the HTTP/2 preface is sent");
     Raw { send, driver: tokio::spawn(connection), addr }
 }
 
@@ -299,6 +303,63 @@ async fn a_stalled_reader_has_its_connection_closed() {
         "a stalled reader's connection stayed open"
     );
     assert_eq!(closed(&c, "stalled").await, 1.0);
+}
+
+/// Readers that stop reading, more of them than the database pool has
+/// connections, leave the pool to everyone else: each stream's reads run
+/// to their end whether or not its reader takes the rows.
+#[tokio::test]
+async fn stalled_readers_do_not_hold_the_database_pool() {
+    let c = plaintext(|s| s.db_max_connections = 2).await;
+    let mut side = {
+        use sqlx::Connection as _;
+        sqlx::SqliteConnection::connect(c.db.url().expose()).await.unwrap()
+    };
+    let fam = {
+        let mut client = c.client.clone();
+        family(&mut client, "Bulk").await
+    };
+    sqlx::Executor::execute(
+        &mut side,
+        sqlx::AssertSqlSafe(format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+             INSERT INTO products (product_id, display_name, description, family_id, currency_code, \
+             amount_minor, state, revision, create_time, update_time) \
+             SELECT 'prd_bulk_' || i, 'Product ' || i, 'A product', '{}', 'EUR', i, 'ACTIVE', 1, 0, 0 FROM n",
+            fam.family_id
+        )),
+    )
+    .await
+    .unwrap();
+    // Each stream's own window is small, the connection's large: every
+    // stream is served until its own window is full, then waits.
+    let mut builder = h2::client::Builder::new();
+    builder.initial_connection_window_size(16 << 20);
+    let mut stalled = connect_with(c.server.grpc_addr, &builder).await;
+    let mut unread = Vec::new();
+    for _ in 0..12 {
+        let path = "/agora.catalog.v1.CatalogService/StreamProducts";
+        unread.push(stalled.call(path, &pb::StreamProductsRequest::default(), &[]).await);
+    }
+    // Until every stream waits on its reader: the rows read stop growing
+    // (two readings 100 ms apart agree), within a bound.
+    let rows = "agora_catalog_stream_rows_read_total ";
+    let mut last = -1.0;
+    for _ in 0..100 {
+        let now = metric(&c, rows).await;
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last > 0.0, "the streams read nothing");
+    let mut client = c.client.clone();
+    let mut request = tonic::Request::new(pb::ListProductsRequest::default());
+    request.set_timeout(Duration::from_secs(5));
+    client.list_products(request).await.expect("a call gets a connection of the pool");
+    assert_eq!(agora_testing::health_status(&c.server.channel, "").await, Some(ServingStatus::Serving));
+    drop(unread);
 }
 
 /// At shutdown a health watch ends with UNAVAILABLE, after NOT_SERVING,

@@ -37,6 +37,22 @@ pub use page::{Filter, Page, keyset, page};
 pub use statement::{Column, Executor, Row, Statement, Unique, Value};
 pub use unit::{IdempotencyKey, UnitOfWork};
 
+/// Runs a read to its end on a task of its own and returns its result.
+/// For the reads of a stream: a stream is polled only while its reader
+/// takes data, and a query suspended half-way keeps its pooled connection,
+/// so a few hundred stalled readers would hold the whole pool (and health
+/// would go NOT_SERVING). Detached, the read finishes and gives its
+/// connection back at once; its result waits for the reader.
+pub async fn detached<T: Send + 'static>(
+    read: impl Future<Output = Result<T, crate::Error>> + Send + 'static,
+) -> Result<T, crate::Error> {
+    use tracing::Instrument as _;
+    match tokio::spawn(read.in_current_span()).await {
+        Ok(result) => result,
+        Err(err) => Err(crate::Error::Internal(anyhow::anyhow!("a detached read failed: {err}"))),
+    }
+}
+
 use crate::{
     Error,
     config::{DatabaseUrl, Settings},

@@ -50,7 +50,7 @@ use crate::{config::ConnectionSettings, security::tls::ServerTls};
 /// Bytes HTTP/2 buffers for one stream beyond what its reader's window
 /// lets through: what a stalled reader costs the server (hyper's default,
 /// 400 KiB, let 300 stalled streams take 280 MiB).
-const SEND_BUFFER_BYTES: usize = 64 << 10;
+const SEND_BUFFER_BYTES: usize = 32 << 10;
 
 /// How much larger than `max_header_bytes` a header list HTTP/2 itself
 /// accepts: between the two, the call gets a gRPC status that names the
@@ -229,14 +229,30 @@ where
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(self.info.clone());
         req.extensions_mut().insert(self.connection.clone());
-        self.connection.begin();
-        let connection = self.connection.clone();
+        let open = Open::begin(self.connection.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let response = fut.await;
-            connection.end();
+            drop(open);
             response
         })
+    }
+}
+
+/// A call counted open on its connection until dropped: when its answer's
+/// headers are ready, or when the client gave up first.
+struct Open(Arc<Connection>);
+
+impl Open {
+    fn begin(connection: Arc<Connection>) -> Self {
+        connection.begin();
+        Self(connection)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
