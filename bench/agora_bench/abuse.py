@@ -116,76 +116,66 @@ def served_rate(bench: Bench, catalog: Server, body: bytes) -> float:
     return bench.h2.run(catalog.grpc, GET_PATH, body, duration=max(1, round(RUN_SECONDS)))["rps"]
 
 
-def stalled_streams(bench: Bench, large_db, get_body: bytes, stream_body: bytes) -> dict:
-    total = STALLED_CONNECTIONS * STALLED_PER_CONNECTION
-    catalog = start_service(bench.procs, "catalog-stalled", "catalog", f"sqlite:{large_db}",
-                            AGORA_STREAM_LIMIT=total).wait_serving()
+def measured(bench: Bench, catalog: Server, get_body: bytes, count: int, gauge: str, what: str, hold,
+             settle=None) -> dict:
+    """GetProduct's rate and the catalog's memory before `hold(holders)` opens `count` of `what`, and
+    while they are held: once the catalog's `gauge` counts them all (and `settle()` holds, if given)."""
     holders = Holders()
     try:
         rate_before = served_rate(bench, catalog, get_body)
         rss_before = catalog.status("VmRSS")
-        log(f"abuse: {total:,} stalled StreamProducts streams on {STALLED_CONNECTIONS} connections")
+        log(f"abuse: {count:,} {what}")
+        hold(holders)
+        opened = wait_for(lambda: metric(catalog.metrics(), gauge) >= count)
+        if settle:
+            wait_for(settle)
+        rss = catalog.status("VmRSS")
+        rate_during = served_rate(bench, catalog, get_body)
+        if not opened:
+            bench.failures.append(f"abuse: only {metric(catalog.metrics(), gauge):.0f} of {count:,} {what}")
+        return {"count": count, "rss_before": rss_before, "rss": rss, "hwm": catalog.status("VmHWM"),
+                "rate_before": rate_before, "rate_during": rate_during, "each": (rss - rss_before) / count,
+                "checked": opened}
+    finally:
+        holders.close()
+        catalog.stop()
+
+
+def stalled_streams(bench: Bench, large_db, get_body: bytes, stream_body: bytes) -> dict:
+    total = STALLED_CONNECTIONS * STALLED_PER_CONNECTION
+    catalog = start_service(bench.procs, "catalog-stalled", "catalog", f"sqlite:{large_db}",
+                            AGORA_STREAM_LIMIT=total).wait_serving()
+
+    def hold(holders: Holders) -> None:
         for i in range(STALLED_CONNECTIONS):
             holders.open(catalog.grpc)
             for _ in range(STALLED_PER_CONNECTION):
                 holders.stream(i, catalog.grpc, STREAM_PATH, stream_body)
 
-        def settled() -> bool:
-            return metric(catalog.metrics(), "agora_grpc_server_streams") >= total
+    rows = [-1.0]
 
-        opened = wait_for(settled)
-        # Every stream has filled its window: the rows read stop growing.
-        rows = [-1.0]
+    def still() -> bool:
+        """Every stream has filled its window: the rows read stop growing."""
+        now = metric(catalog.metrics(), "agora_catalog_stream_rows_read_total")
+        quiet, rows[0] = now == rows[0], now
+        time.sleep(0.5)
+        return quiet
 
-        def still() -> bool:
-            now = metric(catalog.metrics(), "agora_catalog_stream_rows_read_total")
-            quiet = now == rows[0]
-            rows[0] = now
-            time.sleep(0.5)
-            return quiet
-
-        wait_for(still)
-        rss_stalled = catalog.status("VmRSS")
-        rate_during = served_rate(bench, catalog, get_body)
-        rss_peak = catalog.status("VmHWM")
-        if not opened:
-            bench.failures.append(f"abuse: only {metric(catalog.metrics(), 'agora_grpc_server_streams'):.0f} "
-                                  f"of {total} streams opened")
-        return {"streams": total, "rss_before": rss_before, "rss": rss_stalled, "hwm": rss_peak,
-                "rate_before": rate_before, "rate_during": rate_during,
-                "per_stream": (rss_stalled - rss_before) / total, "checked": opened}
-    finally:
-        holders.close()
-        catalog.stop()
+    return measured(bench, catalog, get_body, total, "agora_grpc_server_streams",
+                    f"stalled StreamProducts streams on {STALLED_CONNECTIONS} connections", hold, still)
 
 
 def idle_connections(bench: Bench, small_db, get_body: bytes) -> dict:
     catalog = start_service(bench.procs, "catalog-idle-conns", "catalog", f"sqlite:{small_db}",
                             AGORA_MAX_CONNECTIONS=IDLE_CONNECTIONS + 100, AGORA_HANDSHAKE_TIMEOUT_MS=60_000
                             ).wait_serving()
-    holders = Holders()
-    try:
-        rate_before = served_rate(bench, catalog, get_body)
-        rss_before = catalog.status("VmRSS")
-        log(f"abuse: {IDLE_CONNECTIONS:,} idle connections")
+
+    def hold(holders: Holders) -> None:
         for _ in range(IDLE_CONNECTIONS):
             holders.open(catalog.grpc, big_connection_window=False)
 
-        def all_open() -> bool:
-            return metric(catalog.metrics(), "agora_grpc_server_connections") >= IDLE_CONNECTIONS
-
-        opened = wait_for(all_open)
-        rss_idle = catalog.status("VmRSS")
-        rate_during = served_rate(bench, catalog, get_body)
-        if not opened:
-            bench.failures.append(f"abuse: only {metric(catalog.metrics(), 'agora_grpc_server_connections'):.0f} "
-                                  f"of {IDLE_CONNECTIONS} connections open")
-        return {"connections": IDLE_CONNECTIONS, "rss_before": rss_before, "rss": rss_idle,
-                "rate_before": rate_before, "rate_during": rate_during,
-                "per_connection": (rss_idle - rss_before) / IDLE_CONNECTIONS, "checked": opened}
-    finally:
-        holders.close()
-        catalog.stop()
+    return measured(bench, catalog, get_body, IDLE_CONNECTIONS, "agora_grpc_server_connections",
+                    "idle connections", hold)
 
 
 def abuse(bench: Bench, data, get_body: bytes) -> None:
@@ -199,9 +189,9 @@ def rows(rows_) -> None:
     """The two abuse rows of the table."""
     from .report import goal, mib, num
     s, i = rows_.r["abuse_stalled"], rows_.r["abuse_idle"]
-    for key, x, what, unit in (("stalled", s, f"{s['streams']:,} stalled StreamProducts streams", "stream"),
-                               ("idle", i, f"{i['connections']:,} idle connections", "connection")):
-        per = x["per_stream"] if key == "stalled" else x["per_connection"]
+    for key, x, what, unit in (("stalled", s, f"{s['count']:,} stalled StreamProducts streams", "stream"),
+                               ("idle", i, f"{i['count']:,} idle connections", "connection")):
+        per = x["each"]
         ratio = x["rate_during"] / x["rate_before"] if x["rate_before"] else 0
         rows_.add(f"abuse: {what}" + ("" if x["checked"] else " ⚠"),
                   f"GetProduct {num(x['rate_during'])} req/s during",
