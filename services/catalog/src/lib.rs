@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cache;
 pub mod domain;
 pub mod store;
 
@@ -30,7 +31,9 @@ pub const MIGRATIONS: Migrations = agora_platform::migrations!(
 /// The catalog service, bound to its ports and ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
     let OpenHost { database, outbox, services } = OpenHost::new(&settings, FILE_DESCRIPTOR_SET)?;
-    let api = api::CatalogApi::new(database.clone(), outbox, services.shutdown());
+    let cache = cache::ProductCache::new();
+    let services = services.task(cache.following(outbox.clone()));
+    let api = api::CatalogApi::new(database.clone(), outbox, cache, services.shutdown());
     let services = services.with(limited!(CatalogServiceServer::new(api), settings), api::POLICY);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await
 }

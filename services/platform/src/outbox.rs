@@ -132,7 +132,8 @@ impl Outbox {
     }
 
     /// The newest sequence in the outbox (0 when empty).
-    async fn head(&self) -> Result<i64, Error> {
+    /// The newest sequence (0 without events).
+    pub async fn head(&self) -> Result<i64, Error> {
         self.db
             .query("SELECT COALESCE(MAX(sequence), 0) AS head FROM outbox_events")
             .fetch_one()
@@ -217,6 +218,25 @@ impl Outbox {
         after: i64,
         shutdown: Shutdown,
     ) -> impl Stream<Item = Result<Published<E>, Error>> + Send + 'static {
+        self.follow(after, shutdown, Some(Watching::open()))
+    }
+
+    /// The same events, for the service itself (its caches): not counted
+    /// among the feed's watchers.
+    pub fn changes<E: DomainEvent>(
+        &self,
+        after: i64,
+        shutdown: Shutdown,
+    ) -> impl Stream<Item = Result<Published<E>, Error>> + Send + 'static {
+        self.follow(after, shutdown, None)
+    }
+
+    fn follow<E: DomainEvent>(
+        &self,
+        after: i64,
+        shutdown: Shutdown,
+        watching: Option<Watching>,
+    ) -> impl Stream<Item = Result<Published<E>, Error>> + Send + 'static {
         struct State {
             outbox: Outbox,
             after: i64,
@@ -225,7 +245,7 @@ impl Outbox {
             committed: watch::Receiver<i64>,
             shutdown: Shutdown,
             ended: bool,
-            _open: Watching,
+            _open: Option<Watching>,
         }
         let state = State {
             outbox: self.clone(),
@@ -235,7 +255,7 @@ impl Outbox {
             committed: self.db.committed(),
             shutdown,
             ended: false,
-            _open: Watching::open(),
+            _open: watching,
         };
         futures_util::stream::unfold(state, |mut s| async move {
             if s.ended {

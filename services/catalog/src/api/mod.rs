@@ -5,7 +5,7 @@
 
 mod convert;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use agora_contracts::agora::catalog::v1::{
     self as pb,
@@ -22,6 +22,7 @@ use futures_util::StreamExt as _;
 use tonic::{Request, Status};
 
 use crate::{
+    cache::ProductCache,
     domain::{self, CatalogEvent, Family, MAX_BATCH, Product},
     store,
 };
@@ -59,13 +60,15 @@ const FAMILIES: &str = "families";
 pub struct CatalogApi {
     db: Database,
     outbox: Outbox,
+    /// GetProduct's reads, dropped when a product changes.
+    cache: Arc<ProductCache>,
     /// Ends open streams when the server shuts down.
     shutdown: Shutdown,
 }
 
 impl CatalogApi {
-    pub fn new(db: Database, outbox: Outbox, shutdown: Shutdown) -> Self {
-        Self { db, outbox, shutdown }
+    pub fn new(db: Database, outbox: Outbox, cache: Arc<ProductCache>, shutdown: Shutdown) -> Self {
+        Self { db, outbox, cache, shutdown }
     }
 
     /// Saves a product an aggregate method changed, with its event, in the
@@ -73,7 +76,11 @@ impl CatalogApi {
     async fn save(&self, mut uow: UnitOfWork, product: &Product, event: CatalogEvent) -> Result<(), Error> {
         store::save_product(&mut uow, product).await?;
         uow.record(&event).await?;
-        uow.commit().await
+        let committed = uow.commit().await;
+        // Whatever the outcome (a failed commit may still have landed):
+        // this replica's next read goes to the database.
+        self.cache.changed(&product.id);
+        committed
     }
 }
 
@@ -142,8 +149,8 @@ impl CatalogService for CatalogApi {
 
     async fn get_product(&self, req: Request<pb::GetProductRequest>) -> Answer<pb::GetProductResponse> {
         let id = required_id("product_id", &req.into_inner().product_id)?;
-        let product = store::product(&self.db, &id).await?;
-        reply(pb::GetProductResponse { product: Some(product.into()) })
+        let product = self.cache.get(&id, store::product(&self.db, &id)).await?;
+        reply(pb::GetProductResponse { product: Some(product.as_ref().clone().into()) })
     }
 
     async fn batch_get_products(

@@ -36,7 +36,12 @@ pub async fn start_with(db: TestDatabase, tweak: impl FnOnce(&mut Settings)) -> 
 
 /// A counter or gauge from the admin port, 0 when absent.
 pub async fn metric(c: &Catalog, line_prefix: &str) -> f64 {
-    let text = agora_testing::http_get(c.server.admin_addr, "/metrics").await;
+    metric_at(c.server.admin_addr, line_prefix).await
+}
+
+/// A counter or gauge from the admin port at `admin`, 0 when absent.
+pub async fn metric_at(admin: std::net::SocketAddr, line_prefix: &str) -> f64 {
+    let text = agora_testing::http_get(admin, "/metrics").await;
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())

@@ -4,6 +4,7 @@
 
 mod abuse;
 mod api;
+mod cache;
 mod common;
 mod connections;
 mod feed;
