@@ -257,12 +257,16 @@ def overload_row(rows: Rows) -> None:
     o = rows.r["overload"]
     total = sum(o["grpc_codes"].values())
     re_ = o["grpc_codes"].get("RESOURCE_EXHAUSTED", 0)
+    ok_s = o["grpc_codes"].get("OK", 0) / max(1e-9, o["seconds"])
+    served = ok_s / o["capacity"] if o["capacity"] else 0
     rows.add(o["label"],
-             f"{num(o['rps'])} answers/s, {o['grpc_codes'].get('OK', 0) / max(1e-9, o['seconds']):,.0f} OK/s",
+             f"{num(o['rps'])} answers/s, {ok_s:,.0f} OK/s: {served:.2f}× the {num(o['capacity'])} req/s "
+             f"at the limit",
              f"{re_ / max(1, total):.0%} shed RESOURCE_EXHAUSTED (shed counter {o['shed']:,.0f}), "
              f"other errors {total - re_ - o['grpc_codes'].get('OK', 0):,.0f}",
              fmt_ms(o["p50"]), fmt_ms(o["p99"]), "–", f"{sum(o['cpu_us'].values()):.1f}",
              mib(max(o["peak_rss"].values())),
+             f"OK ≥ 0.8× capacity: {goal(served >= 0.8)}; "
              f"health SERVING {o['polls_serving']}/{o['polls']} polls (slowest {o['poll_max_ms']:.0f} ms): "
              f"{goal(o['polls'] > 0 and o['polls_serving'] == o['polls'])}", f"{o['foreign']:.0%}", f"{o['cs']:.1f}",
              idle=f"{o['idle_server']:.0%} / {o['idle_load']:.0%}")

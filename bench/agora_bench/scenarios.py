@@ -486,18 +486,32 @@ def idle_memory(procs: Procs, work: Path, small_db: Path, startup: dict) -> None
 
 
 def overload(bench: Bench, data: Data) -> None:
-    """Overload: ten times the admitted concurrency; the calls shed, and health polled all along."""
+    """Overload: ListProducts (a page of 50, read from the database: GetProduct answers from memory too
+    fast to queue) at the admitted concurrency for its capacity, then at ten times it, health polled."""
     catalog = start_service(bench.procs, "catalog-overload", "catalog", f"sqlite:{data.small_db}",
                             AGORA_CONCURRENCY_LIMIT=OVERLOAD_LIMIT).wait_serving()
+    cat = bench.client.catalog
+    body = frame(cat.ListProductsRequest(page_size=50))
+
+    def check():
+        code, resp, details = call(catalog.grpc, LIST_PATH, cat.ListProductsRequest(page_size=50),
+                                   cat.ListProductsResponse)
+        if code != grpc.StatusCode.OK:
+            return f"{code.name}: {details}"
+        return None if len(resp.products) == 50 else f"{len(resp.products)} products, not 50"
+
     try:
+        capacity = bench.load("overload_capacity", f"overload: ListProducts at the limit ({OVERLOAD_LIMIT} calls)",
+                              catalog.grpc, LIST_PATH, body, check, servers=[catalog], method=LIST_PATH,
+                              at80=False, clients=1, streams=OVERLOAD_LIMIT)
         polls, stop_polling = [], threading.Event()
         poller = threading.Thread(target=poll_health, args=(catalog.grpc, polls, stop_polling), daemon=True)
         poller.start()
         try:
-            res = bench.load("overload", f"overload: GetProduct, {OVERLOAD_CLIENTS * OVERLOAD_STREAMS} streams, "
-                             f"limit {OVERLOAD_LIMIT}", catalog.grpc, GET_PATH, get_body(bench),
-                             get_check(bench, catalog.grpc), servers=[catalog], method=GET_PATH, at80=False,
-                             clients=OVERLOAD_CLIENTS, streams=OVERLOAD_STREAMS, expected=("RESOURCE_EXHAUSTED",))
+            res = bench.load("overload", f"overload: ListProducts, {OVERLOAD_CLIENTS * OVERLOAD_STREAMS} streams, "
+                             f"limit {OVERLOAD_LIMIT}", catalog.grpc, LIST_PATH, body, check, servers=[catalog],
+                             method=LIST_PATH, at80=False, clients=OVERLOAD_CLIENTS, streams=OVERLOAD_STREAMS,
+                             expected=("RESOURCE_EXHAUSTED",))
         finally:
             stop_polling.set()
             poller.join(timeout=10)
@@ -506,6 +520,7 @@ def overload(bench: Bench, data: Data) -> None:
         res["polls"] = len(polls)
         res["polls_serving"] = sum(1 for p in polls if p[0])
         res["poll_max_ms"] = max((p[1] for p in polls), default=0) * 1000
+        res["capacity"] = capacity["rps"]
     finally:
         catalog.stop()
 

@@ -44,7 +44,7 @@ struct Entry {
 /// See the module.
 #[derive(Debug)]
 pub struct ProductCache {
-    entries: quick_cache::sync::Cache<String, Entry>,
+    entries: quick_cache::sync::Cache<String, Entry, quick_cache::UnitWeighter>,
     /// Counts the changes recorded: a read keeps its product only if this
     /// did not move while it read.
     changes: AtomicU64,
@@ -58,7 +58,9 @@ impl ProductCache {
             metrics::counter!("agora_catalog_cache_reads_total", "outcome" => outcome).increment(0);
         }
         Arc::new(Self {
-            entries: quick_cache::sync::Cache::new(CAPACITY),
+            // Sized for a few thousand products at first, so an idle
+            // catalog does not pay for the most it may keep.
+            entries: quick_cache::sync::Cache::with_weighter(4096, CAPACITY as u64, quick_cache::UnitWeighter),
             changes: AtomicU64::new(0),
             following: AtomicBool::new(false),
         })
