@@ -60,7 +60,11 @@ impl ProductCache {
         Arc::new(Self {
             // Sized for a few thousand products at first, so an idle
             // catalog does not pay for the most it may keep.
-            entries: quick_cache::sync::Cache::with_weighter(4096, CAPACITY as u64, quick_cache::UnitWeighter),
+            entries: quick_cache::sync::Cache::with_weighter(
+                4096,
+                CAPACITY as u64,
+                quick_cache::UnitWeighter,
+            ),
             changes: AtomicU64::new(0),
             following: AtomicBool::new(false),
         })
