@@ -19,15 +19,16 @@
 //! target: who, what, which resource, outcome.
 
 use std::{
+    collections::HashMap,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     task::{Context, Poll, ready},
     time::Instant,
 };
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use metrics::{Label, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Label, counter, gauge, histogram};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -70,13 +71,17 @@ fn code_of(headers: &HeaderMap) -> Option<usize> {
 /// limit (tonic: OUT_OF_RANGE). An oversized request carries no RetryInfo:
 /// unlike a call shed under load, sending it again cannot succeed. Both
 /// come as trailers-only answers, before the handler runs.
-fn correct_transport_codes(headers: &mut HeaderMap, method: &str) {
+fn correct_transport_codes(headers: &mut HeaderMap, metrics: &MethodMetrics) {
     let Some(status) = tonic::Status::from_header_map(headers) else { return };
     let message = status.message();
     let corrected = match status.code() {
         tonic::Code::Internal if message.starts_with("failed to decode Protobuf message") => {
             counter!("agora_grpc_server_malformed_total").increment(1);
-            tracing::debug!(method, why = message, "a request body that is not the method's message");
+            tracing::debug!(
+                method = %format_args!("{}/{}", metrics.service, metrics.method),
+                why = message,
+                "a request body that is not the method's message"
+            );
             tonic::Status::invalid_argument("the request body is not a valid message of this method")
         }
         tonic::Code::OutOfRange if message.contains("decoded message length too large") => {
@@ -125,48 +130,81 @@ impl CallNotes {
     }
 }
 
+/// The metrics of one method, looked up in the registry once: the lookups
+/// and their label vectors showed in the profile of every call.
+struct MethodMetrics {
+    service: String,
+    method: String,
+    started: Counter,
+    in_flight: Gauge,
+    seconds: Histogram,
+    /// By gRPC code, registered at a code's first use.
+    handled: [OnceLock<Counter>; CODE_NAMES.len()],
+}
+
+impl MethodMetrics {
+    fn new(service: &str, method: &str) -> Self {
+        let labels =
+            [Label::new("grpc_service", service.to_owned()), Label::new("grpc_method", method.to_owned())];
+        Self {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            started: counter!("grpc_server_started_total", labels.iter()),
+            in_flight: gauge!("grpc_server_in_flight", labels.iter()),
+            seconds: histogram!("grpc_server_handling_seconds", labels.iter()),
+            handled: Default::default(),
+        }
+    }
+
+    fn handled(&self, code: usize) -> &Counter {
+        self.handled[code].get_or_init(|| {
+            counter!("grpc_server_handled_total", "grpc_service" => self.service.clone(),
+                "grpc_method" => self.method.clone(), "grpc_code" => CODE_NAMES[code])
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct ObserveLayer {
-    /// Fully qualified gRPC services this server offers. Other paths are
-    /// labelled `unknown`, so a scanner cannot grow the label set.
-    services: Arc<[String]>,
+    /// The metrics of each method served, by path (`/pkg.Service/Method`).
+    /// Other paths share the `unknown` labels, so a scanner cannot grow
+    /// the label set.
+    methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
+    unknown: Arc<MethodMetrics>,
     stopping: Shutdown,
 }
 
 impl ObserveLayer {
-    /// `stopping`: the server's shutdown, which explains the UNAVAILABLE
-    /// that ends the streams it stops (no warning for those).
-    pub fn new(services: impl IntoIterator<Item = String>, stopping: Shutdown) -> Self {
+    /// `methods`: the paths served (`/pkg.Service/Method`). `stopping`: the
+    /// server's shutdown, which explains the UNAVAILABLE that ends the
+    /// streams it stops (no warning for those).
+    pub fn new(methods: impl IntoIterator<Item = String>, stopping: Shutdown) -> Self {
         // At zero from the start: an alert on its rate sees 0, not no data.
         counter!("agora_grpc_server_malformed_total").increment(0);
-        Self { services: services.into_iter().collect(), stopping }
+        let methods = methods
+            .into_iter()
+            .filter_map(|path| {
+                let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+                let metrics = Arc::new(MethodMetrics::new(service, method));
+                Some((path, metrics))
+            })
+            .collect();
+        let unknown = Arc::new(MethodMetrics::new("unknown", "unknown"));
+        Self { methods: Arc::new(methods), unknown, stopping }
     }
 }
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, services: self.services.clone(), stopping: self.stopping.clone() }
+        Observe { inner, layer: self.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    services: Arc<[String]>,
-    stopping: Shutdown,
-}
-
-/// Service and method labels of a request path `/pkg.Service/Method`.
-fn labels(services: &[String], path: &str) -> (String, String) {
-    if let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/'))
-        && services.iter().any(|s| s == service)
-        && !method.is_empty()
-        && !method.contains('/')
-    {
-        return (service.to_owned(), method.to_owned());
-    }
-    ("unknown".to_owned(), "unknown".to_owned())
+    layer: ObserveLayer,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
@@ -180,11 +218,10 @@ where
     delegate_to_inner!();
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (service, method) = labels(&self.services, req.uri().path());
-        let notes = CallNotes::default();
-        req.extensions_mut().insert(notes.clone());
-        let request_id =
-            req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let layer = &self.layer;
+        let metrics = layer.methods.get(req.uri().path()).unwrap_or(&layer.unknown).clone();
+        let (service, method) = (metrics.service.as_str(), metrics.method.as_str());
+        let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
         let span = if crate::telemetry::exporting() {
             // A server span of the OpenTelemetry RPC conventions, child of
             // the caller's (`traceparent`), with its ids for the log lines.
@@ -219,13 +256,14 @@ where
                 elapsed_ms = field::Empty,
             )
         };
-        let method_label = format!("{service}/{method}");
-        let guard = CallGuard::start(service, method, span.clone(), notes, self.stopping.clone());
+        let notes = CallNotes::default();
+        req.extensions_mut().insert(notes.clone());
+        let guard = CallGuard::start(metrics, span.clone(), notes, layer.stopping.clone());
         let fut = self.inner.call(req).instrument(span);
         Box::pin(async move {
             let response = fut.await?;
             let (mut parts, body) = response.into_parts();
-            correct_transport_codes(&mut parts.headers, &method_label);
+            correct_transport_codes(&mut parts.headers, &guard.metrics);
             // A status in the headers is a trailers-only answer: the call is over.
             let guard = match code_of(&parts.headers) {
                 Some(code) => {
@@ -243,7 +281,7 @@ where
 /// Records the end of one call exactly once: at its status, or when the
 /// response is dropped before one was sent (the client went away).
 struct CallGuard {
-    labels: [Label; 2],
+    metrics: Arc<MethodMetrics>,
     span: Span,
     notes: CallNotes,
     stopping: Shutdown,
@@ -252,11 +290,10 @@ struct CallGuard {
 }
 
 impl CallGuard {
-    fn start(service: String, method: String, span: Span, notes: CallNotes, stopping: Shutdown) -> Self {
-        let labels = [Label::new("grpc_service", service), Label::new("grpc_method", method)];
-        counter!("grpc_server_started_total", labels.iter()).increment(1);
-        gauge!("grpc_server_in_flight", labels.iter()).increment(1.0);
-        Self { labels, span, notes, stopping, start: Instant::now(), done: false }
+    fn start(metrics: Arc<MethodMetrics>, span: Span, notes: CallNotes, stopping: Shutdown) -> Self {
+        metrics.started.increment(1);
+        metrics.in_flight.increment(1.0);
+        Self { metrics, span, notes, stopping, start: Instant::now(), done: false }
     }
 
     fn finish(mut self, code: usize) {
@@ -275,11 +312,9 @@ impl CallGuard {
         }
         let elapsed = self.start.elapsed();
         let name = CODE_NAMES[code];
-        gauge!("grpc_server_in_flight", self.labels.iter()).decrement(1.0);
-        histogram!("grpc_server_handling_seconds", self.labels.iter()).record(elapsed.as_secs_f64());
-        let mut with_code = self.labels.to_vec();
-        with_code.push(Label::from_static_parts("grpc_code", name));
-        counter!("grpc_server_handled_total", with_code.iter()).increment(1);
+        self.metrics.in_flight.decrement(1.0);
+        self.metrics.seconds.record(elapsed.as_secs_f64());
+        self.metrics.handled(code).increment(1);
 
         let ms = elapsed.as_secs_f64() * 1000.0;
         self.span.record("grpc.code", name);
@@ -299,7 +334,7 @@ impl CallGuard {
             tracing::info!(
                 target: "agora::audit",
                 who = caller.as_deref().unwrap_or("anonymous"),
-                rpc = self.labels[1].value(),
+                rpc = self.metrics.method.as_str(),
                 resource = resource.as_deref().unwrap_or("-"),
                 outcome = name,
                 "audit"

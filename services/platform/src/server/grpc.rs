@@ -30,13 +30,6 @@ const ALWAYS: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// Their methods whose answer is a stream.
-const ALWAYS_STREAMS: [&str; 3] = [
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
 /// Where and how one server listens.
 pub(super) struct Listening {
     pub listener: TcpListener,
@@ -79,8 +72,7 @@ pub(super) async fn serve(
     let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
 
-    let mut stream_paths: std::collections::HashSet<String> = services.stream_paths()?.into_iter().collect();
-    stream_paths.extend(ALWAYS_STREAMS.map(String::from));
+    let (paths, stream_paths) = services.paths(&ALWAYS.map(String::from))?;
     let shutdown = services.shutdown();
     let routes: Routes = services
         .routes
@@ -97,14 +89,14 @@ pub(super) async fn serve(
         // Send the request id back in the response headers.
         .layer(PropagateRequestIdLayer::x_request_id())
         // A span and the Prometheus metrics for every call, by gRPC code.
-        .layer(ObserveLayer::new(advertised, shutdown))
+        .layer(ObserveLayer::new(paths, shutdown))
         // Shed load instead of queueing when saturated; wait for start-up;
         // long-lived streams under limits of their own; headers bounded.
         // Early in the stack, so a refusal costs little of a busy core.
         .layer(AdmissionLayer::new(
             settings.concurrency_limit,
             &settings.connections,
-            stream_paths,
+            stream_paths.into_iter().collect(),
             health.clone(),
         ))
         // Who calls, and may they: UNAUTHENTICATED, PERMISSION_DENIED.

@@ -128,36 +128,24 @@ impl Services {
             .collect())
     }
 
-    /// The paths of the methods served whose answer is a stream.
-    fn stream_paths(&self) -> anyhow::Result<Vec<String>> {
-        let mut paths = Vec::new();
-        for (service, methods) in self.methods()? {
-            let streams = methods.into_iter().filter(|(_, streams)| *streams);
-            paths.extend(streams.map(|(method, _)| format!("/{service}/{method}")));
-        }
-        Ok(paths)
+    /// The paths of every method served, health's and reflection's too, and
+    /// the paths of those whose answer is a stream.
+    fn paths(&self, always: &[String]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let mut services = self.methods()?;
+        let sets = [
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        services.extend(methods_of(&sets, always)?);
+        Ok(paths_of(services))
     }
 
     /// Each service served, with each method's name and whether its answer
     /// is a stream, from the descriptor sets.
     #[allow(clippy::type_complexity)]
     fn methods(&self) -> anyhow::Result<Vec<(String, Vec<(String, bool)>)>> {
-        use prost::Message as _;
-        let mut services = Vec::new();
-        for set in &self.descriptor_sets {
-            let set = prost_types::FileDescriptorSet::decode(*set).context("decoding a descriptor set")?;
-            for file in &set.file {
-                for service in &file.service {
-                    let name = format!("{}.{}", file.package(), service.name());
-                    if self.names.contains(&name) {
-                        let methods =
-                            service.method.iter().map(|m| (m.name().to_owned(), m.server_streaming()));
-                        services.push((name, methods.collect()));
-                    }
-                }
-            }
-        }
-        Ok(services)
+        methods_of(&self.descriptor_sets, &self.names)
     }
 
     /// Adds a background task, started once migrations ran and told to stop
@@ -172,6 +160,43 @@ impl Services {
         self.tasks.extend(tasks);
         self
     }
+}
+
+/// The services of `sets` named in `names`, each with its methods' names
+/// and whether each method's answer is a stream.
+#[allow(clippy::type_complexity)]
+fn methods_of(sets: &[&[u8]], names: &[String]) -> anyhow::Result<Vec<(String, Vec<(String, bool)>)>> {
+    use prost::Message as _;
+    let mut services = Vec::new();
+    for set in sets {
+        let set = prost_types::FileDescriptorSet::decode(*set).context("decoding a descriptor set")?;
+        for file in &set.file {
+            for service in &file.service {
+                let name = format!("{}.{}", file.package(), service.name());
+                if names.contains(&name) {
+                    let methods = service.method.iter().map(|m| (m.name().to_owned(), m.server_streaming()));
+                    services.push((name, methods.collect()));
+                }
+            }
+        }
+    }
+    Ok(services)
+}
+
+/// The paths (`/pkg.Service/Method`) of the methods of `services`, and
+/// the paths of those whose answer is a stream.
+fn paths_of(services: Vec<(String, Vec<(String, bool)>)>) -> (Vec<String>, Vec<String>) {
+    let (mut all, mut streams) = (Vec::new(), Vec::new());
+    for (service, methods) in services {
+        for (method, streaming) in methods {
+            let path = format!("/{service}/{method}");
+            if streaming {
+                streams.push(path.clone());
+            }
+            all.push(path);
+        }
+    }
+    (all, streams)
 }
 
 /// A generated tonic server with `settings`' message size limit
