@@ -50,14 +50,21 @@ pub struct ProductCache {
     changes: AtomicU64,
     /// Whether the feed is followed, up to date: only then are reads kept.
     following: AtomicBool,
+    /// `agora_catalog_cache_reads_total` by outcome, looked up once.
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 impl ProductCache {
     pub fn new() -> Arc<Self> {
-        for outcome in ["hit", "miss"] {
-            metrics::counter!("agora_catalog_cache_reads_total", "outcome" => outcome).increment(0);
-        }
+        let reads = |outcome: &'static str| metrics::counter!("agora_catalog_cache_reads_total", "outcome" => outcome);
+        let (hits, misses) = (reads("hit"), reads("miss"));
+        // At zero from the start.
+        hits.increment(0);
+        misses.increment(0);
         Arc::new(Self {
+            hits,
+            misses,
             // Sized for a few thousand products at first, so an idle
             // catalog does not pay for the most it may keep.
             entries: quick_cache::sync::Cache::with_weighter(
@@ -80,10 +87,10 @@ impl ProductCache {
         if let Some(entry) = self.entries.get(id)
             && entry.read_at.elapsed() < TTL
         {
-            metrics::counter!("agora_catalog_cache_reads_total", "outcome" => "hit").increment(1);
+            self.hits.increment(1);
             return Ok(entry.product);
         }
-        metrics::counter!("agora_catalog_cache_reads_total", "outcome" => "miss").increment(1);
+        self.misses.increment(1);
         let before = self.changes.load(Ordering::Acquire);
         let read_at = Instant::now();
         let product = Arc::new(load.await?);
