@@ -7,7 +7,7 @@ use agora_contracts::agora::offers::v1::{
     offer_service_server::{OfferService, SERVICE_NAME},
 };
 use agora_platform::{
-    Database, Error, Precondition, Violations,
+    Database, Error, Precondition, UnitOfWork, Violations,
     db::IdempotencyKey,
     middleware::{Deadline, ExtraTrailers},
     security::{Access, Audit, Grant, Policy, Rule},
@@ -131,28 +131,52 @@ fn parse_new_offer(
 }
 
 impl OffersApi {
-    /// The upstream checks of a new offer: the product is on sale, and a
-    /// personal offer's customer exists.
-    async fn check_references(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<(), Error> {
-        match self.hosts.catalog.sale(&new.product_id, deadline).await? {
-            Sale::OnSale => {}
-            Sale::Unknown => {
-                return Err(Error::NotFound { resource: "product", id: new.product_id.clone() });
-            }
-            Sale::NotOnSale => {
-                return Err(Error::FailedPrecondition {
-                    kind: Precondition::ProductState,
-                    subject: format!("product/{}", new.product_id),
-                    description: "the product is discontinued; offers need a product on sale".into(),
-                });
-            }
-        }
+    /// A personal offer's customer exists (customers is asked).
+    async fn check_customer(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<(), Error> {
         if let Some(customer_id) = &new.customer_id
             && !self.hosts.customers.exists(customer_id, deadline).await?
         {
             return Err(Error::NotFound { resource: "customer", id: customer_id.clone() });
         }
         Ok(())
+    }
+
+    /// A unit of work in which `product_id` is on sale, and stays so until
+    /// it ends.
+    ///
+    /// The product is looked up in what offers keeps of the catalog's
+    /// products from its change feed ([`store::product_on_sale`]), inside
+    /// the unit of work: a discontinuation the feed applies at the same
+    /// time either comes first (the product is refused) or waits for this
+    /// commit and then withdraws the new offer with the others. Only a
+    /// product offers has not heard of yet (created a moment ago, or before
+    /// offers kept products) is asked of the catalog, with no transaction
+    /// open meanwhile, and the answer kept. A product discontinued within
+    /// the feed's lag may still get an offer: the discontinuation withdraws
+    /// it when it arrives, as it does every offer on the product.
+    async fn begin_on_sale(&self, product_id: &str, deadline: Option<Deadline>) -> Result<UnitOfWork, Error> {
+        let discontinued = || Error::FailedPrecondition {
+            kind: Precondition::ProductState,
+            subject: format!("product/{product_id}"),
+            description: "the product is discontinued; offers need a product on sale".into(),
+        };
+        let mut uow = self.db.begin().await?;
+        match store::product_on_sale(&mut uow, product_id).await? {
+            Some(true) => return Ok(uow),
+            Some(false) => return Err(discontinued()),
+            None => drop(uow),
+        }
+        match self.hosts.catalog.sale(product_id, deadline).await? {
+            Sale::OnSale => {}
+            Sale::NotOnSale => return Err(discontinued()),
+            Sale::Unknown => return Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
+        }
+        let mut uow = self.db.begin().await?;
+        store::keep_product(&mut uow, product_id, true).await?;
+        match store::product_on_sale(&mut uow, product_id).await? {
+            Some(true) => Ok(uow),
+            _ => Err(discontinued()),
+        }
     }
 }
 
@@ -165,9 +189,9 @@ impl OfferService for OffersApi {
         let (key, new) = parse_new_offer(req.into_inner(), now)?;
         // Asked before the unit of work: no transaction stays open while
         // another service is waited for.
-        self.check_references(&new, deadline).await?;
+        self.check_customer(&new, deadline).await?;
         let offer = Offer::create(new_id("off"), new, now);
-        let mut uow = self.db.begin().await?;
+        let mut uow = self.begin_on_sale(&offer.product_id, deadline).await?;
         if let Some(earlier) = uow.claim(key.as_ref(), &offer.id).await? {
             drop(uow);
             let offer = store::offer(&self.db, &earlier).await?;

@@ -32,7 +32,7 @@ pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, ad
 
 /// The offers table, per dialect (the platform adds its own).
 pub const MIGRATIONS: Migrations = agora_platform::migrations!(
-    [(1, "0001_offers")],
+    [(1, "0001_offers"), (2, "0002_catalog_products")],
     legacy [(1, "0001_offers"), (2, "0002_feed_cursors"), (3, "0003_available_by_product")] replaced through 1
 );
 

@@ -39,6 +39,32 @@ impl FromStr for LogFormat {
     }
 }
 
+/// What an acknowledged write on SQLite survives (`AGORA_SQLITE_SYNCHRONOUS`),
+/// as SQLite's `synchronous` setting in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// `normal`, the default: a commit is written to the WAL file, which is
+    /// synced at checkpoints, not at each commit. Every acknowledged write
+    /// survives a crash of the process (the operating system holds it);
+    /// the last commits before a power loss or a kernel crash may be lost,
+    /// never half-applied.
+    Normal,
+    /// `full`: the WAL file is synced at every commit. Every acknowledged
+    /// write survives a power loss too, at the cost of a sync per commit.
+    Full,
+}
+
+impl FromStr for SqliteSync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Self::Normal),
+            "full" => Ok(Self::Full),
+            _ => Err("expected `normal` or `full`".into()),
+        }
+    }
+}
+
 /// A database URL. Wrapped so that a password in it never reaches a log.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
@@ -86,6 +112,8 @@ pub struct Settings {
     pub db_acquire_timeout: Duration,
     /// How often health asks the database whether it answers (`AGORA_DB_PROBE_INTERVAL_MS`).
     pub db_probe_interval: Duration,
+    /// What an acknowledged write on SQLite survives (`AGORA_SQLITE_SYNCHRONOUS`).
+    pub sqlite_sync: SqliteSync,
     /// Deadline for calls that carry no grpc-timeout, and the cap for those
     /// that carry a longer one (`AGORA_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
@@ -360,6 +388,7 @@ impl Settings {
             db_max_connections: env.number("AGORA_DB_MAX_CONNECTIONS", 8, 1..=1000),
             db_acquire_timeout: env.millis("AGORA_DB_ACQUIRE_TIMEOUT_MS", 2_000, 1..=600_000),
             db_probe_interval: env.millis("AGORA_DB_PROBE_INTERVAL_MS", 1_000, 10..=600_000),
+            sqlite_sync: env.parse("AGORA_SQLITE_SYNCHRONOUS", SqliteSync::Normal),
             request_timeout: env.millis("AGORA_REQUEST_TIMEOUT_MS", 10_000, 1..=3_600_000),
             concurrency_limit: env.number("AGORA_CONCURRENCY_LIMIT", 256, 1..=1_000_000),
             max_message_bytes: env.number(
@@ -390,6 +419,7 @@ impl Settings {
             db_max_connections: 4,
             db_acquire_timeout: Duration::from_secs(2),
             db_probe_interval: Duration::from_millis(50),
+            sqlite_sync: SqliteSync::Normal,
             request_timeout: Duration::from_secs(10),
             concurrency_limit: 64,
             max_message_bytes: 4 * 1024 * 1024,

@@ -405,6 +405,9 @@ pub struct Proxy {
     /// A method answered OK with an empty message instead of forwarded:
     /// an upstream that breaks its contract.
     pub empty: Arc<std::sync::Mutex<Option<String>>>,
+    /// A method answered UNAVAILABLE whatever the mode: an upstream that
+    /// serves the rest, such as one whose change feed cannot be reached.
+    pub refused: Arc<std::sync::Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -443,19 +446,35 @@ impl Proxy {
         let by_method = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
         let empty = Arc::new(std::sync::Mutex::new(None::<String>));
+        let refused = Arc::new(std::sync::Mutex::new(None::<String>));
         let client = hyper_client(&pki().service_tls(service));
         let origin = url(target);
-        let (m, c, t, b, e) =
-            (mode.clone(), calls.clone(), timeouts.clone(), by_method.clone(), empty.clone());
+        let (m, c, t, b, e, r) = (
+            mode.clone(),
+            calls.clone(),
+            timeouts.clone(),
+            by_method.clone(),
+            empty.clone(),
+            refused.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (client, origin, m, c, t, b, e) =
-                    (client.clone(), origin.clone(), m.clone(), c.clone(), t.clone(), b.clone(), e.clone());
+                let (client, origin, m, c, t, b, e, r) = (
+                    client.clone(),
+                    origin.clone(),
+                    m.clone(),
+                    c.clone(),
+                    t.clone(),
+                    b.clone(),
+                    e.clone(),
+                    r.clone(),
+                );
                 let acceptor = acceptor.clone();
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     c.fetch_add(1, Ordering::SeqCst);
                     let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
                     let answer_empty = e.lock().expect("empty").as_deref() == Some(method.as_str());
+                    let refuse = r.lock().expect("refused").as_deref() == Some(method.as_str());
                     // Every other call of each method fails, so streams that
                     // share the proxy do not shift a client's pattern.
                     let n = {
@@ -472,11 +491,12 @@ impl Proxy {
                     {
                         t.lock().expect("timeouts").push(timeout);
                     }
-                    let fail = match m.load(Ordering::SeqCst) {
-                        proxy_mode::FAIL_ALL => true,
-                        proxy_mode::FAIL_EVERY_OTHER => n % 2 == 0,
-                        _ => false,
-                    };
+                    let fail = refuse
+                        || match m.load(Ordering::SeqCst) {
+                            proxy_mode::FAIL_ALL => true,
+                            proxy_mode::FAIL_EVERY_OTHER => n % 2 == 0,
+                            _ => false,
+                        };
                     let (client, origin) = (client.clone(), origin.clone());
                     async move {
                         if answer_empty {
@@ -505,13 +525,24 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, mode, calls, by_method, timeouts, empty, task }
+        Self { addr, mode, calls, by_method, timeouts, empty, refused, task }
     }
 
     /// From now on, answers calls of `method` (`GetProduct`) OK with an
     /// empty message, as an upstream that breaks its contract would.
     pub fn answer_empty(&self, method: &str) {
         *self.empty.lock().expect("empty") = Some(method.to_owned());
+    }
+
+    /// From now on, answers calls of `method` (`WatchCatalogEvents`)
+    /// UNAVAILABLE and passes the others on as the mode says.
+    pub fn refuse(&self, method: &str) {
+        *self.refused.lock().expect("refused") = Some(method.to_owned());
+    }
+
+    /// Passes calls of the refused method on again.
+    pub fn stop_refusing(&self) {
+        *self.refused.lock().expect("refused") = None;
     }
 
     pub fn set_mode(&self, mode: u8) {

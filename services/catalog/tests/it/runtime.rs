@@ -301,3 +301,60 @@ async fn bad_configuration_exits_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("AGORA_CONCURRENCY_LIMIT") && stderr.contains("AGORA_GRPC_ADDR"), "{stderr}");
 }
+
+/// Every acknowledged write survives a crash of the process with the
+/// default durability (`AGORA_SQLITE_SYNCHRONOUS=normal`): eight writers
+/// create products until the process is killed (SIGKILL) under them; after
+/// a restart on the same file, each product whose creation was answered OK
+/// is there.
+#[tokio::test]
+async fn acknowledged_writes_survive_a_sigkill() {
+    let db = TestDatabase::sqlite();
+    let mut p = spawn_binary(&db, &[]);
+    let ch = agora_testing::channel_as(p.grpc, &agora_testing::Who::Staff);
+    wait_for_health(&ch, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let mut client = pb::catalog_service_client::CatalogServiceClient::new(ch.clone());
+    let family = family(&mut client, "Lamps").await.family_id;
+
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (mut client, family, acknowledged) = (client.clone(), family.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for i in 0..10_000i64 {
+                    let product = new_product(&family, &format!("Lamp {w}-{i}"), 1_000 + i);
+                    let request =
+                        pb::CreateProductRequest { request_id: String::new(), product: Some(product) };
+                    match client.create_product(request).await {
+                        Ok(answer) => {
+                            let id = answer.into_inner().product.unwrap().product_id;
+                            acknowledged.lock().unwrap().push(id);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let busy =
+        wait_until(Duration::from_secs(30), || std::future::ready(acknowledged.lock().unwrap().len() >= 300))
+            .await;
+    assert!(busy, "the writers did not get going");
+    p.child.kill().expect("SIGKILL");
+    p.child.wait().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let mut p = spawn_binary(&db, &[]);
+    let ch = agora_testing::channel_as(p.grpc, &agora_testing::Who::Staff);
+    wait_for_health(&ch, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let mut client = pb::catalog_service_client::CatalogServiceClient::new(ch);
+    for id in &acknowledged {
+        let got = client.get_product(pb::GetProductRequest { product_id: id.clone() }).await;
+        assert!(got.is_ok(), "{id}, acknowledged before the kill, is gone: {got:?}");
+    }
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}

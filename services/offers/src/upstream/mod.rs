@@ -5,7 +5,10 @@
 //! ([`hosts`](agora_platform::upstream::hosts)); offers only asks and
 //! follows, never writes to an upstream.
 
-use agora_contracts::agora::{catalog::v1::catalog_event, customers::v1::customer_event};
+use agora_contracts::agora::{
+    catalog::v1::{ProductState, catalog_event},
+    customers::v1::customer_event,
+};
 use agora_platform::{
     Error, UnitOfWork,
     feed::{Effects, Translate},
@@ -14,33 +17,62 @@ use agora_platform::{
 
 use crate::store::{self, Withdrawn};
 
-/// Offers, as the catalog's and customers' feeds change them: a product
-/// that left the catalog's sale takes its offers with it, and a customer who
-/// left takes their personal offers. Every other event only moves the cursor.
+/// Offers, as the catalog's and customers' feeds change them: every product
+/// the catalog creates or changes is kept with whether it is on sale (a new
+/// offer is checked against that, not asked of the catalog); a product that
+/// left the catalog's sale takes its offers with it, and a customer who left
+/// takes their personal offers. Every other event only moves the cursor.
 #[derive(Clone)]
 pub struct Offers;
 
+/// A change of offers' data that an upstream event asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The catalog sells the product, or stopped selling it (then its
+    /// offers are withdrawn).
+    Product { product_id: String, on_sale: bool },
+    /// The customer left: their personal offers are withdrawn.
+    CustomerLeft(String),
+}
+
 #[tonic::async_trait]
 impl Effects for Offers {
-    type Change = Withdrawn;
+    type Change = Change;
 
-    async fn apply(&self, uow: &mut UnitOfWork, change: Withdrawn) -> Result<(), Error> {
-        let withdrawn = store::withdraw_all(uow, &change, now_micros()).await?;
-        tracing::info!(?change, withdrawn, "offers withdrawn");
+    async fn apply(&self, uow: &mut UnitOfWork, change: Change) -> Result<(), Error> {
+        let gone = match change {
+            Change::Product { product_id, on_sale } => {
+                store::keep_product(uow, &product_id, on_sale).await?;
+                if on_sale {
+                    return Ok(());
+                }
+                Withdrawn::OfProduct(product_id)
+            }
+            Change::CustomerLeft(customer_id) => Withdrawn::OfCustomer(customer_id),
+        };
+        let withdrawn = store::withdraw_all(uow, &gone, now_micros()).await?;
+        tracing::info!(change = ?gone, withdrawn, "offers withdrawn");
         Ok(())
     }
 }
 
 impl Translate<catalog_event::Kind> for Offers {
-    fn translate(&self, event: catalog_event::Kind) -> Option<Withdrawn> {
-        let catalog_event::Kind::ProductDiscontinued(e) = event else { return None };
-        Some(Withdrawn::OfProduct(e.product_id))
+    fn translate(&self, event: catalog_event::Kind) -> Option<Change> {
+        let product = match event {
+            catalog_event::Kind::ProductCreated(e) => e.product?,
+            catalog_event::Kind::ProductUpdated(e) => e.product?,
+            catalog_event::Kind::ProductDiscontinued(e) => {
+                return Some(Change::Product { product_id: e.product_id, on_sale: false });
+            }
+        };
+        let on_sale = product.state == ProductState::Active as i32;
+        Some(Change::Product { product_id: product.product_id, on_sale })
     }
 }
 
 impl Translate<customer_event::Kind> for Offers {
-    fn translate(&self, event: customer_event::Kind) -> Option<Withdrawn> {
+    fn translate(&self, event: customer_event::Kind) -> Option<Change> {
         let customer_event::Kind::CustomerDeleted(e) = event else { return None };
-        Some(Withdrawn::OfCustomer(e.customer_id))
+        Some(Change::CustomerLeft(e.customer_id))
     }
 }

@@ -43,6 +43,22 @@ pub async fn start_with(
     offers_db: TestDatabase,
     tweak: impl FnOnce(&mut Settings, &mut OffersSettings),
 ) -> System {
+    start_fed(offers_db, true, tweak).await
+}
+
+/// A system whose offers cannot follow the catalog's change feed (the
+/// proxy refuses it): offers hears of no product from the feed, so a new
+/// offer's product is asked of the catalog, and the tests of that call
+/// (retries, deadlines, the breaker) do not race the feed.
+pub async fn start_unfed(offers_db: TestDatabase) -> System {
+    start_fed(offers_db, false, |_, _| {}).await
+}
+
+async fn start_fed(
+    offers_db: TestDatabase,
+    fed: bool,
+    tweak: impl FnOnce(&mut Settings, &mut OffersSettings),
+) -> System {
     let catalog_db = offers_db.another().await;
     let customers_db = offers_db.another().await;
     let catalog_server = TestServer::start(
@@ -56,6 +72,9 @@ pub async fn start_with(
     )
     .await;
     let catalog_proxy = Proxy::start(catalog_server.grpc_addr, "offers").await;
+    if !fed {
+        catalog_proxy.refuse("WatchCatalogEvents");
+    }
 
     let mut settings = agora_testing::settings("offers", &offers_db);
     let mut offers = offers_settings(catalog_proxy.addr, customers_server.grpc_addr);

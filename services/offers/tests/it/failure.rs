@@ -8,13 +8,14 @@ use agora_testing::{health_status, http_get, proxy_mode, wait_until};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// With the catalog stopped, offer creation fails with UNAVAILABLE naming
-/// the catalog, in well under 50 ms once the breaker opened; reads and
-/// health are untouched. A restarted catalog is used again without
-/// restarting offers.
+/// With the catalog stopped, a product offers already knows still gets
+/// offers; one it has not heard of fails with UNAVAILABLE naming the
+/// catalog, in well under 50 ms once the breaker opened; reads and health
+/// are untouched. A restarted catalog is used again without restarting
+/// offers.
 #[tokio::test]
 async fn with_the_catalog_stopped_creation_fails_fast_and_recovers_after_a_restart() {
-    let mut s = start(TestDatabase::sqlite()).await;
+    let mut s = start_unfed(TestDatabase::sqlite()).await;
     let product = s.product().await;
     let existing =
         s.offers.create_offer(create(offer(&product, "", 10))).await.unwrap().into_inner().offer.unwrap();
@@ -22,21 +23,25 @@ async fn with_the_catalog_stopped_creation_fails_fast_and_recovers_after_a_resta
     let catalog_addr = catalog.grpc_addr;
     catalog.stop().await.unwrap();
 
-    let err = s.offers.create_offer(create(offer(&product, "", 10))).await.unwrap_err();
+    // Kept from the catalog's answer to the first offer.
+    s.offers.create_offer(create(offer(&product, "", 20))).await.expect("a known product needs no catalog");
+    let unheard = "prd_unheard";
+    let err = s.offers.create_offer(create(offer(unheard, "", 10))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("catalog"), "{err:?}");
-    let mut offers = s.offers.clone();
+    let offers = s.offers.clone();
     let opened = wait_until(BOUND, || {
-        let (mut offers, product) = (offers.clone(), product.clone());
+        let mut offers = offers.clone();
         async move {
-            let err = offers.create_offer(create(offer(&product, "", 10))).await.unwrap_err();
+            let err = offers.create_offer(create(offer(unheard, "", 10))).await.unwrap_err();
             err.message().contains("circuit open")
         }
     })
     .await;
     assert!(opened, "the breaker never opened");
+    let mut offers = offers.clone();
     let started = Instant::now();
-    let err = offers.create_offer(create(offer(&product, "", 10))).await.unwrap_err();
+    let err = offers.create_offer(create(offer(unheard, "", 10))).await.unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(took < Duration::from_millis(50), "failing fast took {took:?}");
@@ -55,9 +60,13 @@ async fn with_the_catalog_stopped_creation_fails_fast_and_recovers_after_a_resta
     let mut settings = agora_testing::settings("catalog", &s.catalog_db);
     settings.grpc_addr = catalog_addr;
     let _catalog = TestServer::start(agora_catalog::build(settings).await.unwrap()).await;
+    // The restarted catalog answers again: that product does not exist.
     let recovered = wait_until(BOUND, || {
-        let (mut offers, product) = (offers.clone(), product.clone());
-        async move { offers.create_offer(create(offer(&product, "", 10))).await.is_ok() }
+        let mut offers = offers.clone();
+        async move {
+            let err = offers.create_offer(create(offer(unheard, "", 10))).await.unwrap_err();
+            err.code() == Code::NotFound
+        }
     })
     .await;
     assert!(recovered, "offers did not use the restarted catalog");
@@ -95,12 +104,15 @@ async fn with_its_database_broken_available_offers_answers_the_fallback_set(db: 
 /// each failure is retried once.
 #[tokio::test]
 async fn retries_hide_a_flaky_catalog() {
-    let mut s = start(TestDatabase::sqlite()).await;
-    let product = s.product().await;
+    let mut s = start_unfed(TestDatabase::sqlite()).await;
+    let mut products = Vec::new();
+    for _ in 0..10 {
+        products.push(s.product().await);
+    }
     s.catalog_proxy.set_mode(proxy_mode::FAIL_EVERY_OTHER);
     let before = s.catalog_proxy.calls_of("GetProduct");
-    for _ in 0..10 {
-        s.offers.create_offer(create(offer(&product, "", 10))).await.expect("retried into success");
+    for product in &products {
+        s.offers.create_offer(create(offer(product, "", 10))).await.expect("retried into success");
     }
     assert_eq!(
         s.catalog_proxy.calls_of("GetProduct") - before,
@@ -133,7 +145,7 @@ async fn the_retry_budget_caps_the_attempts_of_an_outage() {
 /// The original caller's deadline reaches the catalog as its grpc-timeout.
 #[tokio::test]
 async fn the_callers_deadline_reaches_the_catalog() {
-    let mut s = start(TestDatabase::sqlite()).await;
+    let mut s = start_unfed(TestDatabase::sqlite()).await;
     let product = s.product().await;
     let mut request = tonic::Request::new(create(offer(&product, "", 10)));
     request.set_timeout(Duration::from_millis(800));
@@ -147,7 +159,7 @@ async fn the_callers_deadline_reaches_the_catalog() {
 /// and nothing is created. Shopping answers the same (its own test).
 #[tokio::test]
 async fn a_catalog_answer_without_its_product_is_an_internal_error() {
-    let mut s = start(TestDatabase::sqlite()).await;
+    let mut s = start_unfed(TestDatabase::sqlite()).await;
     let product = s.product().await;
     s.catalog_proxy.answer_empty("GetProduct");
     let err = s.offers.create_offer(create(offer(&product, "", 10))).await.unwrap_err();

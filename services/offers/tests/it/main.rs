@@ -8,5 +8,6 @@ mod common;
 mod failure;
 mod feed;
 mod migrations;
+mod projection;
 mod security;
 mod startup;

@@ -38,11 +38,18 @@ impl Database {
     ///
     /// SQLite takes the write lock at the first write of a deferred
     /// transaction and cannot wait for it there when it already read
-    /// (SQLITE_BUSY at once); `BEGIN IMMEDIATE` takes it up front, where the
-    /// busy timeout applies. PostgreSQL locks rows as it goes.
+    /// (SQLITE_BUSY at once); `BEGIN IMMEDIATE` takes it up front. SQLite
+    /// has one writer at a time, and a writer that finds the lock taken
+    /// polls for it with sleeps that grow to 100 ms (its busy handler), so
+    /// the writers of a process take turns on the one write connection
+    /// instead, queued in the order they came, for at most
+    /// `AGORA_DB_ACQUIRE_TIMEOUT_MS`. PostgreSQL locks rows as it goes.
     pub async fn begin(&self) -> Result<UnitOfWork, Error> {
         let tx = match &self.pool {
-            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await.map_err(failure)?),
+            Pool::Sqlite(_) => {
+                let writer = self.writer.as_ref().expect("a SQLite database has a write connection");
+                Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await.map_err(failure)?)
+            }
             Pool::Postgres(pool) => Tx::Postgres(pool.begin().await.map_err(failure)?),
         };
         Ok(UnitOfWork { tx, db: self.clone(), recorded: None })
