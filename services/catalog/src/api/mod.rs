@@ -136,10 +136,9 @@ impl CatalogService for CatalogApi {
             audit.resource(&product.id);
             return reply(pb::CreateProductResponse { product: Some(product.into()) });
         }
-        if !store::family_exists(&mut uow, &product.family_id).await? {
+        if !store::insert_product(&mut uow, &product).await? {
             return Err(Error::invalid("product.family_id", "no family has this id").into());
         }
-        store::insert_product(&mut uow, &product).await?;
         uow.record(&created).await?;
         uow.commit().await?;
         audit.resource(&product.id);

@@ -23,7 +23,7 @@ mod page;
 mod statement;
 mod unit;
 
-use std::{path::Path, str::FromStr as _, time::Duration};
+use std::{path::Path, str::FromStr as _, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use sqlx::{
@@ -82,7 +82,7 @@ pub struct Database {
     committed: watch::Sender<i64>,
     /// SQLite's one write connection (see [`Database::begin`]); PostgreSQL
     /// writes on its pool.
-    writer: Option<SqlitePool>,
+    writer: Option<Arc<unit::Writer>>,
 }
 
 impl Database {
@@ -101,14 +101,8 @@ impl Database {
                     .context("database URL")?
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(synchronous);
-                // Writers take turns on a connection of their own: SQLite has
-                // one writer at a time anyway, and a connection that alone
-                // writes keeps its page cache (a connection that finds the
-                // file changed by another drops its cache and reads the
-                // pages again: a tenth of a write's CPU when writes went
-                // round the pool).
-                let writer = pool_options(settings).max_connections(1).connect_lazy_with(options.clone());
-                (Pool::Sqlite(pool_options(settings).connect_lazy_with(options)), Some(writer))
+                let writer = unit::Writer::new(options.clone(), settings.db_acquire_timeout);
+                (Pool::Sqlite(pool_options(settings).connect_lazy_with(options)), Some(Arc::new(writer)))
             }
             (url, Backend::Postgres) => {
                 let options = PgConnectOptions::from_str(&url).context("database URL")?;

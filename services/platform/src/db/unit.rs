@@ -15,14 +15,113 @@
 //!
 //! Dropping a unit of work without committing rolls it back.
 
-use sqlx::{Postgres, Sqlite, Transaction};
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{
+    ConnectOptions as _, Connection as _, Postgres, SqlStr, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteConnection, SqliteTransactionManager},
+};
+use sqlx_core::transaction::TransactionManager as _;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{Backend, Database, Pool, Statement, failure};
 use crate::{Error, outbox::DomainEvent, wire::now_micros};
 
 enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(Writing),
     Postgres(Transaction<'static, Postgres>),
+}
+
+/// SQLite's write connection: the writers of a process take turns on it,
+/// in the order they came.
+///
+/// Kept apart from sqlx's pool, by hand (no pool does this): SQLite has
+/// one writer at a time, and a writer that finds the lock taken polls for
+/// it with sleeps that grow to 100 ms (its busy handler); queued here, a
+/// writer finds the lock free. A connection that alone writes also keeps
+/// its page cache (one that finds the file changed by another drops it and
+/// reads the pages again), and is never pinged as sqlx pings a connection
+/// given back to its pool. Measured with eight writers of CreateProduct,
+/// offers following the catalog's feed on the same core: writes round the
+/// pool 1,766 a second at 410 µs of CPU each, on one connection 2,040 at
+/// 360 µs, on this one 2,188 at 326 µs.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    conn: Arc<Mutex<Option<SqliteConnection>>>,
+    options: SqliteConnectOptions,
+    /// The longest wait for the turn (`AGORA_DB_ACQUIRE_TIMEOUT_MS`).
+    wait: Duration,
+}
+
+impl Writer {
+    /// Connects at the first write: the database may be out of reach at start.
+    pub(crate) fn new(options: SqliteConnectOptions, wait: Duration) -> Self {
+        Self { conn: Arc::new(Mutex::new(None)), options, wait }
+    }
+
+    /// Waits for the turn, then begins the transaction.
+    async fn begin(&self) -> Result<Writing, Error> {
+        let turn = tokio::time::timeout(self.wait, Arc::clone(&self.conn).lock_owned()).await;
+        let mut turn = turn.map_err(|_| {
+            Error::unavailable("the database is unavailable: no turn to write within the acquire timeout")
+        })?;
+        if turn.is_none() {
+            *turn = Some(self.options.connect().await.map_err(failure)?);
+        }
+        let conn = turn.as_mut().expect("connected");
+        if let Err(err) =
+            SqliteTransactionManager::begin(conn, Some(SqlStr::from_static("BEGIN IMMEDIATE"))).await
+        {
+            // Opened again at the next write, whatever went wrong.
+            *turn = None;
+            return Err(failure(err));
+        }
+        Ok(Writing { turn, open: true })
+    }
+
+    /// Closes the connection, unless a writer holds it: the last step of
+    /// shutdown.
+    pub(crate) async fn close(&self) {
+        let conn = match self.conn.try_lock() {
+            Ok(mut turn) => turn.take(),
+            Err(_) => None,
+        };
+        if let Some(conn) = conn {
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// A turn on the write connection, with its transaction open until
+/// committed; dropped open, it rolls back (queued on the connection before
+/// the next writer's first statement).
+struct Writing {
+    turn: OwnedMutexGuard<Option<SqliteConnection>>,
+    open: bool,
+}
+
+impl Writing {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        self.turn.as_mut().expect("a turn holds a connection")
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let result = SqliteTransactionManager::commit(self.conn()).await;
+        // Failed or not, the transaction is over: SQLite rolls back a
+        // commit that failed.
+        self.open = false;
+        result
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(conn) = self.turn.as_mut()
+        {
+            SqliteTransactionManager::start_rollback(conn);
+        }
+    }
 }
 
 /// One write transaction on the service's database.
@@ -41,15 +140,14 @@ impl Database {
     /// (SQLITE_BUSY at once); `BEGIN IMMEDIATE` takes it up front. SQLite
     /// has one writer at a time, and a writer that finds the lock taken
     /// polls for it with sleeps that grow to 100 ms (its busy handler), so
-    /// the writers of a process take turns on the one write connection
-    /// instead, queued in the order they came, for at most
+    /// the writers of a process take turns on one write connection instead
+    /// ([`Writer`]), queued in the order they came, for at most
     /// `AGORA_DB_ACQUIRE_TIMEOUT_MS`. PostgreSQL locks rows as it goes.
     pub async fn begin(&self) -> Result<UnitOfWork, Error> {
         let tx = match &self.pool {
-            Pool::Sqlite(_) => {
-                let writer = self.writer.as_ref().expect("a SQLite database has a write connection");
-                Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await.map_err(failure)?)
-            }
+            Pool::Sqlite(_) => Tx::Sqlite(
+                self.writer.as_ref().expect("a SQLite database has a write connection").begin().await?,
+            ),
             Pool::Postgres(pool) => Tx::Postgres(pool.begin().await.map_err(failure)?),
         };
         Ok(UnitOfWork { tx, db: self.clone(), recorded: None })
@@ -89,7 +187,7 @@ impl UnitOfWork {
     /// A statement inside this unit of work's transaction.
     pub fn query(&mut self, sql: &'static str) -> Statement<'_> {
         match &mut self.tx {
-            Tx::Sqlite(tx) => Statement::on_sqlite(tx, sqlx::SqlStr::from_static(sql)),
+            Tx::Sqlite(writing) => Statement::on_sqlite(writing.conn(), sqlx::SqlStr::from_static(sql)),
             Tx::Postgres(tx) => Statement::on_postgres(tx, sqlx::SqlStr::from_static(sql)),
         }
     }
@@ -170,7 +268,7 @@ impl UnitOfWork {
     /// recorded.
     pub async fn commit(self) -> Result<(), Error> {
         match self.tx {
-            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Sqlite(writing) => writing.commit().await,
             Tx::Postgres(tx) => tx.commit().await,
         }
         .map_err(failure)?;
@@ -178,5 +276,65 @@ impl UnitOfWork {
             self.db.announce(sequence);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Database, Settings, config::DatabaseUrl};
+
+    async fn scratch_database(name: &str) -> (Database, std::path::PathBuf) {
+        let dir = crate::scratch_dir(name);
+        let url = DatabaseUrl::new(format!("sqlite:{}/unit.db", dir.display()));
+        let db = Database::connect_lazy(&Settings::for_tests(url)).unwrap();
+        let mut uow = db.begin().await.unwrap();
+        uow.query("CREATE TABLE things (n INTEGER NOT NULL)").execute().await.unwrap();
+        uow.commit().await.unwrap();
+        (db, dir)
+    }
+
+    async fn count(db: &Database) -> i64 {
+        db.query("SELECT COUNT(*) AS n FROM things").fetch_one().await.unwrap().get("n").unwrap()
+    }
+
+    /// A unit of work dropped without its commit leaves nothing, and the
+    /// next writer gets its turn.
+    #[tokio::test]
+    async fn a_dropped_unit_of_work_rolls_back_and_gives_its_turn() {
+        let (db, dir) = scratch_database("uow-drop").await;
+        let mut uow = db.begin().await.unwrap();
+        uow.query("INSERT INTO things (n) VALUES (1)").execute().await.unwrap();
+        drop(uow);
+        let mut uow = db.begin().await.unwrap();
+        uow.query("INSERT INTO things (n) VALUES (2)").execute().await.unwrap();
+        uow.commit().await.unwrap();
+        let n: i64 = db.query("SELECT SUM(n) AS n FROM things").fetch_one().await.unwrap().get("n").unwrap();
+        assert_eq!(n, 2);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Concurrent writers take turns: every commit lands, none is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_take_turns() {
+        let (db, dir) = scratch_database("uow-turns").await;
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        let mut uow = db.begin().await.unwrap();
+                        uow.query("INSERT INTO things (n) VALUES (1)").execute().await.unwrap();
+                        uow.commit().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        assert_eq!(count(&db).await, 400);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
