@@ -9,8 +9,8 @@ file), then measures with h2load (nghttp2-client) speaking gRPC:
               middleware) and the Python grpc.aio peer (bench/python_peer.py:
               GetProduct from the same SQLite file)
   Agora       GetProduct on SQLite (plaintext, TLS, TLS and a token) and
-              PostgreSQL, ListAvailableOffers, CreateOffer (offers asks
-              catalog), offers on PostgreSQL with one and two replicas,
+              PostgreSQL, ListAvailableOffers, CreateProduct and CreateOffer
+              (eight writers, both SQLite durability settings), offers on PostgreSQL with one and two replicas,
               StreamProducts, start-up and idle memory of every service,
               overload, and scale (1,000 versus 1,000,000 products)
 

@@ -323,10 +323,12 @@ class Client:
         generate_client(out)
         sys.path.insert(0, str(out))
         import agora.catalog.v1.catalog_service_pb2 as catalog
+        import agora.common.v1.money_pb2 as money
         import agora.offers.v1.offers_service_pb2 as offers
         from google.protobuf import timestamp_pb2
 
         self.dir, self.catalog, self.offers, self.timestamp = out, catalog, offers, timestamp_pb2.Timestamp
+        self.money = money
 
 
 class DevCredentials(Credentials):

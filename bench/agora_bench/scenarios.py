@@ -9,7 +9,8 @@ happens:
                            measured in turns (bare, python, get_sqlite, get_tls, get_secure,
                            get_traced, get_traced_1, get_postgres)
   list_available_offers    offers on SQLite (available)
-  create_offer             offers asking catalog for the product (create)
+  writes                   CreateProduct and CreateOffer, eight writers, SQLite synchronous=normal and full
+                           (create_product_normal, create_offer_normal, create_product_full, create_offer_full)
   scale                    GetProduct and a deep ListProducts page on SMALL and LARGE products
                            (scale_get_small, scale_list_small, scale_get_large, scale_list_large)
   stream_products          StreamProducts of LARGE products: rows/s and peak memory
@@ -51,7 +52,7 @@ def run_all(bench: Bench, info: dict, created: list) -> None:
     data = prepare(bench.procs, bench.work, created)
     getproduct_side_by_side(bench, data)
     available_count = list_available_offers(bench, data)
-    create_offer(bench, data)
+    writes(bench, data)
     offers_replicas(bench, data, created)
     scale(bench, data)
     stream_products(bench, data)
@@ -173,17 +174,77 @@ def list_available_offers(bench: Bench, data: Data) -> int:
     return available_count
 
 
-def create_offer(bench: Bench, data: Data) -> None:
-    """CreateOffer: offers asks catalog; the catalog's share of the CPU and of the handling time."""
+WRITERS = 8  # concurrent writers of the write rows: h2load -c 8 -m 1
+CREATE_PRODUCT_PATH = "/agora.catalog.v1.CatalogService/CreateProduct"
+FAMILY_PATH = "/agora.catalog.v1.CatalogService/CreateFamily"
+
+
+def writes(bench: Bench, data: Data) -> None:
+    """CreateProduct (the catalog alone) and CreateOffer (offers following the catalog's feed, with catalog
+    and customers beside it), eight writers each, at both SQLite durability settings (normal, the default,
+    and full), each on new files (create_product_normal, create_offer_normal, create_product_full,
+    create_offer_full)."""
+    for sync in ("normal", "full"):
+        create_product(bench, sync)
+        create_offer(bench, sync)
+
+
+def new_product_request(bench: Bench, addr: str):
+    """A family made at `addr`, and a CreateProduct request for a product in it."""
+    cat = bench.client.catalog
+    code, fam, details = call(addr, FAMILY_PATH, cat.CreateFamilyRequest(family=cat.Family(display_name="Lamps")),
+                              cat.CreateFamilyResponse)
+    if code != grpc.StatusCode.OK:
+        raise RuntimeError(f"CreateFamily: {code.name}: {details}")
+    money = bench.client.money
+    return cat.CreateProductRequest(product=cat.Product(
+        display_name="Desk lamp", description="A lamp for a desk", family_id=fam.family.family_id,
+        price=money.Money(currency_code="EUR", amount_minor=3990)))
+
+
+def create_product(bench: Bench, sync: str) -> None:
+    cat = bench.client.catalog
+    db = bench.work / f"writes-catalog-{sync}.db"
+    catalog = start_service(bench.procs, f"catalog-{sync}", "catalog", f"sqlite:{db}",
+                            AGORA_SQLITE_SYNCHRONOUS=sync).wait_serving()
+    try:
+        request = new_product_request(bench, catalog.grpc)
+
+        def check():
+            code, resp, details = call(catalog.grpc, CREATE_PRODUCT_PATH, request, cat.CreateProductResponse)
+            if code != grpc.StatusCode.OK:
+                return f"{code.name}: {details}"
+            if not resp.product.product_id.startswith("prd_"):
+                return f"unexpected product {resp.product}"
+            return None
+
+        bench.load(f"create_product_{sync}", f"Agora catalog, CreateProduct, SQLite, synchronous={sync}, "
+                   f"{WRITERS} writers", catalog.grpc, CREATE_PRODUCT_PATH, frame(request), check,
+                   servers=[catalog], method=CREATE_PRODUCT_PATH, clients=WRITERS, streams=1, at80=False)
+    finally:
+        catalog.stop()
+
+
+def create_offer(bench: Bench, sync: str) -> None:
+    """CreateOffer on a product offers knows from the catalog's feed: the catalog is not asked (the run
+    counts its GetProduct calls)."""
     procs, client, off = bench.procs, bench.client, bench.client.offers
-    catalog = start_service(procs, "catalog", "catalog", f"sqlite:{data.small_db}").wait_serving()
-    customers = start_service(procs, "customers", "customers", f"sqlite:{bench.work / 'customers.db'}").wait_serving()
-    offers = start_service(procs, "offers", "offers", f"sqlite:{bench.work / 'offers-create.db'}",
-                           AGORA_CATALOG_ADDRS=f"http://{catalog.grpc}",
+    w = bench.work
+    catalog = start_service(procs, f"catalog-{sync}", "catalog", f"sqlite:{w / f'offers-catalog-{sync}.db'}")
+    customers = start_service(procs, f"customers-{sync}", "customers", f"sqlite:{w / f'customers-{sync}.db'}")
+    catalog.wait_serving()
+    customers.wait_serving()
+    offers = start_service(procs, f"offers-{sync}", "offers", f"sqlite:{w / f'offers-create-{sync}.db'}",
+                           AGORA_SQLITE_SYNCHRONOUS=sync, AGORA_CATALOG_ADDRS=f"http://{catalog.grpc}",
                            AGORA_CUSTOMERS_ADDRS=f"http://{customers.grpc}").wait_serving()
     try:
+        code, made, details = call(catalog.grpc, CREATE_PRODUCT_PATH, new_product_request(bench, catalog.grpc),
+                                   client.catalog.CreateProductResponse)
+        if code != grpc.StatusCode.OK:
+            raise RuntimeError(f"CreateProduct: {code.name}: {details}")
+        product = made.product.product_id
         start = int(time.time()) - 60
-        new_offer = off.Offer(product_id=product_id(7), kind=off.OFFER_KIND_SPEED, discount_percent=10,
+        new_offer = off.Offer(product_id=product, kind=off.OFFER_KIND_SPEED, discount_percent=10,
                               start_time=client.timestamp(seconds=start),
                               end_time=client.timestamp(seconds=start + 24 * 3600))
         create_req = off.CreateOfferRequest(offer=new_offer)
@@ -192,21 +253,17 @@ def create_offer(bench: Bench, data: Data) -> None:
             code, resp, details = call(offers.grpc, CREATE_PATH, create_req, off.CreateOfferResponse)
             if code != grpc.StatusCode.OK:
                 return f"{code.name}: {details}"
-            if not resp.offer.offer_id or resp.offer.product_id != product_id(7):
+            if not resp.offer.offer_id or resp.offer.product_id != product:
                 return f"unexpected offer {resp.offer}"
             return None
 
-        res = bench.load("create", "Agora offers, CreateOffer (asks catalog), SQLite", offers.grpc, CREATE_PATH,
-                         frame(create_req), create_check, servers=[offers, catalog, customers], method=CREATE_PATH)
+        res = bench.load(f"create_offer_{sync}", f"Agora offers, CreateOffer, SQLite, synchronous={sync}, "
+                         f"{WRITERS} writers", offers.grpc, CREATE_PATH, frame(create_req), create_check,
+                         servers=[offers, catalog, customers], method=CREATE_PATH, clients=WRITERS, streams=1,
+                         at80=False)
         m0, m1 = res["metrics"]
-        calls = metric_delta(m0["catalog"], m1["catalog"], "grpc_server_handling_seconds_count", grpc_method="GetProduct")
-        secs = metric_delta(m0["catalog"], m1["catalog"], "grpc_server_handling_seconds_sum", grpc_method="GetProduct")
-        own = metric_delta(m0["offers"], m1["offers"], "grpc_server_handling_seconds_sum", grpc_method="CreateOffer")
-        own_n = metric_delta(m0["offers"], m1["offers"], "grpc_server_handling_seconds_count",
-                             grpc_method="CreateOffer")
-        res["upstream_calls"] = calls
-        res["catalog_ms"] = secs * 1000 / calls if calls else None
-        res["offers_ms"] = own * 1000 / own_n if own_n else None
+        res["upstream_calls"] = metric_delta(m0[catalog.name], m1[catalog.name], "grpc_server_handling_seconds_count",
+                                             grpc_method="GetProduct")
     finally:
         offers.stop()
         customers.stop()
