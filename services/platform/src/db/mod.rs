@@ -100,7 +100,13 @@ impl Database {
                 let options = SqliteConnectOptions::from_str(&url)
                     .context("database URL")?
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(synchronous);
+                    .synchronous(synchronous)
+                    // Rows cross from the connection's thread to the reader
+                    // through a channel of this many: at sqlx's 50, a batch
+                    // of a stream (128 rows) stopped the thread twice on the
+                    // way (StreamProducts: 195,000 rows/s at 5.1 µs of CPU a
+                    // row, with 512 262,000 at 3.8 µs).
+                    .row_buffer_size(512);
                 let writer = unit::Writer::new(options.clone(), settings.db_acquire_timeout);
                 (Pool::Sqlite(pool_options(settings).connect_lazy_with(options)), Some(Arc::new(writer)))
             }
