@@ -176,15 +176,16 @@ pub async fn available(
             "SELECT ",
             offer_columns!(),
             " FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
-             AND start_time <= $2 AND end_time > $2 ORDER BY end_time, seq LIMIT $3"
+             AND start_time <= $2 AND end_time > $2 ORDER BY end_time, seq LIMIT CAST($3 AS BIGINT)"
         ),
         Some(_) => concat!(
             "SELECT ",
             offer_columns!(),
             " FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
-             AND start_time <= $2 AND end_time > $2 AND product_id = $4 ORDER BY end_time, seq LIMIT $3"
+             AND start_time <= $2 AND end_time > $2 AND product_id = $4 ORDER BY end_time, seq LIMIT CAST($3 AS BIGINT)"
         ),
     };
+    // The LIMIT through a CAST keeps the statement prepared (see `db::page`).
     let mut query = db.query(sql).bind(customer_id.unwrap_or("")).bind(now).bind(i64::from(limit));
     if let Some(product) = product_id {
         query = query.bind(product);

@@ -113,7 +113,7 @@ impl Outbox {
             .db
             .query(
                 "SELECT sequence, payload, occur_time, trace_context FROM outbox_events \
-                 WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                 WHERE sequence > $1 ORDER BY sequence LIMIT CAST($2 AS BIGINT)",
             )
             .bind(after)
             .bind(limit)

@@ -41,7 +41,7 @@ const CUSTOMER_PAGE: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM (SELECT seq, list_id, customer_id, title, revision, create_time, update_time \
-     FROM shopping_lists WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) l \
+     FROM shopping_lists WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT CAST($3 AS BIGINT)) l \
      LEFT JOIN list_items i ON i.list_id = l.list_id ORDER BY l.seq, i.position"
 );
 

@@ -95,7 +95,12 @@ pub async fn page<T>(
     for (n, (column, _)) in set.iter().enumerate() {
         sql.push_str(&format!(" AND {column} = ${}", n + 3));
     }
-    sql.push_str(" ORDER BY seq LIMIT $2");
+    // `CAST`, not `LIMIT $2`: SQLite's planner reads a bare placeholder's
+    // value for its LIMIT, and then every new binding, even of the same
+    // value, expires the prepared statement, which is prepared again at
+    // each run (a sixth of ListAvailableOffers' CPU). Through a `CAST` it
+    // does not look, and the statement stays prepared.
+    sql.push_str(" ORDER BY seq LIMIT CAST($2 AS BIGINT)");
     let mut query = db.query_built(sql).bind(after.unwrap_or(0)).bind(i64::from(limit) + 1);
     for (_, value) in set {
         query = query.bind(value);
