@@ -18,10 +18,13 @@ from .runner import RELEASE, ROOT, Procs, Server
 PYTHON = sys.executable
 
 
-def start_bare(procs: Procs, db: Path) -> Server:
-    return procs.start("bare", [str(RELEASE / "agora-bench-bare")],
-                       {"AGORA_GRPC_ADDR": "127.0.0.1:0", "AGORA_DATABASE_URL": f"sqlite:{db}",
-                        "PATH": os.environ.get("PATH", "")}).wait_listening()
+def start_bare(procs: Procs, db: Path, tls: dict | None = None) -> Server:
+    """The bare tonic server; over TLS with the certificate and key of `tls` (AGORA_TLS_CERT_FILE and
+    AGORA_TLS_KEY_FILE, as DevCredentials.env gives them) when given."""
+    env = {"AGORA_GRPC_ADDR": "127.0.0.1:0", "AGORA_DATABASE_URL": f"sqlite:{db}", "PATH": os.environ.get("PATH", "")}
+    if tls:
+        env.update({k: tls[k] for k in ("AGORA_TLS_CERT_FILE", "AGORA_TLS_KEY_FILE")})
+    return procs.start("bare-tls" if tls else "bare", [str(RELEASE / "agora-bench-bare")], env).wait_listening()
 
 
 def start_python_peer(procs: Procs, db: Path, gen: Path) -> Server:

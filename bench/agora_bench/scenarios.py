@@ -110,7 +110,11 @@ def getproduct_side_by_side(bench: Bench, data: Data) -> None:
                                        **bench.dev.env("catalog"))
         started.append(catalog_secure.wait_serving())
         token = bench.dev.token("customer", "cus_bench")
+        bare_tls = start_bare(procs, data.small_db, tls=bench.dev.env("catalog"))
+        started.append(bare_tls)
         contenders += [
+            dict(key="bare_tls", label="bare tonic, GetProduct from memory, TLS 1.3", addr=bare_tls.grpc,
+                 servers=[bare_tls], tls=True),
             dict(key="get_tls", label="Agora catalog, GetProduct, SQLite, TLS 1.3", addr=catalog_tls.grpc,
                  servers=[catalog_tls], method=GET_PATH, tls=True),
             dict(key="get_secure", label="Agora catalog, GetProduct, SQLite, TLS 1.3 and a customer's token",

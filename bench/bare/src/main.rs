@@ -185,7 +185,14 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    // TLS when given a certificate and its key (the variables the services
+    // read), for the reference of the catalog's TLS rows.
+    if let (Ok(cert), Ok(key)) = (std::env::var("AGORA_TLS_CERT_FILE"), std::env::var("AGORA_TLS_KEY_FILE")) {
+        let identity = tonic::transport::Identity::from_pem(std::fs::read(&cert)?, std::fs::read(&key)?);
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    server
         .add_service(CatalogServiceServer::new(Bare { products }))
         // TCP_NODELAY as tonic's own `serve` sets it: a response is not held back by Nagle's algorithm.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
