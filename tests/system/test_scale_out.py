@@ -449,16 +449,17 @@ def test_the_feed_is_followed_again_within_the_bound_each_time_its_replica_is_ki
 
 def test_replicas_behind_the_name_join_and_leave_as_it_changes(scaled):
     """Offers balances its calls to the catalog over every address `catalog` resolves to, and
-    follows the name as it changes (re-resolved every AGORA_UPSTREAM_RESOLVE_MS)."""
+    follows the name as it changes (re-resolved every AGORA_UPSTREAM_RESOLVE_MS). The offers are
+    asked for products nobody has: offers keeps the products the catalog's feed brings and asks the
+    catalog only for one it has not heard of, and keeps nothing of an unknown one, so each of these
+    calls asks the catalog (which answers NOT_FOUND)."""
     system = scaled
     offers_pb2, _ = system.pb["offers"]
-    _, products = seed(system, 1)
     offers = system.stub("offers")
 
     def served_by_catalog() -> list:
-        return [r.metric("grpc_server_handled_total",
-                         'grpc_service="agora.catalog.v1.CatalogService",grpc_method="GetProduct",grpc_code="OK"')
-                or 0 for r in system.catalog]
+        return [r.metric("grpc_server_handled_total", 'grpc_service="agora.catalog.v1.CatalogService",'
+                         'grpc_method="GetProduct",grpc_code="NOT_FOUND"') or 0 for r in system.catalog]
 
     def resolved_to(n: int) -> None:
         """Waits until every offers replica balances over `n` catalog replicas."""
@@ -471,10 +472,14 @@ def test_replicas_behind_the_name_join_and_leave_as_it_changes(scaled):
 
     def create_offers(n: int) -> list:
         before = served_by_catalog()
-        for _ in range(n):
-            offers.CreateOffer(offers_pb2.CreateOfferRequest(request_id=str(uuid.uuid4()), offer=offers_pb2.Offer(
-                product_id=products[0], kind=offers_pb2.OFFER_KIND_SPEED, discount_percent=5,
-                start_time=timestamp(-60), end_time=timestamp(3600))), timeout=10)
+        for i in range(n):
+            try:
+                offers.CreateOffer(offers_pb2.CreateOfferRequest(request_id=str(uuid.uuid4()), offer=offers_pb2.Offer(
+                    product_id=f"prd_nowhere_{i}", kind=offers_pb2.OFFER_KIND_SPEED, discount_percent=5,
+                    start_time=timestamp(-60), end_time=timestamp(3600))), timeout=10)
+                raise AssertionError("an offer on a product nobody has was created")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.NOT_FOUND, err
         return [after - b for after, b in zip(served_by_catalog(), before)]
 
     spread = create_offers(60)
