@@ -119,6 +119,9 @@ NOT_SET = {
     "AGORA_SERVICE_TOKEN_FILE": "services prove who they are with their certificates (mTLS is on everywhere)",
     "AGORA_OFFERS_FALLBACK": "offers reads its fallback from a file instead (ConfigMap offers-fallback)",
     "AGORA_BUILD_COMMIT": "read when the binary is built (make image names the commit), not when it runs",
+    "AGORA_SQLITE_SYNCHRONOUS": "SQLite's default (normal) keeps every acknowledged write through a crash of the "
+                                "pod, which is what the dev overlay needs; production runs on PostgreSQL "
+                                "(docs/OPERATIONS.md, durability of writes)",
     "AGORA_REQUIRE_POSTGRES": "tests only",
     "AGORA_TEST_POSTGRES_URL": "tests only",
     "AGORA_TEST_LOG": "tests only",
