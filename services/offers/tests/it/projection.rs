@@ -14,6 +14,24 @@ agora_testing::on_both_backends!(
     an_offer_made_within_the_feeds_lag_goes_with_its_discontinued_product,
 );
 
+/// Whether, within `bound`, a new offer on `product` is refused because the
+/// product is discontinued (an offer made before that is created).
+async fn refused_within(s: &System, product: &str, bound: std::time::Duration) -> bool {
+    let offers = s.offers.clone();
+    wait_until(bound, || {
+        let (mut offers, product) = (offers.clone(), product.to_owned());
+        async move {
+            match offers.create_offer(create(offer(&product, "", 30))).await {
+                Err(err) if err.code() == Code::FailedPrecondition => {
+                    err.get_details_precondition_failure().unwrap().violations[0].r#type == "PRODUCT_STATE"
+                }
+                _ => false,
+            }
+        }
+    })
+    .await
+}
+
 /// The catalog refuses GetProduct: offers are still created once the feed
 /// brought the product, and no later creation asks the catalog.
 async fn a_product_the_feed_brought_needs_no_call_to_the_catalog(db: TestDatabase) {
@@ -46,20 +64,7 @@ async fn a_product_discontinued_on_the_feed_is_refused_without_the_catalog(db: T
         s.offers.create_offer(create(offer(&product, "", 10))).await.unwrap().into_inner().offer.unwrap();
     s.discontinue(&product).await;
     s.catalog_proxy.refuse("GetProduct");
-    let offers = s.offers.clone();
-    let refused = wait_until(BOUND, || {
-        let (mut offers, product) = (offers.clone(), product.clone());
-        async move {
-            match offers.create_offer(create(offer(&product, "", 10))).await {
-                Err(err) if err.code() == Code::FailedPrecondition => {
-                    err.get_details_precondition_failure().unwrap().violations[0].r#type == "PRODUCT_STATE"
-                }
-                _ => false,
-            }
-        }
-    })
-    .await;
-    assert!(refused, "the discontinuation never reached offers");
+    assert!(refused_within(&s, &product, BOUND).await, "the discontinuation never reached offers");
     let active = s.offers_of(&product, pb::OfferState::Active).await;
     assert!(active.is_empty(), "offers left on a discontinued product: {active:?}");
     let withdrawn = s.offers_of(&product, pb::OfferState::Withdrawn).await;
@@ -100,16 +105,7 @@ async fn an_offer_made_within_the_feeds_lag_goes_with_its_discontinued_product(d
     let within = within.into_inner().offer.unwrap();
 
     s.catalog_proxy.stop_refusing();
-    let offers = s.offers.clone();
-    let refused = wait_until(BOUND * 2, || {
-        let (mut offers, product) = (offers.clone(), product.clone());
-        async move {
-            let result = offers.create_offer(create(offer(&product, "", 30))).await;
-            matches!(result, Err(err) if err.code() == Code::FailedPrecondition)
-        }
-    })
-    .await;
-    assert!(refused, "the feed never brought the discontinuation");
+    assert!(refused_within(&s, &product, BOUND * 2).await, "the feed never brought the discontinuation");
     let withdrawn: Vec<String> =
         s.offers_of(&product, pb::OfferState::Withdrawn).await.into_iter().map(|o| o.offer_id).collect();
     for id in [&before.offer_id, &within.offer_id] {

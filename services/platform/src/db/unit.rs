@@ -137,12 +137,10 @@ impl Database {
     ///
     /// SQLite takes the write lock at the first write of a deferred
     /// transaction and cannot wait for it there when it already read
-    /// (SQLITE_BUSY at once); `BEGIN IMMEDIATE` takes it up front. SQLite
-    /// has one writer at a time, and a writer that finds the lock taken
-    /// polls for it with sleeps that grow to 100 ms (its busy handler), so
-    /// the writers of a process take turns on one write connection instead
-    /// ([`Writer`]), queued in the order they came, for at most
-    /// `AGORA_DB_ACQUIRE_TIMEOUT_MS`. PostgreSQL locks rows as it goes.
+    /// (SQLITE_BUSY at once); `BEGIN IMMEDIATE` takes it up front, on the
+    /// one write connection the writers of a process take turns on
+    /// ([`Writer`]), for at most `AGORA_DB_ACQUIRE_TIMEOUT_MS`. PostgreSQL
+    /// locks rows as it goes.
     pub async fn begin(&self) -> Result<UnitOfWork, Error> {
         let tx = match &self.pool {
             Pool::Sqlite(_) => Tx::Sqlite(

@@ -322,10 +322,15 @@ impl CallGuard {
         // an exported span; when neither will be (a success at the default
         // level, traces off), recording it is skipped: the log layer formats
         // every recorded field, a tenth of a GetProduct's CPU with the span.
-        let logged = audit
-            || matches!(code, 2 | 4 | 13 | 14 | 15)
-            || tracing::enabled!(tracing::Level::DEBUG)
-            || crate::telemetry::exporting();
+        // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS: the
+        // server's side of the story, worth a look, unless the server
+        // refused the call itself (still starting, shedding). UNAVAILABLE
+        // while the server stops is the stop's doing: the streams it ends
+        // (change feeds) tell their callers to go elsewhere.
+        let ended_by_stop = code == 14 && self.stopping.is_triggered();
+        let failed = matches!(code, 2 | 4 | 13 | 14 | 15) && !refused && !ended_by_stop;
+        let logged =
+            audit || failed || tracing::enabled!(tracing::Level::DEBUG) || crate::telemetry::exporting();
         if logged {
             let ms = elapsed.as_secs_f64() * 1000.0;
             self.span.record("grpc.code", name);
@@ -350,19 +355,15 @@ impl CallGuard {
                 "audit"
             );
         }
-        match code {
-            // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS:
-            // the server's side of the story, worth a look, unless the
-            // server refused the call itself (still starting, shedding).
-            // UNAVAILABLE while the server stops is the stop's doing: the
-            // streams it ends (change feeds) tell their callers to go
-            // elsewhere.
-            14 if self.stopping.is_triggered() => tracing::debug!("call ended by the shutdown"),
-            2 | 4 | 13 | 14 | 15 if !refused => tracing::warn!("call failed"),
+        if failed {
+            tracing::warn!("call failed");
+        } else if ended_by_stop {
+            tracing::debug!("call ended by the shutdown");
+        } else {
             // Successes, refusals and the caller's mistakes at debug: the
             // metrics count them, and a flood of bad or excess calls must
             // not become a flood of log lines.
-            _ => tracing::debug!("call finished"),
+            tracing::debug!("call finished");
         }
     }
 }
