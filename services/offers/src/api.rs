@@ -7,11 +7,11 @@ use agora_contracts::agora::offers::v1::{
     offer_service_server::{OfferService, SERVICE_NAME},
 };
 use agora_platform::{
-    Database, Error, Precondition, UnitOfWork, Violations,
+    Database, Error, UnitOfWork, Violations,
     db::IdempotencyKey,
     middleware::{Deadline, ExtraTrailers},
     security::{Access, Audit, Grant, Policy, Rule},
-    upstream::hosts::{Hosts, Sale},
+    upstream::hosts::{Hosts, Needs},
     wire::{
         Answer, Paging, micros_from_timestamp, new_id, now_micros, optional_id, parse_request_id, reply,
         required, required_id, timestamp_from_micros,
@@ -131,52 +131,20 @@ fn parse_new_offer(
 }
 
 impl OffersApi {
-    /// A personal offer's customer exists (customers is asked).
-    async fn check_customer(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<(), Error> {
-        if let Some(customer_id) = &new.customer_id
-            && !self.hosts.customers.exists(customer_id, deadline).await?
-        {
-            return Err(Error::NotFound { resource: "customer", id: customer_id.clone() });
-        }
-        Ok(())
-    }
-
-    /// A unit of work in which `product_id` is on sale, and stays so until
-    /// it ends.
-    ///
-    /// The product is looked up in what offers keeps of the catalog's
-    /// products from its change feed ([`store::product_on_sale`]), inside
-    /// the unit of work: a discontinuation the feed applies at the same
-    /// time either comes first (the product is refused) or waits for this
-    /// commit and then withdraws the new offer with the others. Only a
-    /// product offers has not heard of yet (created a moment ago, or before
-    /// offers kept products) is asked of the catalog, with no transaction
-    /// open meanwhile, and the answer kept. A product discontinued within
-    /// the feed's lag may still get an offer: the discontinuation withdraws
-    /// it when it arrives, as it does every offer on the product.
-    async fn begin_on_sale(&self, product_id: &str, deadline: Option<Deadline>) -> Result<UnitOfWork, Error> {
-        let discontinued = || Error::FailedPrecondition {
-            kind: Precondition::ProductState,
-            subject: format!("product/{product_id}"),
-            description: "the product is discontinued; offers need a product on sale".into(),
-        };
-        let mut uow = self.db.begin().await?;
-        match store::product_on_sale(&mut uow, product_id).await? {
-            Some(true) => return Ok(uow),
-            Some(false) => return Err(discontinued()),
-            None => drop(uow),
-        }
-        match self.hosts.catalog.sale(product_id, deadline).await? {
-            Sale::OnSale => {}
-            Sale::NotOnSale => return Err(discontinued()),
-            Sale::Unknown => return Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
-        }
-        let mut uow = self.db.begin().await?;
-        store::keep_product(&mut uow, product_id, true).await?;
-        match store::product_on_sale(&mut uow, product_id).await? {
-            Some(true) => Ok(uow),
-            _ => Err(discontinued()),
-        }
+    /// A unit of work in which the offer's product is on sale and its
+    /// customer (a personal offer's) registered, and both stay so until it
+    /// ends ([`Hosts::begin_checked`]): a discontinuation or a deletion the
+    /// feeds apply at the same time either comes first (the offer is
+    /// refused) or waits for this commit and then withdraws the new offer
+    /// with the others. Only a product or customer offers has not heard of
+    /// yet is asked of its upstream. A product discontinued within the
+    /// feed's lag may still get an offer: the discontinuation withdraws it
+    /// when it arrives, as it does every offer on the product.
+    async fn begin_checked(&self, new: &NewOffer, deadline: Option<Deadline>) -> Result<UnitOfWork, Error> {
+        let needs = Needs { product_on_sale: Some(&new.product_id), customer: new.customer_id.as_deref() };
+        self.hosts.begin_checked(&self.db, needs, deadline).await.map_err(|refusal| {
+            refusal.error(|_| "the product is discontinued; offers need a product on sale".into())
+        })
     }
 }
 
@@ -187,11 +155,8 @@ impl OfferService for OffersApi {
         let audit = Audit::of(&req);
         let now = now_micros();
         let (key, new) = parse_new_offer(req.into_inner(), now)?;
-        // Asked before the unit of work: no transaction stays open while
-        // another service is waited for.
-        self.check_customer(&new, deadline).await?;
+        let mut uow = self.begin_checked(&new, deadline).await?;
         let offer = Offer::create(new_id("off"), new, now);
-        let mut uow = self.begin_on_sale(&offer.product_id, deadline).await?;
         if let Some(earlier) = uow.claim(key.as_ref(), &offer.id).await? {
             drop(uow);
             let offer = store::offer(&self.db, &earlier).await?;

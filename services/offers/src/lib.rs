@@ -30,9 +30,10 @@ use agora_platform::{
 
 pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, admin_port: 9103 };
 
-/// The offers table, per dialect (the platform adds its own).
+/// The offers table and what offers keeps of its upstreams, per dialect
+/// (the platform adds its own tables).
 pub const MIGRATIONS: Migrations = agora_platform::migrations!(
-    [(1, "0001_offers"), (2, "0002_catalog_products")],
+    [(1, "0001_offers"), (2, "0002_catalog_products"), (3, "0003_known_customers")],
     legacy [(1, "0001_offers"), (2, "0002_feed_cursors"), (3, "0003_available_by_product")] replaced through 1
 );
 

@@ -6,7 +6,7 @@
 
 use agora_platform::{
     Database, Error, UnitOfWork,
-    db::{Backend, Executor, Filter, Page, Row, page},
+    db::{Executor, Filter, Page, Row, page},
 };
 
 use crate::domain::{Offer, OfferState, Window};
@@ -98,36 +98,6 @@ pub async fn list(
     limit: u32,
 ) -> Result<Page<Offer>, Error> {
     page(db, concat!("SELECT ", offer_columns!(), " FROM offers"), filter, after, limit, offer_from_row).await
-}
-
-/// Whether the catalog sells `product_id`, as offers last learned it (see
-/// [`keep_product`]); None: offers has not heard of the product yet. Read
-/// in the unit of work that creates an offer on it: on PostgreSQL the row
-/// is locked (`FOR SHARE`) until that commits, so the feed's change of it
-/// waits; SQLite has one writer at a time and needs no lock.
-pub async fn product_on_sale(uow: &mut UnitOfWork, product_id: &str) -> Result<Option<bool>, Error> {
-    let sql = match uow.backend() {
-        Backend::Sqlite => "SELECT on_sale FROM catalog_products WHERE product_id = $1",
-        Backend::Postgres => "SELECT on_sale FROM catalog_products WHERE product_id = $1 FOR SHARE",
-    };
-    uow.query(sql).bind(product_id).fetch_optional().await?.map(|row| row.get("on_sale")).transpose()
-}
-
-/// Keeps what the catalog said of a product: from its change feed, or from
-/// its answer to a new offer's check. A product never returns to sale, so
-/// "not on sale" always wins and "on sale" only adds a product not known
-/// yet: events and answers may then arrive in any order and the row ends
-/// where the catalog's last word put it.
-pub async fn keep_product(uow: &mut UnitOfWork, product_id: &str, on_sale: bool) -> Result<(), Error> {
-    uow.query(
-        "INSERT INTO catalog_products (product_id, on_sale) VALUES ($1, $2) \
-         ON CONFLICT (product_id) DO UPDATE SET on_sale = excluded.on_sale WHERE NOT excluded.on_sale",
-    )
-    .bind(product_id)
-    .bind(on_sale)
-    .execute()
-    .await
-    .map(drop)
 }
 
 /// Which offers a feed event withdraws.

@@ -2,7 +2,8 @@
 //! upstreams through the anti-corruption layer where the rules need them)
 //! → convert. Every invalid field of a request is reported at once.
 //!
-//! Only CreateShoppingList and AddItem ask an upstream; the other calls
+//! Only CreateShoppingList and AddItem may ask an upstream, and only about
+//! a customer or product shopping has not heard of yet; the other calls
 //! touch this context's own database only, so an outage of catalog or
 //! customers leaves them working.
 
@@ -11,10 +12,10 @@ use agora_contracts::agora::shopping::v1::{
     shopping_list_service_server::{SERVICE_NAME, ShoppingListService},
 };
 use agora_platform::{
-    Database, Error, Precondition, Violations,
+    Database, Error, UnitOfWork, Violations,
     middleware::Deadline,
     security::{Access, Grant, Policy, Rule},
-    upstream::hosts::{Hosts, Sale},
+    upstream::hosts::{Hosts, Needs},
     wire::{Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros},
 };
 use tonic::Request;
@@ -131,28 +132,18 @@ fn list_filter(customer_id: &str) -> String {
 }
 
 impl ShoppingApi {
-    /// The owner of a new list must be a customer.
-    async fn check_customer(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        if self.hosts.customers.exists(customer_id, deadline).await? {
-            Ok(())
-        } else {
-            Err(Error::NotFound { resource: "customer", id: customer_id.to_owned() })
-        }
-    }
-
-    /// Only a product on sale goes on a list.
-    async fn check_listable(&self, product_id: &str, deadline: Option<Deadline>) -> Result<(), Error> {
-        match self.hosts.catalog.sale(product_id, deadline).await? {
-            Sale::OnSale => Ok(()),
-            Sale::Unknown => Err(Error::NotFound { resource: "product", id: product_id.to_owned() }),
-            Sale::NotOnSale => Err(Error::FailedPrecondition {
-                kind: Precondition::ProductState,
-                subject: format!("product/{product_id}"),
-                description: format!(
-                    "product {product_id} is discontinued; only products on sale can be added to a list"
-                ),
-            }),
-        }
+    /// A unit of work in which what `needs` names is so and stays so until
+    /// it ends ([`Hosts::begin_checked`]): a deletion or discontinuation
+    /// the feeds apply at the same time either comes first (the write is
+    /// refused) or waits for this commit and then deletes the new list or
+    /// marks the new item unavailable. Only a product or customer shopping
+    /// has not heard of yet is asked of its upstream.
+    async fn begin_checked(&self, needs: Needs<'_>, deadline: Option<Deadline>) -> Result<UnitOfWork, Error> {
+        self.hosts.begin_checked(&self.db, needs, deadline).await.map_err(|refusal| {
+            refusal.error(|product_id| {
+                format!("product {product_id} is discontinued; only products on sale can be added to a list")
+            })
+        })
     }
 }
 
@@ -166,9 +157,10 @@ impl ShoppingListService for ShoppingApi {
         let (grant, req) = Grant::split(req)?;
         let new = NewList::try_from(req)?;
         grant.check_owner(&new.customer_id)?;
-        self.check_customer(&new.customer_id, deadline).await?;
+        let mut uow = self
+            .begin_checked(Needs { customer: Some(&new.customer_id), ..Needs::default() }, deadline)
+            .await?;
         let list = ShoppingList::create(new_id("lst"), new, now_micros());
-        let mut uow = self.db.begin().await?;
         store::insert(&mut uow, &list).await?;
         uow.commit().await?;
         tracing::info!(list_id = %list.id, customer_id = %list.customer_id, "shopping list created");
@@ -210,10 +202,10 @@ impl ShoppingListService for ShoppingApi {
         if let Grant::Owner(_) = grant {
             grant.owned(store::list(&self.db, &add.list_id).await, owner)?;
         }
-        // Asked before the unit of work: no transaction stays open while
-        // another service is waited for.
-        self.check_listable(&add.product_id, deadline).await?;
-        let mut uow = self.db.begin().await?;
+        // The product is checked before the list is locked: on PostgreSQL
+        // the feeds' changes take their locks in that order too.
+        let needs = Needs { product_on_sale: Some(&add.product_id), ..Needs::default() };
+        let mut uow = self.begin_checked(needs, deadline).await?;
         let mut list = grant.owned(store::lock(&mut uow, &add.list_id).await, owner)?;
         let addition = list.add_item(&add.product_id, add.quantity, &add.etag, now_micros())?;
         store::save_addition(&mut uow, &list, &add.product_id, addition).await?;

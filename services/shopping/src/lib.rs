@@ -32,7 +32,7 @@ pub const SPEC: ServiceSpec = ServiceSpec { name: "shopping", grpc_port: 50054, 
 
 /// The shopping tables, per dialect (the platform adds its own).
 pub const MIGRATIONS: Migrations = agora_platform::migrations!(
-    [(1, "0001_shopping")],
+    [(1, "0001_shopping"), (2, "0002_upstream_projections")],
     legacy [(1, "0001_shopping"), (2, "0002_feed_cursors"), (3, "0003_items_by_product")] replaced through 1
 );
 

@@ -390,25 +390,48 @@ pub mod proxy_mode {
 
 /// A gRPC proxy in front of a real upstream, for tests of the client stack
 /// through real services: it counts the calls, records the `grpc-timeout`
-/// each carried, and fails calls with UNAVAILABLE on demand. It serves TLS
-/// with a certificate of the test CA, and calls the upstream over TLS with
-/// the certificate of the service whose calls it carries, as a sidecar of
-/// that service would.
+/// each carried, fails calls with UNAVAILABLE on demand, and can hold the
+/// upstream's answers to one method back until the test releases them. It
+/// serves TLS with a certificate of the test CA, and calls the upstream
+/// over TLS with the certificate of the service whose calls it carries, as
+/// a sidecar of that service would.
 pub struct Proxy {
     pub addr: SocketAddr,
-    pub mode: Arc<std::sync::atomic::AtomicU8>,
-    pub calls: Arc<AtomicU32>,
+    switches: Arc<Switches>,
+    task: JoinHandle<()>,
+}
+
+/// What a [`Proxy`] does with the calls it receives, and what it saw.
+struct Switches {
+    /// One of [`proxy_mode`].
+    mode: std::sync::atomic::AtomicU8,
+    calls: AtomicU32,
     /// Calls by gRPC method name (`GetProduct`), to tell a client's calls
     /// from the change-feed streams that share the proxy.
-    pub by_method: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-    pub timeouts: Arc<std::sync::Mutex<Vec<Duration>>>,
+    by_method: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    timeouts: std::sync::Mutex<Vec<Duration>>,
     /// A method answered OK with an empty message instead of forwarded:
     /// an upstream that breaks its contract.
-    pub empty: Arc<std::sync::Mutex<Option<String>>>,
+    empty: std::sync::Mutex<Option<String>>,
     /// A method answered UNAVAILABLE whatever the mode: an upstream that
     /// serves the rest, such as one whose change feed cannot be reached.
-    pub refused: Arc<std::sync::Mutex<Option<String>>>,
-    task: JoinHandle<()>,
+    refused: std::sync::Mutex<Option<String>>,
+    /// A method whose answers wait until the gate opens.
+    held: std::sync::Mutex<Option<String>>,
+    /// Open (true) unless a method is held.
+    gate: tokio::sync::watch::Sender<bool>,
+    /// Answers waiting at the closed gate.
+    waiting: AtomicU32,
+}
+
+impl Switches {
+    fn is(switch: &std::sync::Mutex<Option<String>>, method: &str) -> bool {
+        switch.lock().expect("a proxy switch").as_deref() == Some(method)
+    }
+
+    fn set(switch: &std::sync::Mutex<Option<String>>, method: Option<&str>) {
+        *switch.lock().expect("a proxy switch") = method.map(str::to_owned);
+    }
 }
 
 /// An OK gRPC answer whose one message is empty (every field at its
@@ -441,44 +464,35 @@ impl Proxy {
             .expect("the proxy's TLS"),
         ));
         let addr = listener.local_addr().expect("bound");
-        let mode = Arc::new(std::sync::atomic::AtomicU8::new(proxy_mode::FORWARD));
-        let calls = Arc::new(AtomicU32::new(0));
-        let by_method = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-        let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let empty = Arc::new(std::sync::Mutex::new(None::<String>));
-        let refused = Arc::new(std::sync::Mutex::new(None::<String>));
+        let switches = Arc::new(Switches {
+            mode: std::sync::atomic::AtomicU8::new(proxy_mode::FORWARD),
+            calls: AtomicU32::new(0),
+            by_method: Default::default(),
+            timeouts: Default::default(),
+            empty: Default::default(),
+            refused: Default::default(),
+            held: Default::default(),
+            gate: tokio::sync::watch::channel(true).0,
+            waiting: AtomicU32::new(0),
+        });
         let client = hyper_client(&pki().service_tls(service));
         let origin = url(target);
-        let (m, c, t, b, e, r) = (
-            mode.clone(),
-            calls.clone(),
-            timeouts.clone(),
-            by_method.clone(),
-            empty.clone(),
-            refused.clone(),
-        );
+        let shared = switches.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (client, origin, m, c, t, b, e, r) = (
-                    client.clone(),
-                    origin.clone(),
-                    m.clone(),
-                    c.clone(),
-                    t.clone(),
-                    b.clone(),
-                    e.clone(),
-                    r.clone(),
-                );
+                let (client, origin, switches) = (client.clone(), origin.clone(), shared.clone());
                 let acceptor = acceptor.clone();
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    c.fetch_add(1, Ordering::SeqCst);
+                    let s = switches.clone();
+                    s.calls.fetch_add(1, Ordering::SeqCst);
                     let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-                    let answer_empty = e.lock().expect("empty").as_deref() == Some(method.as_str());
-                    let refuse = r.lock().expect("refused").as_deref() == Some(method.as_str());
+                    let answer_empty = Switches::is(&s.empty, &method);
+                    let refuse = Switches::is(&s.refused, &method);
+                    let hold = Switches::is(&s.held, &method);
                     // Every other call of each method fails, so streams that
                     // share the proxy do not shift a client's pattern.
                     let n = {
-                        let mut counts = b.lock().expect("by method");
+                        let mut counts = s.by_method.lock().expect("by method");
                         let count = counts.entry(method).or_default();
                         *count += 1;
                         *count - 1
@@ -489,10 +503,10 @@ impl Proxy {
                         .and_then(|v| v.to_str().ok())
                         .and_then(agora_platform::middleware::parse_grpc_timeout)
                     {
-                        t.lock().expect("timeouts").push(timeout);
+                        s.timeouts.lock().expect("timeouts").push(timeout);
                     }
                     let fail = refuse
-                        || match m.load(Ordering::SeqCst) {
+                        || match s.mode.load(Ordering::SeqCst) {
                             proxy_mode::FAIL_ALL => true,
                             proxy_mode::FAIL_EVERY_OTHER => n % 2 == 0,
                             _ => false,
@@ -510,9 +524,26 @@ impl Proxy {
                         }
                         let (mut parts, body) = req.into_parts();
                         parts.uri = format!("{origin}{}", parts.uri.path()).parse().expect("valid URI");
-                        let response = client
+                        let response = match client
                             .request(http::Request::from_parts(parts, tonic::body::Body::new(body)))
-                            .await?;
+                            .await
+                        {
+                            Ok(response) => response,
+                            // The upstream is down: UNAVAILABLE, as a sidecar answers.
+                            Err(err) => {
+                                return Ok(tonic::Status::unavailable(format!(
+                                    "upstream connect error: {err}"
+                                ))
+                                .into_http::<tonic::body::Body>());
+                            }
+                        };
+                        if hold {
+                            // The upstream answered; the caller waits for it.
+                            let mut gate = s.gate.subscribe();
+                            s.waiting.fetch_add(1, Ordering::SeqCst);
+                            let _ = gate.wait_for(|open| *open).await;
+                            s.waiting.fetch_sub(1, Ordering::SeqCst);
+                        }
                         Ok(response.map(tonic::body::Body::new))
                     }
                 });
@@ -525,37 +556,81 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, mode, calls, by_method, timeouts, empty, refused, task }
+        Self { addr, switches, task }
     }
 
     /// From now on, answers calls of `method` (`GetProduct`) OK with an
     /// empty message, as an upstream that breaks its contract would.
     pub fn answer_empty(&self, method: &str) {
-        *self.empty.lock().expect("empty") = Some(method.to_owned());
+        Switches::set(&self.switches.empty, Some(method));
     }
 
     /// From now on, answers calls of `method` (`WatchCatalogEvents`)
     /// UNAVAILABLE and passes the others on as the mode says.
     pub fn refuse(&self, method: &str) {
-        *self.refused.lock().expect("refused") = Some(method.to_owned());
+        Switches::set(&self.switches.refused, Some(method));
     }
 
     /// Passes calls of the refused method on again.
     pub fn stop_refusing(&self) {
-        *self.refused.lock().expect("refused") = None;
+        Switches::set(&self.switches.refused, None);
+    }
+
+    /// From now on, calls of `method` (`GetCustomer`) are passed on, and
+    /// the upstream's answers held back until [`Self::release`]: the
+    /// caller acts on an answer the upstream gave a while ago.
+    pub fn hold(&self, method: &str) {
+        self.switches.gate.send_replace(false);
+        Switches::set(&self.switches.held, Some(method));
+    }
+
+    /// How many answers are held back now.
+    pub fn holding(&self) -> u32 {
+        self.switches.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held answer go, and holds no more.
+    pub fn release(&self) {
+        Switches::set(&self.switches.held, None);
+        self.switches.gate.send_replace(true);
+    }
+
+    /// Puts `meanwhile` between the upstream's answer to a question of
+    /// `call` and the caller's use of it: holds the answers to `method`,
+    /// runs `call` until one is held (bounded), runs `meanwhile`, then lets
+    /// the answer go and returns what `call` made of it. The way a test
+    /// forces a race against a change of the upstream, every time.
+    pub async fn between_answer_and_use<T, C, M>(&self, method: &str, call: C, meanwhile: M) -> T
+    where
+        T: Send + 'static,
+        C: Future<Output = T> + Send + 'static,
+        M: Future<Output = ()>,
+    {
+        self.hold(method);
+        let call = tokio::spawn(call);
+        let held = wait_until(Duration::from_secs(10), || async { self.holding() > 0 }).await;
+        assert!(held, "no answer to {method} was held within 10 s");
+        meanwhile.await;
+        self.release();
+        call.await.expect("the call's task")
     }
 
     pub fn set_mode(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
+        self.switches.mode.store(mode, Ordering::SeqCst);
     }
 
     pub fn calls(&self) -> u32 {
-        self.calls.load(Ordering::SeqCst)
+        self.switches.calls.load(Ordering::SeqCst)
     }
 
     /// Calls of one gRPC method (`GetProduct`).
     pub fn calls_of(&self, method: &str) -> u32 {
-        self.by_method.lock().expect("by method").get(method).copied().unwrap_or(0)
+        self.switches.by_method.lock().expect("by method").get(method).copied().unwrap_or(0)
+    }
+
+    /// The `grpc-timeout` of every call so far, in order.
+    pub fn timeouts(&self) -> Vec<Duration> {
+        self.switches.timeouts.lock().expect("timeouts").clone()
     }
 }
 

@@ -17,20 +17,21 @@ use agora_platform::{
 
 use crate::store::{self, Withdrawn};
 
-/// Offers, as the catalog's and customers' feeds change them: every product
-/// the catalog creates or changes is kept with whether it is on sale (a new
-/// offer is checked against that, not asked of the catalog); a product that
-/// left the catalog's sale takes its offers with it, and a customer who left
-/// takes their personal offers. Every other event only moves the cursor.
+/// Offers, as the catalog's and customers' feeds change them: a product
+/// that left the catalog's sale takes its offers with it, and a customer
+/// who left takes their personal offers. What each event says of its
+/// product or customer is kept by the platform besides
+/// ([`known`](agora_platform::upstream::known)): a new offer is checked
+/// against that, not asked of the upstreams. Every other event only moves
+/// the cursor.
 #[derive(Clone)]
 pub struct Offers;
 
 /// A change of offers' data that an upstream event asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The catalog sells the product, or stopped selling it (then its
-    /// offers are withdrawn).
-    Product { product_id: String, on_sale: bool },
+    /// The catalog stopped selling the product: its offers are withdrawn.
+    ProductLeftSale(String),
     /// The customer left: their personal offers are withdrawn.
     CustomerLeft(String),
 }
@@ -41,13 +42,7 @@ impl Effects for Offers {
 
     async fn apply(&self, uow: &mut UnitOfWork, change: Change) -> Result<(), Error> {
         let gone = match change {
-            Change::Product { product_id, on_sale } => {
-                store::keep_product(uow, &product_id, on_sale).await?;
-                if on_sale {
-                    return Ok(());
-                }
-                Withdrawn::OfProduct(product_id)
-            }
+            Change::ProductLeftSale(product_id) => Withdrawn::OfProduct(product_id),
             Change::CustomerLeft(customer_id) => Withdrawn::OfCustomer(customer_id),
         };
         let withdrawn = store::withdraw_all(uow, &gone, now_micros()).await?;
@@ -62,11 +57,12 @@ impl Translate<catalog_event::Kind> for Offers {
             catalog_event::Kind::ProductCreated(e) => e.product?,
             catalog_event::Kind::ProductUpdated(e) => e.product?,
             catalog_event::Kind::ProductDiscontinued(e) => {
-                return Some(Change::Product { product_id: e.product_id, on_sale: false });
+                return Some(Change::ProductLeftSale(e.product_id));
             }
         };
-        let on_sale = product.state == ProductState::Active as i32;
-        Some(Change::Product { product_id: product.product_id, on_sale })
+        // Only an active product is on sale: any other state takes the
+        // product's offers away too.
+        (product.state != ProductState::Active as i32).then_some(Change::ProductLeftSale(product.product_id))
     }
 }
 

@@ -30,6 +30,8 @@ pub struct System {
     pub catalog_server: Option<TestServer>,
     pub customers_server: TestServer,
     pub catalog_proxy: Proxy,
+    /// Between offers and customers, as the catalog's.
+    pub customers_proxy: Proxy,
     pub offers_db: TestDatabase,
     pub catalog_db: TestDatabase,
     pub customers_db: TestDatabase,
@@ -46,12 +48,21 @@ pub async fn start_with(
     start_fed(offers_db, true, tweak).await
 }
 
-/// A system whose offers cannot follow the catalog's change feed (the
-/// proxy refuses it): offers hears of no product from the feed, so a new
-/// offer's product is asked of the catalog, and the tests of that call
-/// (retries, deadlines, the breaker) do not race the feed.
+/// A system whose offers cannot follow the upstreams' change feeds (the
+/// proxies refuse them): offers hears of no product and no customer from
+/// the feeds, so a new offer's product and customer are asked of their
+/// upstreams, and the tests of those calls (retries, deadlines, the
+/// breaker) do not race the feeds.
 pub async fn start_unfed(offers_db: TestDatabase) -> System {
-    start_fed(offers_db, false, |_, _| {}).await
+    start_with_unfed(offers_db, |_, _| {}).await
+}
+
+/// [`start_unfed`], with settings changed by `tweak`.
+pub async fn start_with_unfed(
+    offers_db: TestDatabase,
+    tweak: impl FnOnce(&mut Settings, &mut OffersSettings),
+) -> System {
+    start_fed(offers_db, false, tweak).await
 }
 
 async fn start_fed(
@@ -72,12 +83,14 @@ async fn start_fed(
     )
     .await;
     let catalog_proxy = Proxy::start(catalog_server.grpc_addr, "offers").await;
+    let customers_proxy = Proxy::start(customers_server.grpc_addr, "offers").await;
     if !fed {
         catalog_proxy.refuse("WatchCatalogEvents");
+        customers_proxy.refuse("WatchCustomerEvents");
     }
 
     let mut settings = agora_testing::settings("offers", &offers_db);
-    let mut offers = offers_settings(catalog_proxy.addr, customers_server.grpc_addr);
+    let mut offers = offers_settings(catalog_proxy.addr, customers_proxy.addr);
     tweak(&mut settings, &mut offers);
     let offers_server =
         TestServer::start(agora_offers::build_with(settings, offers).await.expect("offers builds")).await;
@@ -89,6 +102,7 @@ async fn start_fed(
         catalog_server: Some(catalog_server),
         customers_server,
         catalog_proxy,
+        customers_proxy,
         offers_db,
         catalog_db,
         customers_db,
@@ -109,7 +123,7 @@ impl System {
     /// as a crash and a restart would.
     pub async fn restart_offers(&mut self) {
         let settings = agora_testing::settings("offers", &self.offers_db);
-        let offers = offers_settings(self.catalog_proxy.addr, self.customers_server.grpc_addr);
+        let offers = offers_settings(self.catalog_proxy.addr, self.customers_proxy.addr);
         let fresh = TestServer::start(agora_offers::build_with(settings, offers).await.unwrap()).await;
         let old = std::mem::replace(&mut self.offers_server, fresh);
         drop(old);

@@ -150,7 +150,7 @@ async fn the_callers_deadline_reaches_the_catalog() {
     let mut request = tonic::Request::new(create(offer(&product, "", 10)));
     request.set_timeout(Duration::from_millis(800));
     s.offers.create_offer(request).await.unwrap();
-    let seen = *s.catalog_proxy.timeouts.lock().unwrap().last().expect("the catalog got a grpc-timeout");
+    let seen = *s.catalog_proxy.timeouts().last().expect("the catalog got a grpc-timeout");
     assert!(seen <= Duration::from_millis(800) && seen > Duration::ZERO, "{seen:?}");
 }
 

@@ -188,12 +188,9 @@ async fn on_postgres_one_replica_applies_a_feed_and_another_takes_over() {
     let mut settings = agora_testing::settings("offers", &s.offers_db);
     settings.database_url = named(&settings.database_url, "offers-b");
     let replica_b = TestServer::start(
-        agora_offers::build_with(
-            settings,
-            offers_settings(s.catalog_proxy.addr, s.customers_server.grpc_addr),
-        )
-        .await
-        .unwrap(),
+        agora_offers::build_with(settings, offers_settings(s.catalog_proxy.addr, s.customers_proxy.addr))
+            .await
+            .unwrap(),
     )
     .await;
 

@@ -5,6 +5,7 @@
 mod api;
 mod availability;
 mod common;
+mod deletions;
 mod failure;
 mod feed;
 mod migrations;

@@ -16,11 +16,14 @@ use agora_contracts::agora::{
 };
 use tonic::{Response, Status, Streaming};
 
-use super::{Credentials, Upstream, UpstreamChannel, UpstreamSettings};
+use super::{
+    Credentials, Upstream, UpstreamChannel, UpstreamSettings,
+    known::{self, Fact},
+};
 use crate::{
-    Database, Error,
+    Database, Error, Precondition, UnitOfWork,
     config::{ConfigError, EnvReader},
-    feed::{Feed, Translate, consumer},
+    feed::{Effects, Feed, Translate, consumer},
     middleware::Deadline,
     security::SecuritySettings,
     server::Task,
@@ -33,18 +36,6 @@ pub type Customers = Upstream<CustomersClient<UpstreamChannel>>;
 
 /// An answer about one thing: None when the upstream has no such thing.
 pub type Found<T> = Result<Option<T>, Error>;
-
-/// A product, as every downstream context sees it. The catalog's published
-/// language puts only an active product on sale; any other state, one added
-/// after this was written included, is not on sale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sale {
-    OnSale,
-    /// Known, but not on sale (discontinued): no new offers, no new list items.
-    NotOnSale,
-    /// The catalog has no such product.
-    Unknown,
-}
 
 /// Where the open host services are, and how hard to try them.
 #[derive(Debug, Clone)]
@@ -94,15 +85,187 @@ pub struct Hosts {
 impl Hosts {
     /// Follows both feeds in the background, each event translated by
     /// `context` (its anti-corruption layer) and applied to `db`: one task a
-    /// feed, each with its own cursor.
+    /// feed, each with its own cursor. What each event says of its product
+    /// or customer is kept first ([`known`]), in the same unit of work.
     pub fn follow<A>(&self, context: A, db: &Database) -> [Task; 2]
     where
         A: Translate<catalog_event::Kind> + Translate<customer_event::Kind> + Clone,
     {
         [
-            consumer(self.catalog.watch_catalog_events(), context.clone(), db.clone()),
-            consumer(self.customers.watch_customer_events(), context, db.clone()),
+            consumer(self.catalog.watch_catalog_events(), Keeping(context.clone()), db.clone()),
+            consumer(self.customers.watch_customer_events(), Keeping(context), db.clone()),
         ]
+    }
+
+    /// Begins a unit of work in which what `needs` names is so, and stays
+    /// so until it ends: the product on sale, the customer registered.
+    ///
+    /// Each is read from what this context keeps of the upstreams
+    /// ([`known`]), inside the unit of work, so the feed's change of the
+    /// same product or customer either came first (the write is refused)
+    /// or waits for this commit and then undoes what it must (withdraws
+    /// the offer, deletes the list). Only what the context has not heard
+    /// of yet is asked of its upstream, with no transaction open
+    /// meanwhile, and the answer is kept: one question per new id. The
+    /// answer is kept the monotone way, so a deletion or discontinuation
+    /// the feed brought while the question was out wins over it.
+    pub async fn begin_checked(
+        &self,
+        db: &Database,
+        needs: Needs<'_>,
+        deadline: Option<Deadline>,
+    ) -> Result<UnitOfWork, Refusal> {
+        let mut uow = db.begin().await?;
+        let (customer, product) = needs.read(&mut uow).await?;
+        needs.refused(customer, product)?;
+        let ask_customer = needs.customer.filter(|_| customer.is_none());
+        let ask_product = needs.product_on_sale.filter(|_| product.is_none());
+        if ask_customer.is_none() && ask_product.is_none() {
+            return Ok(uow);
+        }
+        // Asked with no transaction open (and, on SQLite, the write turn
+        // given back): the feeds go on meanwhile.
+        drop(uow);
+        let mut heard = Vec::new();
+        if let Some(id) = ask_customer {
+            if self.customers.get_customer(id, deadline).await?.is_none() {
+                return Err(Refusal::CustomerUnknown(id.to_owned()));
+            }
+            heard.push(Fact::Customer { customer_id: id.to_owned(), deleted: false });
+        }
+        if let Some(id) = ask_product {
+            let Some(product) = self.catalog.get_product(id, deadline).await? else {
+                return Err(Refusal::ProductUnknown(id.to_owned()));
+            };
+            heard.push(Fact::of_product(&product));
+        }
+        // Kept, and read again, in a new unit of work.
+        let mut uow = db.begin().await?;
+        for fact in &heard {
+            known::keep(&mut uow, fact).await?;
+        }
+        let (customer, product) = needs.read(&mut uow).await?;
+        needs.refused(customer, product)?;
+        if customer.is_none() && ask_customer.is_some() || product.is_none() && ask_product.is_some() {
+            return Err(Refusal::Failed(Error::Internal(anyhow::anyhow!(
+                "an upstream's answer was kept and then not found in the same transaction"
+            ))));
+        }
+        Ok(uow)
+    }
+}
+
+/// What a write of a downstream context needs its upstreams to say of the
+/// ids it takes (see [`Hosts::begin_checked`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs<'a> {
+    /// A product that must be on sale.
+    pub product_on_sale: Option<&'a str>,
+    /// A customer who must be registered.
+    pub customer: Option<&'a str>,
+}
+
+impl Needs<'_> {
+    /// What the context knows of each id needed, in `uow`: None for what
+    /// it has not heard of, or does not need.
+    async fn read(&self, uow: &mut UnitOfWork) -> Result<(Option<bool>, Option<bool>), Error> {
+        let customer = match self.customer {
+            Some(id) => known::customer_registered(uow, id).await?,
+            None => None,
+        };
+        let product = match self.product_on_sale {
+            Some(id) => known::product_on_sale(uow, id).await?,
+            None => None,
+        };
+        Ok((customer, product))
+    }
+
+    /// The refusal, if what is known refuses the write: a customer deleted,
+    /// a product not on sale. What is not known refuses nothing yet.
+    fn refused(&self, customer: Option<bool>, product: Option<bool>) -> Result<(), Refusal> {
+        if let (Some(id), Some(false)) = (self.customer, customer) {
+            return Err(Refusal::CustomerUnknown(id.to_owned()));
+        }
+        if let (Some(id), Some(false)) = (self.product_on_sale, product) {
+            return Err(Refusal::ProductNotOnSale(id.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Hosts::begin_checked`] did not begin the write.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Customers has no such customer: never had, or deleted it.
+    CustomerUnknown(String),
+    /// The catalog has no such product.
+    ProductUnknown(String),
+    /// The catalog has the product, but does not sell it (discontinued).
+    ProductNotOnSale(String),
+    /// The check itself failed: the database, or an upstream that could
+    /// not answer.
+    Failed(Error),
+}
+
+impl From<Error> for Refusal {
+    fn from(err: Error) -> Self {
+        Self::Failed(err)
+    }
+}
+
+impl Refusal {
+    /// The caller's error: NOT_FOUND for a customer or product that does not
+    /// exist, FAILED_PRECONDITION (`PRODUCT_STATE`) with the context's own
+    /// words, `not_on_sale(product_id)`, for a product not on sale.
+    pub fn error(self, not_on_sale: impl FnOnce(&str) -> String) -> Error {
+        match self {
+            Self::CustomerUnknown(id) => Error::NotFound { resource: "customer", id },
+            Self::ProductUnknown(id) => Error::NotFound { resource: "product", id },
+            Self::ProductNotOnSale(id) => Error::FailedPrecondition {
+                kind: Precondition::ProductState,
+                subject: format!("product/{id}"),
+                description: not_on_sale(&id),
+            },
+            Self::Failed(err) => err,
+        }
+    }
+}
+
+/// A context's translation of the open hosts' feeds, with what each event
+/// says of its product or customer kept first, in the same unit of work:
+/// on PostgreSQL its row lock comes before any the context's effect takes,
+/// in the order [`Hosts::begin_checked`] takes them.
+#[derive(Clone)]
+struct Keeping<A>(A);
+
+#[tonic::async_trait]
+impl<A: Effects> Effects for Keeping<A> {
+    type Change = (Option<Fact>, Option<A::Change>);
+
+    async fn apply(&self, uow: &mut UnitOfWork, (fact, change): Self::Change) -> Result<(), Error> {
+        if let Some(fact) = fact {
+            known::keep(uow, &fact).await?;
+        }
+        match change {
+            Some(change) => self.0.apply(uow, change).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl<A: Translate<catalog_event::Kind>> Translate<catalog_event::Kind> for Keeping<A> {
+    fn translate(&self, event: catalog_event::Kind) -> Option<Self::Change> {
+        let fact = Fact::of_catalog(&event);
+        let change = self.0.translate(event);
+        (fact.is_some() || change.is_some()).then_some((fact, change))
+    }
+}
+
+impl<A: Translate<customer_event::Kind>> Translate<customer_event::Kind> for Keeping<A> {
+    fn translate(&self, event: customer_event::Kind) -> Option<Self::Change> {
+        let fact = Fact::of_customers(&event);
+        let change = self.0.translate(event);
+        (fact.is_some() || change.is_some()).then_some((fact, change))
     }
 }
 
@@ -112,16 +275,6 @@ impl Catalog {
         let request = catalog::GetProductRequest { product_id: product_id.to_owned() };
         let answer = self.ask(deadline, request, |mut c, r| async move { c.get_product(r).await }).await?;
         answer.map(|a| self.required("GetProduct", "product", a.product)).transpose()
-    }
-
-    /// Whether the product is on sale: the one question every downstream
-    /// context asks before it takes a product id.
-    pub async fn sale(&self, product_id: &str, deadline: Option<Deadline>) -> Result<Sale, Error> {
-        Ok(match self.get_product(product_id, deadline).await?.map(|p| p.state()) {
-            Some(catalog::ProductState::Active) => Sale::OnSale,
-            Some(_) => Sale::NotOnSale,
-            None => Sale::Unknown,
-        })
     }
 
     /// WatchCatalogEvents: the catalog's change feed.
@@ -142,11 +295,6 @@ impl Customers {
         let request = customers::GetCustomerRequest { customer_id: customer_id.to_owned() };
         let found = self.ask(deadline, request, |mut c, r| async move { c.get_customer(r).await }).await?;
         found.map(|f| self.required("GetCustomer", "customer", f.customer)).transpose()
-    }
-
-    /// Whether the customer exists.
-    pub async fn exists(&self, customer_id: &str, deadline: Option<Deadline>) -> Result<bool, Error> {
-        Ok(self.get_customer(customer_id, deadline).await?.is_some())
     }
 
     /// WatchCustomerEvents: customers' change feed.

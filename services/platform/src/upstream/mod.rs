@@ -45,6 +45,7 @@
 
 pub mod discover;
 pub mod hosts;
+pub mod known;
 mod stack;
 
 use std::{sync::Arc, time::Duration};

@@ -4,7 +4,9 @@
 //! their answers read, by the platform's one upstream core
 //! ([`hosts`](agora_platform::upstream::hosts)); shopping only asks and
 //! follows, never writes to an upstream, and keeps nothing of the answers
-//! (a product's name and price, a customer's email) but the ids it had.
+//! (a product's name and price, a customer's email) but the ids it had and,
+//! kept by the platform ([`known`](agora_platform::upstream::known)),
+//! whether each product is on sale and each customer registered.
 
 use agora_contracts::agora::{catalog::v1::catalog_event, customers::v1::customer_event};
 use agora_platform::{

@@ -11,7 +11,7 @@ pub use agora_contracts::agora::{
 use agora_platform::{Database, upstream::UpstreamSettings};
 use agora_shopping::ShoppingSettings;
 use agora_testing::Channel;
-pub use agora_testing::{TestDatabase, TestServer, Who};
+pub use agora_testing::{Proxy, TestDatabase, TestServer, Who};
 use catalog_pb::catalog_service_client::CatalogServiceClient;
 use customers_pb::customer_service_client::CustomerServiceClient;
 use pb::shopping_list_service_client::ShoppingListServiceClient;
@@ -62,26 +62,63 @@ async fn start_customers(db: &TestDatabase, addr: Option<SocketAddr>) -> TestSer
 }
 
 async fn start_shopping(db: &TestDatabase, upstreams: ShoppingSettings) -> TestServer {
-    let settings = agora_testing::settings("shopping", db);
+    start_shopping_with(db, upstreams, Duration::from_secs(10)).await
+}
+
+async fn start_shopping_with(
+    db: &TestDatabase,
+    upstreams: ShoppingSettings,
+    request_timeout: Duration,
+) -> TestServer {
+    let mut settings = agora_testing::settings("shopping", db);
+    settings.request_timeout = request_timeout;
     TestServer::start(agora_shopping::build_with(settings, upstreams).await.expect("shopping builds")).await
 }
 
 /// Shopping on `shopping_db`, with catalog and customers on fresh databases
 /// of the same backend.
 pub async fn start(shopping_db: TestDatabase) -> Shop {
+    start_via(shopping_db, false).await.0
+}
+
+/// Shopping whose upstreams are reached through test proxies, catalog's
+/// first, that refuse their change feeds: shopping hears of no product and
+/// no customer from the feeds, so it asks its upstreams about each, and
+/// has a minute for every answer (a test may hold answers back).
+pub async fn start_unfed(shopping_db: TestDatabase) -> (Shop, [Proxy; 2]) {
+    let (shop, proxies) = start_via(shopping_db, true).await;
+    (shop, proxies.expect("proxied"))
+}
+
+async fn start_via(shopping_db: TestDatabase, proxied: bool) -> (Shop, Option<[Proxy; 2]>) {
     let catalog_db = shopping_db.another().await;
     let customers_db = shopping_db.another().await;
     let catalog_server = start_catalog(&catalog_db, None).await;
     let customers_server = start_customers(&customers_db, None).await;
-    let upstreams = ShoppingSettings {
-        catalog: UpstreamSettings::for_tests("catalog", vec![agora_testing::url(catalog_server.grpc_addr)]),
-        customers: UpstreamSettings::for_tests(
-            "customers",
-            vec![agora_testing::url(customers_server.grpc_addr)],
-        ),
+    let (mut catalog_addr, mut customers_addr) = (catalog_server.grpc_addr, customers_server.grpc_addr);
+    let mut patience = None;
+    let proxies = if proxied {
+        let catalog = Proxy::start(catalog_addr, "shopping").await;
+        let customers = Proxy::start(customers_addr, "shopping").await;
+        catalog.refuse("WatchCatalogEvents");
+        customers.refuse("WatchCustomerEvents");
+        (catalog_addr, customers_addr, patience) =
+            (catalog.addr, customers.addr, Some(Duration::from_secs(60)));
+        Some([catalog, customers])
+    } else {
+        None
     };
-    let shopping_server = start_shopping(&shopping_db, upstreams.clone()).await;
-    Shop {
+    let mut upstreams = ShoppingSettings {
+        catalog: UpstreamSettings::for_tests("catalog", vec![agora_testing::url(catalog_addr)]),
+        customers: UpstreamSettings::for_tests("customers", vec![agora_testing::url(customers_addr)]),
+    };
+    if let Some(patience) = patience {
+        upstreams.catalog.call_timeout = patience;
+        upstreams.customers.call_timeout = patience;
+    }
+    let request_timeout = patience.unwrap_or(Duration::from_secs(10));
+    let shopping_server = start_shopping_with(&shopping_db, upstreams.clone(), request_timeout).await;
+    let shop = Shop {
         shopping: ShoppingListServiceClient::new(shopping_server.channel_as(&Who::Nobody)),
         shopper: Who::Nobody,
         owners: Default::default(),
@@ -94,7 +131,8 @@ pub async fn start(shopping_db: TestDatabase) -> Shop {
         catalog_db,
         customers_db,
         upstreams,
-    }
+    };
+    (shop, proxies)
 }
 
 impl Shop {

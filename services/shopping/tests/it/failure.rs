@@ -47,26 +47,29 @@ async fn assert_still_serving(s: &Shop) {
     }
 }
 
-/// With the catalog stopped, AddItem fails with UNAVAILABLE naming the
-/// catalog, in well under 50 ms once the breaker opened; reading, removing
-/// and deleting work, and shopping stays SERVING. A catalog restarted on
-/// its old address is used again without restarting shopping.
+/// With the catalog stopped, AddItem of a product shopping has not heard
+/// of fails with UNAVAILABLE naming the catalog, in well under 50 ms once
+/// the breaker opened; a product shopping knows is added without the
+/// catalog, reading, removing and deleting work, and shopping stays
+/// SERVING. A catalog restarted on its old address is used again without
+/// restarting shopping.
 #[tokio::test]
 async fn with_the_catalog_down_adding_fails_fast_and_works_again_after_a_restart() {
-    let mut s = start(TestDatabase::sqlite()).await;
+    let (mut s, _proxies) = start_unfed(TestDatabase::sqlite()).await;
     let ana = s.customer("ana@example.com").await;
-    let (milk, bread) = (s.product("Milk").await, s.product("Bread").await);
+    let (milk, bread, cheese) =
+        (s.product("Milk").await, s.product("Bread").await, s.product("Cheese").await);
     let list = s.list_of(&ana, "Groceries").await;
     s.add(&list.list_id, &milk, 1, "").await.unwrap();
-    let with_both = s.add(&list.list_id, &bread, 1, "").await.unwrap();
+    s.add(&list.list_id, &bread, 1, "").await.unwrap();
     let doomed = s.list_of(&ana, "Doomed").await;
     let catalog_addr = s.stop_catalog().await;
 
-    let err = s.add(&list.list_id, &milk, 1, "").await.unwrap_err();
+    let err = s.add(&list.list_id, &cheese, 1, "").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("catalog"), "the upstream is named: {err:?}");
     let client = s.shopping.clone();
-    let (list_id, product) = (list.list_id.clone(), milk.clone());
+    let (list_id, product) = (list.list_id.clone(), cheese.clone());
     let took = time_a_call_once_the_breaker_opened(|| {
         let (mut client, list_id, product) = (client.clone(), list_id.clone(), product.clone());
         async move { add(&mut client, &list_id, &product, 1, "").await }
@@ -74,41 +77,47 @@ async fn with_the_catalog_down_adding_fails_fast_and_works_again_after_a_restart
     .await;
     assert!(took < FAST, "failing fast took {took:?}");
 
-    // Nothing but AddItem needs the catalog.
+    // What shopping knows of the catalog's products is enough to add one.
+    let with_both = s.add(&list.list_id, &milk, 1, "").await.expect("a known product needs no catalog");
+    assert_eq!(items(&with_both), [(milk.clone(), 2), (bread.clone(), 1)]);
+    // Nothing else needs the catalog.
     assert_eq!(s.get(&list.list_id).await.expect("reads still work"), with_both);
     assert_eq!(s.page(&ana, 0, "").await.expect("listing still works").shopping_lists.len(), 2);
     let removed = s.remove(&list.list_id, &bread, "").await.expect("removing still works");
-    assert_eq!(items(&removed), [(milk.clone(), 1)]);
+    assert_eq!(items(&removed), [(milk.clone(), 2)]);
     s.delete(&doomed.list_id, "").await.expect("deleting still works");
     assert_still_serving(&s).await;
 
     s.restart_catalog(catalog_addr).await;
     let recovered = wait_until(BOUND, || {
-        let (mut client, list_id, product) = (s.shopping.clone(), list.list_id.clone(), bread.clone());
+        let (mut client, list_id, product) = (s.shopping.clone(), list.list_id.clone(), cheese.clone());
         async move { add(&mut client, &list_id, &product, 2, "").await.is_ok() }
     })
     .await;
     assert!(recovered, "shopping did not use the restarted catalog");
-    assert_eq!(items(&s.get(&list.list_id).await.unwrap()), [(milk, 1), (bread, 2)]);
+    assert_eq!(items(&s.get(&list.list_id).await.unwrap()), [(milk, 2), (cheese, 2)]);
 }
 
-/// With customers stopped, CreateShoppingList fails with UNAVAILABLE naming
-/// customers, in well under 50 ms once the breaker opened; the other calls
-/// work, and shopping stays SERVING. Customers restarted on its old address
-/// is used again without restarting shopping.
+/// With customers stopped, CreateShoppingList for a customer shopping has
+/// not heard of fails with UNAVAILABLE naming customers, in well under
+/// 50 ms once the breaker opened; a customer shopping knows gets a list
+/// without customers, the other calls work, and shopping stays SERVING.
+/// Customers restarted on its old address is used again without
+/// restarting shopping.
 #[tokio::test]
 async fn with_customers_down_creating_fails_fast_and_works_again_after_a_restart() {
-    let mut s = start(TestDatabase::sqlite()).await;
+    let (mut s, _proxies) = start_unfed(TestDatabase::sqlite()).await;
+    let bea = s.customer("bea@example.com").await;
     let ana = s.customer("ana@example.com").await;
     let milk = s.product("Milk").await;
     let list = s.list_of(&ana, "Groceries").await;
     let customers_addr = s.stop_customers().await;
 
-    let err = s.create(&ana, "Another").await.unwrap_err();
+    let err = s.create(&bea, "Another").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("customers"), "the upstream is named: {err:?}");
     let client = s.shopping.clone();
-    let owner = ana.clone();
+    let owner = bea.clone();
     let took = time_a_call_once_the_breaker_opened(|| {
         let (mut client, customer_id) = (client.clone(), owner.clone());
         async move {
@@ -122,17 +131,23 @@ async fn with_customers_down_creating_fails_fast_and_works_again_after_a_restart
     .await;
     assert!(took < FAST, "failing fast took {took:?}");
 
-    // Nothing but CreateShoppingList needs customers.
+    // A customer shopping knows needs no customers.
+    let second = s.list_of(&ana, "Second").await;
+    // Nothing else needs customers.
     let added = s.add(&list.list_id, &milk, 3, "").await.expect("adding needs only the catalog");
     assert_eq!(s.get(&list.list_id).await.expect("reads still work"), added);
-    assert_eq!(s.page(&ana, 0, "").await.expect("listing still works").shopping_lists, [added]);
+    assert_eq!(
+        s.page(&ana, 0, "").await.expect("listing still works").shopping_lists,
+        [added, second.clone()]
+    );
     s.remove(&list.list_id, &milk, "").await.expect("removing still works");
     s.delete(&list.list_id, "").await.expect("deleting still works");
+    s.delete(&second.list_id, "").await.expect("deleting still works");
     assert_still_serving(&s).await;
 
     s.restart_customers(customers_addr).await;
     let recovered = wait_until(BOUND, || {
-        let (mut client, customer_id) = (s.shopping.clone(), ana.clone());
+        let (mut client, customer_id) = (s.shopping_as(&bea), bea.clone());
         async move {
             let list = pb::ShoppingList { customer_id, title: "Back".into(), ..Default::default() };
             client
@@ -144,7 +159,7 @@ async fn with_customers_down_creating_fails_fast_and_works_again_after_a_restart
     .await;
     assert!(recovered, "shopping did not use the restarted customers");
     let titles: Vec<_> =
-        s.page(&ana, 0, "").await.unwrap().shopping_lists.into_iter().map(|l| l.title).collect();
+        s.page(&bea, 0, "").await.unwrap().shopping_lists.into_iter().map(|l| l.title).collect();
     assert_eq!(titles, ["Back"]);
 }
 
@@ -153,15 +168,11 @@ async fn with_customers_down_creating_fails_fast_and_works_again_after_a_restart
 /// and the list is left as it was. Offers answers the same (its own test).
 #[tokio::test]
 async fn a_catalog_answer_without_its_product_is_an_internal_error() {
-    let mut s = start(TestDatabase::sqlite()).await;
+    let (mut s, [catalog_proxy, _customers_proxy]) = start_unfed(TestDatabase::sqlite()).await;
     let product = s.product("Lamp").await;
     let customer = s.customer("ana@example.com").await;
     let list = s.list_of(&customer, "Home").await;
-    let proxy =
-        agora_testing::Proxy::start(s.catalog_server.as_ref().expect("running").grpc_addr, "shopping").await;
-    proxy.answer_empty("GetProduct");
-    s.upstreams.catalog.addrs = vec![agora_testing::url(proxy.addr)];
-    s.restart_shopping().await;
+    catalog_proxy.answer_empty("GetProduct");
     let err = s.add(&list.list_id, &product, 1, "").await.unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
     assert_eq!(err.message(), "internal error", "no detail leaks");

@@ -4,6 +4,7 @@
 
 mod api;
 mod common;
+mod deletions;
 mod failure;
 mod feed;
 mod migrations;
