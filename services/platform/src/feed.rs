@@ -14,7 +14,8 @@
 //! transaction, so after a crash the consumer resumes exactly after the
 //! last event it applied, and an event delivered twice (it is skipped when
 //! its sequence is not after the cursor) changes nothing. When the upstream
-//! is down the consumer retries with exponential backoff and jitter and
+//! is down the consumer retries with exponential backoff and jitter (at
+//! once when its own database, out of reach, answers again) and
 //! catches up when it returns; its lag is exported as metrics:
 //! `agora_feed_lag_events{feed}`, `agora_feed_lag_seconds{feed}`,
 //! `agora_feed_applied_total{feed}` and `agora_feed_connected{feed}`.
@@ -129,7 +130,7 @@ async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, 
             Ok(lead) => lead,
             Err(err) => {
                 tracing::warn!(feed, error = %err, "feed: database unavailable");
-                backoff.wait().await;
+                backoff.wait(db).await;
                 continue;
             }
         };
@@ -195,7 +196,7 @@ async fn lead_while_held<M: ChangeFeedMessage, A: Translate<M::Kind>>(
                 }
             }
         }
-        backoff.wait().await;
+        backoff.wait(db).await;
     }
 }
 
@@ -327,11 +328,18 @@ async fn apply_one<K, A: Translate<K>>(
     Ok(true)
 }
 
-/// Exponential backoff with jitter, 100 ms to 5 s.
+/// Exponential backoff with jitter, 100 ms to 1 s, cut short when this
+/// service's database, known to be out of reach, answers again: a consumer
+/// whose own database was the trouble follows again as soon as it is back.
 #[derive(Debug)]
 struct Backoff {
     next: Duration,
 }
+
+/// The longest wait between two attempts to follow a feed: what a
+/// consumer adds to an outage (its upstream's, or the upstream's
+/// database's) before it follows again.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl Default for Backoff {
     fn default() -> Self {
@@ -340,10 +348,14 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    async fn wait(&mut self) {
-        let jittered = self.next.mul_f64(0.5 + fastrand::f64());
-        tokio::time::sleep(jittered).await;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
+    async fn wait(&mut self, db: &Database) {
+        // Between half the step and the whole of it.
+        let jittered = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
+        tokio::select! {
+            () = tokio::time::sleep(jittered) => {}
+            () = db.back() => {}
+        }
+        self.next = (self.next * 2).min(BACKOFF_MAX);
     }
 
     fn reset(&mut self) {

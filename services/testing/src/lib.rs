@@ -2,8 +2,9 @@
 //! a free loopback port, secured as in production (TLS, mTLS, tokens from
 //! a test CA and signing key), a fresh database (a temporary SQLite file,
 //! or a new PostgreSQL database), waits on health with a bound instead of
-//! fixed sleeps, a fault-injecting proxy, reflection and log capture. A
-//! dev-dependency only: production binaries do not link it.
+//! fixed sleeps, a fault-injecting gRPC proxy and a TCP one ([`faults`]),
+//! reflection and log capture. A dev-dependency only: production binaries
+//! do not link it.
 //!
 //! PostgreSQL tests use `AGORA_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test?sslmode=disable`) to create and
@@ -34,6 +35,7 @@ use agora_platform::{
     server::{Application, Shutdown},
 };
 
+pub mod faults;
 mod logs;
 pub mod matrix;
 mod schema;
@@ -144,6 +146,30 @@ impl TestDatabase {
         match self {
             Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url.clone(),
         }
+    }
+
+    /// The PostgreSQL server's address (the URL's host and port); None on
+    /// SQLite.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        use std::net::ToSocketAddrs as _;
+        let Self::Postgres { url, .. } = self else { return None };
+        let authority = url.expose().split_once("://")?.1.split(['/', '?']).next()?;
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let host_port =
+            if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
+        host_port.to_socket_addrs().ok()?.next()
+    }
+
+    /// The URL of this database reached at `addr` instead (a
+    /// [`faults::FaultProxy`] in front of its server).
+    pub fn url_via(&self, addr: SocketAddr) -> DatabaseUrl {
+        let url = self.url();
+        let raw = url.expose();
+        let (scheme, rest) = raw.split_once("://").expect("a PostgreSQL URL");
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        let user = authority.rsplit_once('@').map(|(user, _)| format!("{user}@")).unwrap_or_default();
+        DatabaseUrl::new(format!("{scheme}://{user}{addr}{path}"))
     }
 
     /// The database as a service opens it, for a test to read what the

@@ -9,6 +9,7 @@ mod common;
 mod connections;
 mod feed;
 mod migrations;
+mod outage;
 mod runtime;
 mod security;
 mod stream;

@@ -9,6 +9,7 @@ mod deletions;
 mod failure;
 mod feed;
 mod migrations;
+mod outage;
 mod projection;
 mod security;
 mod startup;

@@ -12,12 +12,16 @@
 //!
 //! # Layout
 //! - this module: [`Database`], the pool and its life cycle.
+//! - [`breaker`]: the database as a dependency with a breaker: calls fail
+//!   at once while it is known to be out of reach, and no wait for a
+//!   connection outlasts the call's deadline.
 //! - [`statement`]: [`Statement`], [`Row`] and the values they carry.
 //! - [`unit`]: [`UnitOfWork`]: one transaction with its outbox events and
 //!   idempotency key.
 //! - [`migrate`]: [`Migrations`]: the platform's tables and the service's.
 //! - [`page`]: [`Page`]: keyset pagination over a `seq` column.
 
+mod breaker;
 mod migrate;
 mod page;
 mod statement;
@@ -57,6 +61,7 @@ use crate::{
     Error,
     config::{DatabaseUrl, Settings, SqliteSync},
 };
+use breaker::Breaker;
 
 /// Which SQL dialect the database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +88,9 @@ pub struct Database {
     /// SQLite's one write connection (see [`Database::begin`]); PostgreSQL
     /// writes on its pool.
     writer: Option<Arc<unit::Writer>>,
+    /// Whether the database is known to be out of reach; and how long a
+    /// wait for a connection may last.
+    breaker: Arc<Breaker>,
 }
 
 impl Database {
@@ -115,7 +123,8 @@ impl Database {
                 (Pool::Postgres(pool_options(settings).connect_lazy_with(options)), None)
             }
         };
-        Ok(Self { pool, committed: watch::channel(0).0, writer })
+        let breaker = Arc::new(Breaker::new(settings.db_acquire_timeout));
+        Ok(Self { pool, committed: watch::channel(0).0, writer, breaker })
     }
 
     pub fn backend(&self) -> Backend {
@@ -129,14 +138,18 @@ impl Database {
     /// two statements may see two states of the database. Reads that must
     /// agree go in one statement, or in a [`UnitOfWork`].
     pub fn query(&self, sql: &'static str) -> Statement<'_> {
-        Statement::on_pool(&self.pool, sqlx::SqlStr::from_static(sql))
+        Statement::on_pool(&self.pool, &self.breaker, sqlx::SqlStr::from_static(sql))
     }
 
     /// A statement whose text is put together at run time, such as an `IN`
     /// list of as many `$n` placeholders as there are values. Only
     /// placeholders may be formatted into `sql`: every value is bound.
     pub fn query_built(&self, sql: String) -> Statement<'_> {
-        Statement::on_pool(&self.pool, sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)))
+        Statement::on_pool(
+            &self.pool,
+            &self.breaker,
+            sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)),
+        )
     }
 
     /// Runs the platform's migrations and the service's.
@@ -144,9 +157,40 @@ impl Database {
         migrations.run(self).await
     }
 
-    /// Asks the database a trivial question; health is built on the answer.
+    /// Asks the database a trivial question, even while the breaker is
+    /// open (this is how it learns the database is back): health and the
+    /// breaker are built on the answer, which they are told of here.
     pub async fn ping(&self) -> Result<(), Error> {
-        self.query("SELECT 1").execute().await.map(drop)
+        let answer = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+            Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+        };
+        self.breaker.probed(answer.is_ok());
+        answer.map_err(failure)
+    }
+
+    /// The probe got no answer within its time: the database is out of reach.
+    pub(crate) fn probe_timed_out(&self) {
+        self.breaker.probed(false);
+    }
+
+    /// When the health probe should next ask, `interval` being its
+    /// period: sooner while the database is known to be out of reach, so
+    /// that calls are served again soon after it is back.
+    pub(crate) fn next_probe(&self, interval: Duration) -> Duration {
+        if self.breaker.is_open() { interval.min(breaker::PROBE_WHILE_OPEN) } else { interval }
+    }
+
+    /// Resolves when the database, known to be out of reach, answers
+    /// again: background work waiting to retry wakes on it.
+    pub(crate) fn back(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.breaker.closing()
+    }
+
+    /// Resolves when the database is next found out of reach by the
+    /// calls: the probe asks at once.
+    pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.breaker.opening()
     }
 
     /// Connections open and idle, for the pool gauges.
@@ -179,10 +223,14 @@ impl Database {
         let Pool::Postgres(pool) = &self.pool else {
             return Ok(Leadership(None));
         };
+        self.breaker.check()?;
         // A session of its own, beside the pool, that does not log its
         // waits: waiting for the lock is its job, not a slow statement.
+        // Its connection gets the acquire timeout: a database whose
+        // packets are dropped would hold it for minutes.
         let options = sqlx::ConnectOptions::disable_statement_logging((*pool.connect_options()).clone());
-        let mut conn = sqlx::ConnectOptions::connect(&options).await.map_err(failure)?;
+        let connecting = async { sqlx::ConnectOptions::connect(&options).await.map_err(failure) };
+        let mut conn = breaker::within(self.breaker.wait(), connecting).await?;
         // A wait ends after a second; a process that stopped waiting leaves
         // a session that gives up within that second.
         sqlx::query("SET lock_timeout = '1s'").execute(&mut conn).await.map_err(failure)?;
@@ -287,12 +335,47 @@ fn prepare_url(url: &DatabaseUrl) -> anyhow::Result<(String, Backend)> {
 /// is UNAVAILABLE (a retry may work), anything else is a bug. Nothing is
 /// logged here: the error is logged once, where it is answered.
 pub(crate) fn failure(err: sqlx::Error) -> Error {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            Error::unavailable_because("the database is unavailable", err)
-        }
-        other => Error::Internal(anyhow::Error::new(other).context("database")),
+    if unreachable(&err) || matches!(err, sqlx::Error::PoolClosed) {
+        return Error::unavailable_because("the database is unavailable", err);
     }
+    Error::Internal(anyhow::Error::new(err).context("database"))
+}
+
+/// Whether `err` says the database could not be reached: no connection
+/// within the acquire timeout, a connection refused, reset or cut, or a
+/// PostgreSQL server that will not take the session (SQLSTATE class 08,
+/// connection exceptions; 57P01 to 57P03, shutting down or starting up;
+/// 53300, too many connections; 3D000, its database gone). The breaker
+/// counts these; any other answer is the database reached.
+pub(crate) fn unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "3D000")
+        }),
+        _ => false,
+    }
+}
+
+/// A connection from `pool` for one statement, or UNAVAILABLE: at once
+/// while the database is known to be out of reach, or when none came
+/// within the acquire timeout or before the call's deadline (less a
+/// margin to answer in).
+async fn acquire<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    breaker: &Breaker,
+) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
+    breaker.check()?;
+    // An idle connection needs no timer.
+    if let Some(conn) = pool.try_acquire() {
+        return Ok(conn);
+    }
+    let bound = breaker::wait_bound(breaker.wait())?;
+    let acquired = breaker::within(bound, async { pool.acquire().await.map_err(failure) }).await;
+    if acquired.is_err() {
+        breaker.failed();
+    }
+    acquired
 }
 
 #[cfg(test)]

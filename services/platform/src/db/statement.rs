@@ -9,6 +9,7 @@
 
 use sqlx::{
     Postgres, Row as _, SqlStr, Sqlite,
+    pool::PoolConnection,
     postgres::{PgArguments, PgConnection, PgRow},
     query::Query,
     sqlite::{SqliteArguments, SqliteConnection, SqliteRow},
@@ -16,22 +17,24 @@ use sqlx::{
 
 use tracing::Instrument as _;
 
-use super::{Database, Pool, UnitOfWork, failure};
+use super::{Breaker, Database, Pool, UnitOfWork, acquire, failure};
 use crate::Error;
 
 type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 type PgQuery = Query<'static, Postgres, PgArguments>;
 
-/// Where a statement runs: on the pool, or on one connection (a unit of
-/// work's transaction).
-enum Target<'c, P, C> {
-    Pool(&'c P),
-    Conn(&'c mut C),
+/// Where a statement runs: on the pool (a connection is taken from it
+/// when the statement runs), or on one connection (a unit of work's
+/// transaction).
+enum Target<'c, DB: sqlx::Database> {
+    Pool(&'c sqlx::Pool<DB>),
+    Pooled(PoolConnection<DB>),
+    Conn(&'c mut DB::Connection),
 }
 
 enum Inner<'c> {
-    Sqlite(Target<'c, sqlx::SqlitePool, SqliteConnection>, SqliteQuery),
-    Postgres(Target<'c, sqlx::PgPool, PgConnection>, PgQuery),
+    Sqlite(Target<'c, Sqlite>, SqliteQuery),
+    Postgres(Target<'c, Postgres>, PgQuery),
 }
 
 /// One statement with its bound values, ready to run. Placeholders are
@@ -42,6 +45,8 @@ pub struct Statement<'c> {
     sql: SqlStr,
     /// A unique constraint whose violation is the caller's error, not a bug.
     unique: Option<(Unique, Box<dyn FnOnce() -> Error + Send + 'c>)>,
+    /// Told whether the statement reached the database.
+    breaker: &'c Breaker,
 }
 
 /// A unique constraint, as each backend reports its violation: PostgreSQL
@@ -73,20 +78,22 @@ impl<'c> Executor<'c> for &'c mut UnitOfWork {
 }
 
 impl<'c> Statement<'c> {
-    pub(super) fn on_pool(pool: &'c Pool, sql: SqlStr) -> Self {
+    pub(super) fn on_pool(pool: &'c Pool, breaker: &'c Breaker, sql: SqlStr) -> Self {
         let inner = match pool {
             Pool::Sqlite(p) => Inner::Sqlite(Target::Pool(p), sqlx::query(sql.clone())),
             Pool::Postgres(p) => Inner::Postgres(Target::Pool(p), sqlx::query(sql.clone())),
         };
-        Self { inner, sql, unique: None }
+        Self { inner, sql, unique: None, breaker }
     }
 
-    pub(super) fn on_sqlite(conn: &'c mut SqliteConnection, sql: SqlStr) -> Self {
-        Self { inner: Inner::Sqlite(Target::Conn(conn), sqlx::query(sql.clone())), sql, unique: None }
+    pub(super) fn on_sqlite(conn: &'c mut SqliteConnection, breaker: &'c Breaker, sql: SqlStr) -> Self {
+        let inner = Inner::Sqlite(Target::Conn(conn), sqlx::query(sql.clone()));
+        Self { inner, sql, unique: None, breaker }
     }
 
-    pub(super) fn on_postgres(conn: &'c mut PgConnection, sql: SqlStr) -> Self {
-        Self { inner: Inner::Postgres(Target::Conn(conn), sqlx::query(sql.clone())), sql, unique: None }
+    pub(super) fn on_postgres(conn: &'c mut PgConnection, breaker: &'c Breaker, sql: SqlStr) -> Self {
+        let inner = Inner::Postgres(Target::Conn(conn), sqlx::query(sql.clone()));
+        Self { inner, sql, unique: None, breaker }
     }
 
     /// The statement's span (at debug: exported with traces, free without):
@@ -130,10 +137,15 @@ impl<'c> Statement<'c> {
     pub async fn execute(self) -> Result<u64, Error> {
         self.run(|inner| async move {
             match inner {
-                Inner::Sqlite(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
+                Inner::Sqlite(Target::Pooled(mut c), q) => {
+                    q.execute(&mut *c).await.map(|r| r.rows_affected())
+                }
                 Inner::Sqlite(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
-                Inner::Postgres(Target::Pool(p), q) => q.execute(p).await.map(|r| r.rows_affected()),
+                Inner::Postgres(Target::Pooled(mut c), q) => {
+                    q.execute(&mut *c).await.map(|r| r.rows_affected())
+                }
                 Inner::Postgres(Target::Conn(c), q) => q.execute(c).await.map(|r| r.rows_affected()),
+                _ => unreachable!("a pool's connection is taken before the statement runs"),
             }
         })
         .await
@@ -143,10 +155,15 @@ impl<'c> Statement<'c> {
     pub async fn fetch_all(self) -> Result<Vec<Row>, Error> {
         self.run(|inner| async move {
             match inner {
-                Inner::Sqlite(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Sqlite)),
+                Inner::Sqlite(Target::Pooled(mut c), q) => {
+                    q.fetch_all(&mut *c).await.map(rows_of(Row::Sqlite))
+                }
                 Inner::Sqlite(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Sqlite)),
-                Inner::Postgres(Target::Pool(p), q) => q.fetch_all(p).await.map(rows_of(Row::Postgres)),
+                Inner::Postgres(Target::Pooled(mut c), q) => {
+                    q.fetch_all(&mut *c).await.map(rows_of(Row::Postgres))
+                }
                 Inner::Postgres(Target::Conn(c), q) => q.fetch_all(c).await.map(rows_of(Row::Postgres)),
+                _ => unreachable!("a pool's connection is taken before the statement runs"),
             }
         })
         .await
@@ -156,29 +173,49 @@ impl<'c> Statement<'c> {
     pub async fn fetch_optional(self) -> Result<Option<Row>, Error> {
         self.run(|inner| async move {
             match inner {
-                Inner::Sqlite(Target::Pool(p), q) => q.fetch_optional(p).await.map(|r| r.map(Row::Sqlite)),
+                Inner::Sqlite(Target::Pooled(mut c), q) => {
+                    q.fetch_optional(&mut *c).await.map(|r| r.map(Row::Sqlite))
+                }
                 Inner::Sqlite(Target::Conn(c), q) => q.fetch_optional(c).await.map(|r| r.map(Row::Sqlite)),
-                Inner::Postgres(Target::Pool(p), q) => {
-                    q.fetch_optional(p).await.map(|r| r.map(Row::Postgres))
+                Inner::Postgres(Target::Pooled(mut c), q) => {
+                    q.fetch_optional(&mut *c).await.map(|r| r.map(Row::Postgres))
                 }
                 Inner::Postgres(Target::Conn(c), q) => {
                     q.fetch_optional(c).await.map(|r| r.map(Row::Postgres))
                 }
+                _ => unreachable!("a pool's connection is taken before the statement runs"),
             }
         })
         .await
     }
 
-    /// Runs `go` on the statement inside its span; a failure becomes the
-    /// platform's error (a unique violation the caller's, when declared).
+    /// Runs `go` on the statement inside its span, on a connection taken
+    /// from the pool when it runs on the pool; a failure becomes the
+    /// platform's error (a unique violation the caller's, when declared),
+    /// and the breaker hears whether the database was reached.
     async fn run<T, F, Fut>(self, go: F) -> Result<T, Error>
     where
         F: FnOnce(Inner<'c>) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         let span = self.span();
-        let Self { inner, unique, .. } = self;
-        go(inner).instrument(span).await.map_err(|e| translate(e, unique))
+        let Self { inner, unique, breaker, .. } = self;
+        async move {
+            let inner = match inner {
+                Inner::Sqlite(Target::Pool(p), q) => {
+                    Inner::Sqlite(Target::Pooled(acquire(p, breaker).await?), q)
+                }
+                Inner::Postgres(Target::Pool(p), q) => {
+                    Inner::Postgres(Target::Pooled(acquire(p, breaker).await?), q)
+                }
+                on_a_connection => on_a_connection,
+            };
+            let result = go(inner).await;
+            breaker.heard(result.as_ref().err());
+            result.map_err(|e| translate(e, unique))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Runs a statement that reads one resource, `resource` `id`; no row is

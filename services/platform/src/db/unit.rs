@@ -24,7 +24,7 @@ use sqlx::{
 use sqlx_core::transaction::TransactionManager as _;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::{Backend, Database, Pool, Statement, failure};
+use super::{Backend, Database, Pool, Statement, acquire, breaker, failure};
 use crate::{Error, outbox::DomainEvent, wire::now_micros};
 
 enum Tx {
@@ -59,11 +59,16 @@ impl Writer {
         Self { conn: Arc::new(Mutex::new(None)), options, wait }
     }
 
-    /// Waits for the turn, then begins the transaction.
+    /// Waits for the turn (at most the acquire timeout, and never past the
+    /// call's deadline), then begins the transaction.
     async fn begin(&self) -> Result<Writing, Error> {
-        let turn = tokio::time::timeout(self.wait, Arc::clone(&self.conn).lock_owned()).await;
+        let bound = breaker::wait_bound(self.wait)?;
+        let turn = tokio::time::timeout(bound, Arc::clone(&self.conn).lock_owned()).await;
         let mut turn = turn.map_err(|_| {
-            Error::unavailable("the database is unavailable: no turn to write within the acquire timeout")
+            Error::unavailable(format!(
+                "the database is unavailable: no turn to write within {} ms",
+                bound.as_millis()
+            ))
         })?;
         if turn.is_none() {
             *turn = Some(self.options.connect().await.map_err(failure)?);
@@ -141,12 +146,27 @@ impl Database {
     /// one write connection the writers of a process take turns on
     /// ([`Writer`]), for at most `AGORA_DB_ACQUIRE_TIMEOUT_MS`. PostgreSQL
     /// locks rows as it goes.
+    ///
+    /// While the database is known to be out of reach this is UNAVAILABLE
+    /// at once, and no wait for a connection or a turn outlasts the call's
+    /// deadline (see [`breaker`]).
     pub async fn begin(&self) -> Result<UnitOfWork, Error> {
         let tx = match &self.pool {
-            Pool::Sqlite(_) => Tx::Sqlite(
-                self.writer.as_ref().expect("a SQLite database has a write connection").begin().await?,
-            ),
-            Pool::Postgres(pool) => Tx::Postgres(pool.begin().await.map_err(failure)?),
+            Pool::Sqlite(_) => {
+                self.breaker.check()?;
+                let writer = self.writer.as_ref().expect("a SQLite database has a write connection");
+                let began = writer.begin().await;
+                if let Err(Error::Unavailable { .. }) = &began {
+                    self.breaker.failed();
+                }
+                Tx::Sqlite(began?)
+            }
+            Pool::Postgres(pool) => {
+                let conn = acquire(pool, &self.breaker).await?;
+                let began = sqlx::Transaction::begin(conn, None).await;
+                self.breaker.heard(began.as_ref().err());
+                Tx::Postgres(began.map_err(failure)?)
+            }
         };
         Ok(UnitOfWork { tx, db: self.clone(), recorded: None })
     }
@@ -184,9 +204,10 @@ impl UnitOfWork {
 
     /// A statement inside this unit of work's transaction.
     pub fn query(&mut self, sql: &'static str) -> Statement<'_> {
+        let (breaker, sql) = (&*self.db.breaker, sqlx::SqlStr::from_static(sql));
         match &mut self.tx {
-            Tx::Sqlite(writing) => Statement::on_sqlite(writing.conn(), sqlx::SqlStr::from_static(sql)),
-            Tx::Postgres(tx) => Statement::on_postgres(tx, sqlx::SqlStr::from_static(sql)),
+            Tx::Sqlite(writing) => Statement::on_sqlite(writing.conn(), breaker, sql),
+            Tx::Postgres(tx) => Statement::on_postgres(tx, breaker, sql),
         }
     }
 
@@ -265,11 +286,12 @@ impl UnitOfWork {
     /// Commits, then wakes this process's change-feed streams for the events
     /// recorded.
     pub async fn commit(self) -> Result<(), Error> {
-        match self.tx {
+        let committed = match self.tx {
             Tx::Sqlite(writing) => writing.commit().await,
             Tx::Postgres(tx) => tx.commit().await,
-        }
-        .map_err(failure)?;
+        };
+        self.db.breaker.heard(committed.as_ref().err());
+        committed.map_err(failure)?;
         if let Some(sequence) = self.recorded {
             self.db.announce(sequence);
         }

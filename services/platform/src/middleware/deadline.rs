@@ -30,6 +30,26 @@ impl Deadline {
     pub fn of<T>(request: &tonic::Request<T>) -> Option<Self> {
         request.extensions().get::<Self>().copied()
     }
+
+    /// The deadline of the call this task is serving, if it serves one.
+    /// The database reads it to bound its waits for a connection, which
+    /// no handler passes it: a task-local set by [`DeadlineLayer`] around
+    /// the handler, so that every repository function need not carry it.
+    /// Work a call spawns (a detached read) runs without it.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(|deadline| *deadline).ok()
+    }
+
+    /// Runs `work` as a call with this deadline: [`Deadline::current`]
+    /// inside it is this one.
+    pub fn scope<F: Future>(self, work: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, work)
+    }
+}
+
+tokio::task_local! {
+    /// The deadline of the call the task serves (see [`Deadline::current`]).
+    static CURRENT: Deadline;
 }
 
 /// Encodes a timeout as a `grpc-timeout` value: microseconds while they fit
@@ -99,14 +119,14 @@ where
         let deadline = Instant::now() + budget;
         req.extensions_mut().insert(Deadline(deadline));
         let fut = self.inner.call(req);
-        Box::pin(async move {
+        Box::pin(Deadline(deadline).scope(async move {
             match tokio::time::timeout_at(deadline, fut).await {
                 Ok(result) => result,
                 Err(_) => Ok(status_response(tonic::Status::deadline_exceeded(
                     "the deadline passed before the server answered",
                 ))),
             }
-        })
+        }))
     }
 }
 

@@ -207,33 +207,41 @@ async fn stop_tasks(running: Running) {
     }
 }
 
-/// Probes the database and reports the answers to health until stopped.
+/// Probes the database and reports the answers to health, and to the
+/// database's breaker, until stopped: every `interval`, and more often
+/// while the database is known to be out of reach.
 async fn probe(database: Database, health: Health, interval: Duration, stop: Shutdown) {
-    let mut every = tokio::time::interval(interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A probe that hangs counts as a failure: a database that does not
     // answer within the interval is not serving.
     let probe_timeout = interval.max(Duration::from_millis(500));
+    // The first failure of an outage is a warning; the probes after it,
+    // ten a second while it lasts, are not worth one each.
+    let mut answered = true;
     loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            _ = stop.wait() => return,
-        }
-        let ok = match tokio::time::timeout(probe_timeout, database.ping()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "database probe failed");
-                false
-            }
+        let failure = match tokio::time::timeout(probe_timeout, database.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
             Err(_) => {
-                tracing::warn!("database probe timed out");
-                false
+                database.probe_timed_out();
+                Some("no answer within the probe's timeout".to_owned())
             }
         };
+        let ok = failure.is_none();
+        match failure {
+            Some(error) if answered => tracing::warn!(%error, "database probe failed"),
+            Some(error) => tracing::debug!(%error, "database probe failed"),
+            None => {}
+        }
+        answered = ok;
         health.database_answered(ok).await;
         let (size, idle) = database.pool_stats();
         ::metrics::gauge!("agora_db_pool_connections").set(size as f64);
         ::metrics::gauge!("agora_db_pool_idle_connections").set(idle as f64);
+        tokio::select! {
+            _ = tokio::time::sleep(database.next_probe(interval)) => {}
+            _ = database.lost() => {}
+            _ = stop.wait() => return,
+        }
     }
 }
 
