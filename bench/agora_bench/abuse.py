@@ -5,8 +5,9 @@
   every stream stops at its flow-control window; the stream limit is raised to 1,000 for the run
   (its default, 512, would refuse the rest)
 - 10,000 idle connections: each sends the HTTP/2 preface and its SETTINGS, then nothing; the
-  connection cap is raised to 10,000 and the handshake timeout to a minute for the run (at the
-  defaults, 1,024 are kept and a connection that never calls is closed after 10 s)
+  connection caps (in all and per address) are raised to 10,000 and the handshake timeout to a
+  minute for the run (at the defaults, at most 1,024 are kept, new connections take the places of
+  the oldest that never called, and a connection that never calls is closed after 10 s)
 
 Each reports the catalog's memory with the abuse in place, beside its memory before, and the
 GetProduct rate h2load gets during the abuse, beside the rate it got just before."""
@@ -167,7 +168,8 @@ def stalled_streams(bench: Bench, large_db, get_body: bytes, stream_body: bytes)
 
 def idle_connections(bench: Bench, small_db, get_body: bytes) -> dict:
     catalog = start_service(bench.procs, "catalog-idle-conns", "catalog", f"sqlite:{small_db}",
-                            AGORA_MAX_CONNECTIONS=IDLE_CONNECTIONS + 100, AGORA_HANDSHAKE_TIMEOUT_MS=60_000
+                            AGORA_MAX_CONNECTIONS=IDLE_CONNECTIONS + 100,
+                            AGORA_MAX_CONNECTIONS_PER_PEER=IDLE_CONNECTIONS + 100, AGORA_HANDSHAKE_TIMEOUT_MS=60_000
                             ).wait_serving()
 
     def hold(holders: Holders) -> None:

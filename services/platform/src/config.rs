@@ -147,9 +147,14 @@ pub struct Settings {
 /// number, and how long a reader may take nothing).
 #[derive(Debug, Clone)]
 pub struct ConnectionSettings {
-    /// Connections open at once; a connection over it is closed at accept
-    /// (`AGORA_MAX_CONNECTIONS`).
+    /// Connections open at once (`AGORA_MAX_CONNECTIONS`). At the cap, a
+    /// new connection takes the place of the oldest that has not completed
+    /// a call yet; with none, it is closed at accept.
     pub max_connections: usize,
+    /// Connections open at once from one peer address, under the same rule
+    /// (`AGORA_MAX_CONNECTIONS_PER_PEER`): one address cannot take the
+    /// whole cap.
+    pub max_connections_per_peer: usize,
     /// Time for the TLS handshake, and for a new connection's first call
     /// (`AGORA_HANDSHAKE_TIMEOUT_MS`).
     pub handshake_timeout: Duration,
@@ -189,6 +194,7 @@ impl ConnectionSettings {
     fn read<F: Fn(&str) -> Option<String>>(env: &mut EnvReader<F>) -> Self {
         Self {
             max_connections: env.number("AGORA_MAX_CONNECTIONS", 1024, 1..=1_000_000),
+            max_connections_per_peer: env.number("AGORA_MAX_CONNECTIONS_PER_PEER", 256, 1..=1_000_000),
             handshake_timeout: env.millis("AGORA_HANDSHAKE_TIMEOUT_MS", 10_000, 100..=600_000),
             idle_timeout: env.millis("AGORA_IDLE_TIMEOUT_MS", 300_000, 100..=86_400_000),
             max_age: env.millis("AGORA_MAX_CONNECTION_AGE_MS", 1_800_000, 1_000..=604_800_000),

@@ -164,3 +164,40 @@ fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
     drop(stream);
 }
+
+/// A TCP connection to `addr` from the loopback address `source` (any of
+/// 127.0.0.0/8 works on Linux): a client at another address.
+pub async fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("binding the source address");
+    socket.connect(addr).await.expect("the server accepts")
+}
+
+/// A connection to the TLS server at `addr` that finishes its TLS
+/// handshake (trusting the test CA) and then sends nothing: a client that
+/// holds a connection without ever calling.
+pub async fn tls_handshake_only(
+    addr: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = agora_platform::security::tls::client_config(crate::pki().ca_pem().as_bytes(), None)
+        .expect("the test CA");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    connector.connect(name, tcp).await
+}
+
+/// Whether the peer closed `stream` within `bound` (end of stream, or a
+/// reset), reading and dropping whatever it sent before.
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, bound: Duration) -> bool {
+    let mut buffer = [0u8; 4096];
+    let closed = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(bound, closed).await.is_ok()
+}

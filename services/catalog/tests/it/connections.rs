@@ -12,7 +12,10 @@ use std::{
 
 use crate::common::*;
 use agora_platform::{Settings, security::SecuritySettings};
-use agora_testing::wait_until;
+use agora_testing::{
+    faults::{closed_within, connect_from, tls_handshake_only},
+    wait_until,
+};
 use bytes::Bytes;
 use tokio::{net::TcpStream, task::JoinHandle};
 use tonic::Code;
@@ -44,6 +47,13 @@ async fn connect(addr: SocketAddr) -> Raw {
 async fn connect_with(addr: SocketAddr, builder: &h2::client::Builder) -> Raw {
     let tcp = TcpStream::connect(addr).await.expect("the server accepts");
     let (send, connection) = builder.handshake(tcp).await.expect("the HTTP/2 preface is sent");
+    Raw { send, driver: tokio::spawn(connection), addr }
+}
+
+/// An HTTP/2 connection over a TCP connection made elsewhere.
+async fn h2_over(tcp: TcpStream) -> Raw {
+    let addr = tcp.peer_addr().expect("connected");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("the HTTP/2 preface is sent");
     Raw { send, driver: tokio::spawn(connection), addr }
 }
 
@@ -206,6 +216,104 @@ async fn connections_over_the_cap_are_closed_at_accept() {
         wait_until(Duration::from_secs(10), || async { connect(c.server.grpc_addr).await.checks().await })
             .await;
     assert!(served_again, "no connection served after one closed");
+}
+
+/// At the cap, connections that never made a call (silent TCP, an HTTP/2
+/// preface and nothing more) make way for a new one, the oldest first; a
+/// connection that completed a call keeps its place. The handshake timeout
+/// is a minute here: without the eviction, the cap would stay full of
+/// silent connections all that time.
+#[tokio::test]
+async fn connections_that_never_call_make_way_for_one_that_does() {
+    let c = plaintext(|s| {
+        s.connections.max_connections = 4;
+        s.connections.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let addr = c.server.grpc_addr;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let preface_only = connect(addr).await;
+    let mut caller = connect(addr).await;
+    assert_eq!(caller.check().await, "0");
+    let mut also_silent = TcpStream::connect(addr).await.unwrap();
+
+    // The cap is full: a client that calls takes the oldest silent one's place.
+    let mut newcomer = connect(addr).await;
+    assert!(newcomer.checks().await, "a well-behaved client was refused");
+    assert!(closed_within(&mut silent, Duration::from_secs(10)).await, "the oldest silent one stayed");
+    assert_eq!(closed(&c, "evicted").await, 1.0);
+    // Then the preface-only one, then the other silent one; never a caller.
+    let mut third = connect(addr).await;
+    assert!(third.checks().await);
+    assert!(preface_only.closed_within(Duration::from_secs(10)).await, "the preface-only one stayed");
+    let mut fourth = connect(addr).await;
+    assert!(fourth.checks().await);
+    assert!(closed_within(&mut also_silent, Duration::from_secs(10)).await);
+    assert!(caller.checks().await && newcomer.checks().await, "a caller lost its place");
+    // Every place is held by a caller now: the next is closed at accept.
+    let refused = connect(addr).await;
+    assert!(refused.closed_within(Duration::from_secs(10)).await, "a connection over the cap stayed open");
+    assert_eq!(closed(&c, "limit").await, 1.0);
+    assert_eq!(closed(&c, "evicted").await, 3.0);
+}
+
+/// On a TLS server, connections that finished their TLS handshake and
+/// never called, or never even began it, make way for a client that calls.
+#[tokio::test]
+async fn tls_connections_that_never_call_make_way_for_one_that_does() {
+    let c = start_with(TestDatabase::sqlite(), |s| {
+        s.connections.max_connections = 3;
+        s.connections.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let addr = c.server.grpc_addr;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut handshaken = Vec::new();
+    for _ in 0..2 {
+        handshaken.push(tls_handshake_only(addr).await.expect("the TLS handshake"));
+    }
+    // Every place is held; a client with a token calls (a connection of its own).
+    let mut client = pb::catalog_service_client::CatalogServiceClient::new(
+        c.server.channel_as(&agora_testing::Who::Staff),
+    );
+    client.list_families(pb::ListFamiliesRequest::default()).await.expect("the caller is served");
+    assert!(closed_within(&mut silent, Duration::from_secs(10)).await, "the silent connection stayed");
+    // A second client takes the oldest handshake-only place.
+    let mut other = pb::catalog_service_client::CatalogServiceClient::new(
+        c.server.channel_as(&agora_testing::Who::Staff),
+    );
+    other.list_families(pb::ListFamiliesRequest::default()).await.expect("the second caller is served");
+    assert!(closed_within(&mut handshaken[0], Duration::from_secs(10)).await);
+    assert_eq!(closed(&c, "evicted").await, 2.0);
+    client.list_families(pb::ListFamiliesRequest::default()).await.expect("the first keeps its place");
+}
+
+/// One peer address holds at most AGORA_MAX_CONNECTIONS_PER_PEER
+/// connections: its own oldest that never called makes way first, and
+/// once all of them called, its next is refused, while another address is
+/// still served.
+#[tokio::test]
+async fn one_address_holds_at_most_its_share() {
+    let c = plaintext(|s| {
+        s.connections.max_connections = 100;
+        s.connections.max_connections_per_peer = 2;
+        s.connections.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let addr = c.server.grpc_addr;
+    let elsewhere = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut first = connect_from(elsewhere, addr).await;
+    let _second = connect_from(elsewhere, addr).await;
+    let mut third = h2_over(connect_from(elsewhere, addr).await).await;
+    assert!(third.checks().await, "its own silent connection made way");
+    assert!(closed_within(&mut first, Duration::from_secs(10)).await);
+    let mut fourth = h2_over(connect_from(elsewhere, addr).await).await;
+    assert!(fourth.checks().await);
+    let fifth = h2_over(connect_from(elsewhere, addr).await).await;
+    assert!(fifth.closed_within(Duration::from_secs(10)).await, "a third caller from one address stayed");
+    assert_eq!(closed(&c, "peer_limit").await, 1.0);
+    let mut local = connect(addr).await;
+    assert!(local.checks().await, "another address was refused");
 }
 
 /// A header list over AGORA_MAX_HEADER_BYTES gets RESOURCE_EXHAUSTED that

@@ -7,7 +7,11 @@
 //! (GOAWAY, so that clients re-balance across replicas) and no way to close
 //! a connection whose reader stalled. Each connection is one task:
 //!
-//! - over `max_connections`, it is closed at accept;
+//! - at `max_connections` (or `max_connections_per_peer` from its peer's
+//!   address) it takes the place of the oldest connection that has not
+//!   completed a call yet (of that address), which is closed; when every
+//!   connection has, it is closed at accept ([`Admission`]): connections
+//!   that never call cannot lock out a client that does;
 //! - the TLS handshake has `handshake_timeout`, and so has the first call;
 //! - with no call or stream open for `idle_timeout`, it gets GOAWAY;
 //! - at `max_age` (±10%) it gets GOAWAY, and `age_grace` later it is cut;
@@ -17,8 +21,9 @@
 //! - at shutdown it gets GOAWAY, and its calls end within the shutdown bound.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::{Pin, pin},
     sync::{
         Arc, Mutex, OnceLock, Weak,
@@ -37,7 +42,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{Notify, Semaphore},
+    sync::Notify,
     task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
@@ -83,6 +88,9 @@ pub(crate) struct Connection {
     /// Wakes the connection's task when what it waits for changed (a first
     /// call, a stream opened), so that it sets its next check anew.
     changed: Notify,
+    /// Its place among the connections: given up once a call completed
+    /// here, it can no longer be taken by a new connection.
+    place: Option<Arc<Place>>,
 }
 
 impl Connection {
@@ -97,6 +105,13 @@ impl Connection {
     fn end(&self) {
         self.last_active.store(now_ms(), Ordering::Relaxed);
         self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A call on this connection was answered.
+    fn completed(&self) {
+        if let Some(place) = &self.place {
+            place.proven();
+        }
     }
 
     /// Admits one more long-lived stream if fewer than `limit` are open
@@ -172,7 +187,12 @@ impl StallClock {
 /// counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closed {
+    /// At the cap, with no connection to take the place of: closed at accept.
     Limit,
+    /// The same, at one peer address's cap.
+    PeerLimit,
+    /// Its place taken by a new connection before it completed a call.
+    Evicted,
     Handshake,
     Idle,
     Age,
@@ -181,12 +201,22 @@ enum Closed {
 }
 
 impl Closed {
-    const ALL: [Closed; 6] =
-        [Closed::Limit, Closed::Handshake, Closed::Idle, Closed::Age, Closed::Stalled, Closed::Shutdown];
+    const ALL: [Closed; 8] = [
+        Closed::Limit,
+        Closed::PeerLimit,
+        Closed::Evicted,
+        Closed::Handshake,
+        Closed::Idle,
+        Closed::Age,
+        Closed::Stalled,
+        Closed::Shutdown,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Closed::Limit => "limit",
+            Closed::PeerLimit => "peer_limit",
+            Closed::Evicted => "evicted",
             Closed::Handshake => "handshake",
             Closed::Idle => "idle",
             Closed::Age => "age",
@@ -233,6 +263,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let response = fut.await;
+            open.0.completed();
             drop(open);
             response
         })
@@ -283,7 +314,7 @@ pub(super) async fn serve<S>(
         .max_header_list_size((limits.max_header_bytes * HEADER_HEADROOM) as u32)
         .max_send_buf_size(SEND_BUFFER_BYTES);
     let shared = Arc::new(Shared { http2, limits: limits.clone(), tls, closing: CancellationToken::new() });
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let admission = Admission::new(limits.max_connections, limits.max_connections_per_peer);
     let mut connections = JoinSet::new();
     let mut stop = pin!(stop);
     loop {
@@ -301,17 +332,27 @@ pub(super) async fn serve<S>(
             // Reap the tasks of closed connections as they end.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            Closed::Limit.count();
-            tracing::debug!(%peer, limit = limits.max_connections, "connection refused: at the connection limit");
-            continue;
+        let place = match admission.admit(peer.ip()) {
+            Ok(place) => place,
+            Err(refused) => {
+                refused.count();
+                tracing::debug!(%peer, reason = refused.as_str(), "connection refused at its limit");
+                continue;
+            }
         };
         let (shared, service) = (shared.clone(), service.clone());
         connections.spawn(async move {
-            let _permit = permit;
             let open = metrics::gauge!("agora_grpc_server_connections");
             open.increment(1.0);
-            shared.handshake(tcp, peer, service).await;
+            let evicted = place.evicted.clone();
+            tokio::select! {
+                () = shared.handshake(tcp, peer, service, place) => {}
+                // Its place was taken before it completed a call: cut.
+                () = evicted.cancelled() => {
+                    Closed::Evicted.count();
+                    tracing::debug!(%peer, "connection closed: a new connection took its place");
+                }
+            }
             open.decrement(1.0);
         });
     }
@@ -331,7 +372,7 @@ struct Shared {
 
 impl Shared {
     /// TLS (bounded by the handshake timeout) when configured, then serve.
-    async fn handshake<S>(&self, tcp: TcpStream, peer: SocketAddr, service: S)
+    async fn handshake<S>(&self, tcp: TcpStream, peer: SocketAddr, service: S, place: Arc<Place>)
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -340,11 +381,11 @@ impl Shared {
         // delayed ACK.
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return self.run(tcp, service).await;
+            return self.run(tcp, service, place).await;
         };
         let acceptor = TlsAcceptor::from(tls.config());
         let failure = match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => return self.run(stream, service).await,
+            Ok(Ok(stream)) => return self.run(stream, service, place).await,
             Ok(Err(err)) => err.to_string(),
             Err(_) => {
                 Closed::Handshake.count();
@@ -357,7 +398,7 @@ impl Shared {
     }
 
     /// Serves one connection until it ends, or the server ends it.
-    async fn run<IO, S>(&self, io: IO, service: S)
+    async fn run<IO, S>(&self, io: IO, service: S, place: Arc<Place>)
     where
         IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
@@ -366,6 +407,7 @@ impl Shared {
         let connection = Arc::new(Connection {
             last_active: AtomicU64::new(now_ms()),
             closing: self.closing.clone(),
+            place: Some(place),
             ..Default::default()
         });
         let service =
@@ -444,5 +486,195 @@ impl Shared {
             limits.handshake_timeout.saturating_sub(since).min(limits.idle_timeout)
         };
         left.max(Duration::from_millis(1))
+    }
+}
+
+/// Who holds the connections' places: at most `max` in all and
+/// `per_peer` from one address. Written here because no crate admits
+/// connections this way: at a cap, a new connection takes the place of the
+/// oldest one that has not completed a call yet (from the same address,
+/// at that address's cap), so connections that never call (silent TCP, a
+/// TLS handshake or an HTTP/2 preface and nothing more) cannot lock out a
+/// client that calls, however long the handshake timeout and however
+/// often they reconnect. Only when every place is held by a connection
+/// that completed a call is the new one refused.
+struct Admission {
+    max: usize,
+    per_peer: usize,
+    state: Mutex<Places>,
+}
+
+#[derive(Default)]
+struct Places {
+    /// Places held.
+    held: usize,
+    by_peer: HashMap<IpAddr, usize>,
+    /// The places whose connection has not completed a call, by age
+    /// (their numbers only grow): the peer, and how to cut the connection.
+    unproven: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    next: u64,
+}
+
+/// One connection's place. Given back when dropped, unless it was taken.
+#[derive(Debug)]
+struct Place {
+    number: u64,
+    peer: IpAddr,
+    admission: Weak<Admission>,
+    /// Cancelled when a new connection takes the place: the connection
+    /// is cut.
+    evicted: CancellationToken,
+    /// Set once a call completed: the place can no longer be taken.
+    proven: AtomicBool,
+}
+
+/// Why a connection was refused a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Cap,
+    PeerCap,
+}
+
+impl Refused {
+    fn closed(self) -> Closed {
+        match self {
+            Refused::Cap => Closed::Limit,
+            Refused::PeerCap => Closed::PeerLimit,
+        }
+    }
+
+    fn count(self) {
+        self.closed().count();
+    }
+
+    fn as_str(self) -> &'static str {
+        self.closed().as_str()
+    }
+}
+
+impl Admission {
+    fn new(max: usize, per_peer: usize) -> Arc<Self> {
+        Arc::new(Self { max, per_peer, state: Mutex::default() })
+    }
+
+    /// A place for a new connection from `peer`, taken from the oldest
+    /// connection without a completed call if the caps are reached.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Arc<Place>, Refused> {
+        let mut places = self.state.lock().expect("never poisoned");
+        if places.by_peer.get(&peer).copied().unwrap_or(0) >= self.per_peer {
+            let oldest = places.unproven.iter().find(|(_, (p, _))| *p == peer).map(|(n, _)| *n);
+            let number = oldest.ok_or(Refused::PeerCap)?;
+            places.take(number);
+        }
+        if places.held >= self.max {
+            let oldest = places.unproven.keys().next().copied();
+            let number = oldest.ok_or(Refused::Cap)?;
+            places.take(number);
+        }
+        let number = places.next;
+        places.next += 1;
+        let place = Arc::new(Place {
+            number,
+            peer,
+            admission: Arc::downgrade(self),
+            evicted: CancellationToken::new(),
+            proven: AtomicBool::new(false),
+        });
+        places.held += 1;
+        *places.by_peer.entry(peer).or_default() += 1;
+        places.unproven.insert(number, (peer, place.evicted.clone()));
+        Ok(place)
+    }
+}
+
+impl Places {
+    /// Takes the place `number` from its connection, which is cut.
+    fn take(&mut self, number: u64) {
+        if let Some((peer, evicted)) = self.unproven.remove(&number) {
+            self.release(peer);
+            evicted.cancel();
+        }
+    }
+
+    fn release(&mut self, peer: IpAddr) {
+        self.held -= 1;
+        if let Some(n) = self.by_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+}
+
+impl Place {
+    /// A call completed on its connection: the place is its for good.
+    fn proven(&self) {
+        if self.proven.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(admission) = self.admission.upgrade() {
+            admission.state.lock().expect("never poisoned").unproven.remove(&self.number);
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        // A place that was taken was given back by whoever took it.
+        if self.evicted.is_cancelled() {
+            return;
+        }
+        if let Some(admission) = self.admission.upgrade() {
+            let mut places = admission.state.lock().expect("never poisoned");
+            places.unproven.remove(&self.number);
+            places.release(self.peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn at_the_cap_a_new_connection_takes_the_place_of_the_oldest_that_never_called() {
+        let admission = Admission::new(3, 3);
+        let first = admission.admit(ip(1)).unwrap();
+        let second = admission.admit(ip(1)).unwrap();
+        let caller = admission.admit(ip(2)).unwrap();
+        caller.proven();
+        let newcomer = admission.admit(ip(3)).unwrap();
+        assert!(first.evicted.is_cancelled(), "the oldest that never called went");
+        assert!(!second.evicted.is_cancelled() && !caller.evicted.is_cancelled());
+        second.proven();
+        newcomer.proven();
+        assert_eq!(admission.admit(ip(4)).err(), Some(Refused::Cap), "every place is proven");
+        drop(second);
+        let fourth = admission.admit(ip(4)).expect("a place given back is free");
+        drop(first);
+        let held = admission.state.lock().unwrap().held;
+        assert_eq!(held, 3, "a taken place is not given back twice");
+        drop((caller, newcomer, fourth));
+        let held = admission.state.lock().unwrap().held;
+        assert_eq!(held, 0, "every place is given back");
+    }
+
+    #[test]
+    fn one_peer_takes_at_most_its_share() {
+        let admission = Admission::new(10, 2);
+        let a = admission.admit(ip(9)).unwrap();
+        let b = admission.admit(ip(9)).unwrap();
+        let c = admission.admit(ip(9)).unwrap();
+        assert!(a.evicted.is_cancelled() && !b.evicted.is_cancelled(), "its own oldest made way");
+        b.proven();
+        c.proven();
+        assert_eq!(admission.admit(ip(9)).err(), Some(Refused::PeerCap));
+        let other = admission.admit(ip(1)).unwrap();
+        assert!(!other.evicted.is_cancelled() && !b.evicted.is_cancelled(), "others are not touched");
     }
 }

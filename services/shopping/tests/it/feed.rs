@@ -15,6 +15,8 @@ agora_testing::on_both_backends!(
     deleting_a_customer_deletes_their_lists,
     a_consumer_killed_in_a_burst_resumes_and_applies_every_event_once,
     replaying_the_feeds_from_the_start_changes_nothing,
+    a_product_and_a_customer_heard_of_need_no_upstream,
+    an_item_added_within_the_feeds_lag_goes_unavailable_with_its_product,
 );
 
 fn update_micros(list: &pb::ShoppingList) -> i64 {
@@ -276,4 +278,47 @@ async fn the_consumer_reconnects_and_catches_up_after_the_catalog_returns() {
     // The consumer may be in its longest backoff (5 s) when the catalog returns.
     let caught_up = wait_for_list(&s, &list.list_id, Duration::from_secs(20), unavailable(&screen)).await;
     assert!(caught_up, "the consumer did not catch up after the catalog returned");
+}
+
+/// A product and a customer shopping has heard of (from the feeds, or
+/// from an answer it kept) are not asked of their upstreams again.
+async fn a_product_and_a_customer_heard_of_need_no_upstream(db: TestDatabase) {
+    let (mut s, [catalog_proxy, customers_proxy]) = start_unfed(db).await;
+    let ana = s.customer("ana@example.com").await;
+    let milk = s.product("Milk").await;
+    let first = s.list_of(&ana, "First").await;
+    s.add(&first.list_id, &milk, 1, "").await.expect("asked of the catalog");
+    let (products, customers) =
+        (catalog_proxy.calls_of("GetProduct"), customers_proxy.calls_of("GetCustomer"));
+    assert_eq!((products, customers), (1, 1));
+    let second = s.list_of(&ana, "Second").await;
+    s.add(&second.list_id, &milk, 2, "").await.expect("kept");
+    assert_eq!(catalog_proxy.calls_of("GetProduct"), products, "the catalog was asked again");
+    assert_eq!(customers_proxy.calls_of("GetCustomer"), customers, "customers was asked again");
+}
+
+/// The defined answer within the feed's lag: a product discontinued after
+/// shopping last heard of it may still be added to a list, and the
+/// discontinuation, when the feed brings it, marks it unavailable there
+/// as on every list; from then on the product is refused.
+async fn an_item_added_within_the_feeds_lag_goes_unavailable_with_its_product(db: TestDatabase) {
+    let (mut s, [catalog_proxy, _customers_proxy]) = start_unfed(db).await;
+    let ana = s.customer("ana@example.com").await;
+    let lamp = s.product("Lamp").await;
+    let home = s.list_of(&ana, "Home").await;
+    s.add(&home.list_id, &lamp, 1, "").await.expect("on sale");
+    s.discontinue(&lamp).await;
+    let office = s.list_of(&ana, "Office").await;
+    s.add(&office.list_id, &lamp, 1, "").await.expect("shopping has not heard yet");
+
+    catalog_proxy.stop_refusing();
+    for list in [&home, &office] {
+        assert!(
+            wait_for_list(&s, &list.list_id, BOUND * 2, unavailable(&lamp)).await,
+            "{} kept it",
+            list.title
+        );
+    }
+    let err = s.add(&office.list_id, &lamp, 1, "").await.unwrap_err();
+    assert_eq!(precondition(&err), "PRODUCT_STATE");
 }
