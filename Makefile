@@ -10,7 +10,7 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run stop story seed token observe observe-check postgres-tls test test-system image test-image deploy-manifests deploy-check readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
+.PHONY: help run stop story seed token observe observe-check postgres-tls test test-system test-chaos image test-image deploy-manifests deploy-check readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ observe-check: ## The monitoring: promtool on the rules and their tests, names a
 
 test-system: ## The slow system suites: replicas on PostgreSQL killed, restarted and drained (root; AGORA_TEST_POSTGRES_URL)
 	@tools/test-system.sh
+
+test-chaos: ## The seeded chaos run: faults drawn from a seed under load, then the invariants (SEED=<n> replays one; AGORA_TEST_POSTGRES_URL)
+	@SEED=$(SEED) tools/test-chaos.sh
 
 image: ## OCI images of the services, built from scratch without a daemon (buildah): target/image/agora-<service>.tar
 	@tools/image.sh

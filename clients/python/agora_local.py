@@ -1,15 +1,19 @@
 """Running Agora locally from Python: free ports, the generated client,
-health on the admin port, and the development credentials agora-dev makes.
+health on the admin port, the development credentials agora-dev makes, and
+for the system suites replicas as processes and psql on the databases.
 Shared by the client tests (conftest.py) and the system suites
 (tests/system); nothing here knows Rust: the services are the built
 binaries, found in target/debug (override with AGORA_BIN_DIR)."""
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -20,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("AGORA_BIN_DIR", ROOT / "target" / "debug"))
 SERVICES = ["catalog", "customers", "offers", "shopping"]
 BOUND_SECONDS = 30
+# The PostgreSQL the system suites create their databases on.
+POSTGRES = os.environ.get("AGORA_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
 
 
 def free_port() -> int:
@@ -62,6 +68,79 @@ def generated_client() -> dict:
         "shopping": (shopping_pb2, shopping_grpc),
         "money": money_pb2,
     }
+
+
+def server_url(database: str) -> str:
+    """AGORA_TEST_POSTGRES_URL with another database."""
+    base, _, query = POSTGRES.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{database}" + (f"?{query}" if query else "")
+
+
+def psql(database: str, sql: str) -> str:
+    done = subprocess.run(["psql", server_url(database), "-tAqc", sql], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+
+class Replica:
+    """One process of a service on its own loopback address."""
+
+    def __init__(self, service: str, ip: str, port: int, env: dict, hosts: Path | None, logs: Path):
+        """`hosts`: a file the process's resolver reads as /etc/hosts (a mount namespace of its own,
+        which needs root); None: the system's."""
+        self.service, self.ip, self.port = service, ip, port
+        self.addr = f"{ip}:{port}"
+        self.admin = f"{ip}:{free_port()}"
+        self.env = dict(env, AGORA_GRPC_ADDR=self.addr, AGORA_ADMIN_ADDR=self.admin)
+        self.hosts, self.logs = hosts, logs
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, wait: bool = True) -> "Replica":
+        """Starts the process; with `wait`, until its health says SERVING (bounded)."""
+        binary = str(BIN_DIR / f"agora-{self.service}")
+        command = [binary]
+        if self.hosts:
+            # The system resolver of this process reads the test's hosts file.
+            command = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$1"',
+                       str(self.hosts), binary]
+        self.starts += 1
+        log = open(self.logs / f"{self.service}-{self.ip}-{self.starts}.log", "w")
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            wait_serving(self.admin)
+        return self
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections and answers nothing, as a stalled one."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def drain(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def metric(self, name: str, labels: str = "") -> float | None:
+        """A metric's value from /metrics on the admin port; None when absent or unreachable."""
+        try:
+            with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=2) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return None
+        pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+        found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
 
 
 def wait_serving(admin: str) -> None:

@@ -22,7 +22,6 @@ PostgreSQL of AGORA_TEST_POSTGRES_URL."""
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -39,9 +37,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-from agora_local import BIN_DIR, Credentials, free_port, generated_client, wait_serving  # noqa: E402
+from agora_local import Credentials, Replica, free_port, generated_client, psql, server_url  # noqa: E402
 
-POSTGRES = os.environ.get("AGORA_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
 # Offers follows the catalog's feed again within this bound after the
 # catalog replica serving it is killed.
 TAKEOVER_BOUND = 2.0
@@ -51,71 +48,11 @@ REPLICA_IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 KILL_ROUNDS = 5
 
 
-def server_url(database: str) -> str:
-    """AGORA_TEST_POSTGRES_URL with another database."""
-    base, _, query = POSTGRES.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{database}" + (f"?{query}" if query else "")
-
-
-def psql(database: str, sql: str) -> str:
-    done = subprocess.run(["psql", server_url(database), "-tAqc", sql], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def can_mount_hosts() -> bool:
     probe = subprocess.run(
         ["unshare", "--mount", "sh", "-c", "mount --bind /etc/hosts /etc/hosts"], capture_output=True, timeout=10
     )
     return probe.returncode == 0
-
-
-class Replica:
-    """One process of a service on its own loopback address."""
-
-    def __init__(self, service: str, ip: str, port: int, env: dict, hosts: Path | None, logs: Path):
-        self.service, self.ip, self.port = service, ip, port
-        self.addr = f"{ip}:{port}"
-        self.admin = f"{ip}:{free_port()}"
-        self.env = dict(env, AGORA_GRPC_ADDR=self.addr, AGORA_ADMIN_ADDR=self.admin)
-        self.hosts, self.logs = hosts, logs
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> "Replica":
-        binary = str(BIN_DIR / f"agora-{self.service}")
-        command = [binary]
-        if self.hosts:
-            # The system resolver of this process reads the test's hosts file.
-            command = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$1"',
-                       str(self.hosts), binary]
-        self.starts += 1
-        log = open(self.logs / f"{self.service}-{self.ip}-{self.starts}.log", "w")
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_serving(self.admin)
-        return self
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def drain(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def metric(self, name: str, labels: str = "") -> float | None:
-        """A metric's value from /metrics on the admin port; None when absent or unreachable."""
-        try:
-            with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=2) as answer:
-                text = answer.read().decode()
-        except OSError:
-            return None
-        pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
-        found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-        return float(found.group(1)) if found else None
 
 
 def retrying_options(name: str) -> list:

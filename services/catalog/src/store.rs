@@ -84,6 +84,13 @@ pub async fn product(on: impl Executor<'_>, id: &str) -> Result<Product, Error> 
     product_from_row(&on.query(sql).bind(id).fetch_found("product", id).await?)
 }
 
+/// One product about to change, in the unit of work that changes it:
+/// locked until it ends (see [`UnitOfWork::lock`]).
+pub async fn product_to_change(uow: &mut UnitOfWork, id: &str) -> Result<Product, Error> {
+    uow.lock("SELECT product_id FROM products WHERE product_id = $1 FOR UPDATE", id).await?;
+    product(uow, id).await
+}
+
 /// The products among `ids` that exist, in no particular order.
 pub async fn products(db: &Database, ids: &[String]) -> Result<Vec<Product>, Error> {
     if ids.is_empty() {

@@ -204,7 +204,7 @@ impl CustomerService for CustomersApi {
         audit.resource(&id);
         grant.check_owner(&id)?;
         let mut uow = self.db.begin().await?;
-        let mut customer = store::customer(&mut uow, &id).await?;
+        let mut customer = store::customer_to_change(&mut uow, &id).await?;
         customer.update(patch, &etag, now_micros())?;
         store::save(&mut uow, &customer).await?;
         uow.commit().await?;
@@ -222,7 +222,7 @@ impl CustomerService for CustomersApi {
         let id = required_id("customer_id", &req.customer_id)?;
         grant.check_owner(&id)?;
         let mut uow = self.db.begin().await?;
-        let customer = store::customer(&mut uow, &id).await?;
+        let customer = store::customer_to_change(&mut uow, &id).await?;
         let deleted = customer.delete(&req.etag)?;
         // Without an etag the caller deletes whatever the customer is now.
         let at = (!req.etag.is_empty()).then_some(customer.revision);

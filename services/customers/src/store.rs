@@ -73,6 +73,13 @@ pub async fn customer(on: impl Executor<'_>, id: &str) -> Result<Customer, Error
     customer_from_row(&on.query(sql).bind(id).fetch_found("customer", id).await?)
 }
 
+/// One customer about to change, in the unit of work that changes them:
+/// locked until it ends (see [`UnitOfWork::lock`]).
+pub async fn customer_to_change(uow: &mut UnitOfWork, id: &str) -> Result<Customer, Error> {
+    uow.lock("SELECT customer_id FROM customers WHERE customer_id = $1 FOR UPDATE", id).await?;
+    customer(uow, id).await
+}
+
 /// One page of customers after the cursor `after`, in creation order.
 pub async fn list(db: &Database, after: Option<i64>, limit: u32) -> Result<Page<Customer>, Error> {
     let select = concat!("SELECT ", customer_columns!(), " FROM customers");

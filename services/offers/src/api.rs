@@ -207,7 +207,7 @@ impl OfferService for OffersApi {
         let req = req.into_inner();
         let id = required_id("offer_id", &req.offer_id)?;
         let mut uow = self.db.begin().await?;
-        let mut offer = store::offer(&mut uow, &id).await?;
+        let mut offer = store::offer_to_change(&mut uow, &id).await?;
         if offer.withdraw(&req.etag, now_micros())? {
             store::save(&mut uow, &offer).await?;
             uow.commit().await?;

@@ -71,6 +71,14 @@ pub async fn offer(on: impl Executor<'_>, id: &str) -> Result<Offer, Error> {
     offer_from_row(&on.query(sql).bind(id).fetch_found("offer", id).await?)
 }
 
+/// One offer about to change, in the unit of work that changes it: locked
+/// until it ends (see [`UnitOfWork::lock`]), so the feed's withdrawals and
+/// a withdrawal by staff take turns.
+pub async fn offer_to_change(uow: &mut UnitOfWork, id: &str) -> Result<Offer, Error> {
+    uow.lock("SELECT offer_id FROM offers WHERE offer_id = $1 FOR UPDATE", id).await?;
+    offer(uow, id).await
+}
+
 /// Saves a changed offer over the revision it was loaded at.
 pub async fn save(uow: &mut UnitOfWork, offer: &Offer) -> Result<(), Error> {
     let changed = uow

@@ -1,15 +1,15 @@
 //! The shopping context's repository: lists and their items in its own
 //! database. It loads and saves the domain's types and knows no rule; the
-//! same SQL serves SQLite and PostgreSQL, save the row locks a write takes
-//! (`lock_sql`, and `lock_affected_sql` for the changes the upstreams'
-//! feeds bring).
+//! same SQL serves SQLite and PostgreSQL; the row locks a write takes
+//! (`UnitOfWork::lock`: the list it changes, and the lists the upstreams'
+//! feeds change) are taken on PostgreSQL only.
 //!
 //! A list and its items are read together in one statement (the list left
 //! joined to its items), so they always come from one snapshot, and a page
 //! of lists costs one query however many items the lists hold.
 
 use agora_platform::{
-    Backend, Database, Error, UnitOfWork,
+    Database, Error, UnitOfWork,
     db::{Page, Row},
 };
 
@@ -45,47 +45,15 @@ const CUSTOMER_PAGE: &str = concat!(
      LEFT JOIN list_items i ON i.list_id = l.list_id ORDER BY l.seq, i.position"
 );
 
-/// The statement that locks a list about to change, where one is needed.
-/// PostgreSQL locks the list's row until commit, so two writers of one list
-/// take turns instead of one overwriting the other's change. The lock is a
-/// statement of its own: a statement reads from the snapshot of its start,
-/// so only a read that begins after the lock was granted sees what the
-/// previous writer committed. SQLite has no `FOR UPDATE` and needs none:
-/// `begin_write` already holds the database's write lock.
-fn lock_sql(backend: Backend) -> Option<&'static str> {
-    match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some("SELECT list_id FROM shopping_lists WHERE list_id = $1 FOR UPDATE"),
-    }
-}
-
-/// Which lists a feed event is about to change.
-#[derive(Debug, Clone, Copy)]
-enum Affected {
-    /// The lists holding a product that is still available (`$1`).
-    Holding,
-    /// A customer's lists (`$1`).
-    OwnedBy,
-}
-
-/// The statement that locks the lists a feed event changes, where one is
-/// needed: on PostgreSQL, before any of their items is touched, so the
+/// The lists a feed event changes are locked (on PostgreSQL; see
+/// `UnitOfWork::lock`) before any of their items is touched, so the
 /// consumer takes its locks in the order the API does (the list, then its
 /// items) and neither waits for the other in a circle. Both lock in list id
 /// order, so the two feeds' consumers do not either.
-fn lock_affected_sql(backend: Backend, affected: Affected) -> Option<&'static str> {
-    match (backend, affected) {
-        (Backend::Sqlite, _) => None,
-        (Backend::Postgres, Affected::Holding) => Some(
-            "SELECT list_id FROM shopping_lists WHERE list_id IN \
-             (SELECT list_id FROM list_items WHERE product_id = $1 AND available = 1) \
-             ORDER BY list_id FOR UPDATE",
-        ),
-        (Backend::Postgres, Affected::OwnedBy) => {
-            Some("SELECT list_id FROM shopping_lists WHERE customer_id = $1 ORDER BY list_id FOR UPDATE")
-        }
-    }
-}
+const LOCK_HOLDING: &str = "SELECT list_id FROM shopping_lists WHERE list_id IN \
+     (SELECT list_id FROM list_items WHERE product_id = $1 AND available = 1) ORDER BY list_id FOR UPDATE";
+const LOCK_OWNED_BY: &str =
+    "SELECT list_id FROM shopping_lists WHERE customer_id = $1 ORDER BY list_id FOR UPDATE";
 
 fn not_found(id: &str) -> Error {
     Error::NotFound { resource: "shopping_list", id: id.to_owned() }
@@ -184,9 +152,9 @@ pub async fn lists_of(
 /// Reads a list in a unit of work, locked against other writers until the
 /// unit of work ends.
 pub async fn lock(uow: &mut UnitOfWork, list_id: &str) -> Result<ShoppingList, Error> {
-    if let Some(sql) = lock_sql(uow.backend()) {
-        uow.query(sql).bind(list_id).execute().await?;
-    }
+    // Two writers of one list take turns instead of one overwriting the
+    // other's change (see `UnitOfWork::lock`).
+    uow.lock("SELECT list_id FROM shopping_lists WHERE list_id = $1 FOR UPDATE", list_id).await?;
     one_list(uow.query(list_with_items!()).bind(list_id).fetch_all().await?, list_id)
 }
 
@@ -251,9 +219,7 @@ pub async fn delete(uow: &mut UnitOfWork, list_id: &str) -> Result<(), Error> {
 /// new etag) and update time. Returns how many lists changed: none when the
 /// product was already marked, so applying the event twice changes nothing.
 pub async fn mark_unavailable(uow: &mut UnitOfWork, product_id: &str, now: i64) -> Result<u64, Error> {
-    if let Some(sql) = lock_affected_sql(uow.backend(), Affected::Holding) {
-        uow.query(sql).bind(product_id).execute().await?;
-    }
+    uow.lock(LOCK_HOLDING, product_id).await?;
     // The lists bumped are exactly those whose item this statement
     // changed, even if a list took the product in the meantime.
     let changed = uow
@@ -284,9 +250,7 @@ pub async fn mark_unavailable(uow: &mut UnitOfWork, product_id: &str, now: i64) 
 /// consumer's unit of work. Returns how many lists went: none the second
 /// time, so applying the event twice changes nothing.
 pub async fn delete_lists_of(uow: &mut UnitOfWork, customer_id: &str) -> Result<u64, Error> {
-    if let Some(sql) = lock_affected_sql(uow.backend(), Affected::OwnedBy) {
-        uow.query(sql).bind(customer_id).execute().await?;
-    }
+    uow.lock(LOCK_OWNED_BY, customer_id).await?;
     // By hand, as `delete`: no reliance on the foreign key's cascade.
     uow.query(
         "DELETE FROM list_items WHERE list_id IN (SELECT list_id FROM shopping_lists WHERE customer_id = $1)",

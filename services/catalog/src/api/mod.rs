@@ -205,7 +205,7 @@ impl CatalogService for CatalogApi {
         let patch = convert::patch(&p, req.update_mask)?;
         let new_family = patch.family_id.clone();
         let mut uow = self.db.begin().await?;
-        let mut product = store::product(&mut uow, &id).await?;
+        let mut product = store::product_to_change(&mut uow, &id).await?;
         let updated = product.update(patch, &p.etag, now_micros())?;
         if let Some(family) = &new_family
             && !store::family_exists(&mut uow, family).await?
@@ -225,7 +225,7 @@ impl CatalogService for CatalogApi {
         let req = req.into_inner();
         let id = required_id("product_id", &req.product_id)?;
         let mut uow = self.db.begin().await?;
-        let mut product = store::product(&mut uow, &id).await?;
+        let mut product = store::product_to_change(&mut uow, &id).await?;
         if let Some(discontinued) = product.discontinue(&req.etag, now_micros())? {
             self.save(uow, &product, discontinued).await?;
         }

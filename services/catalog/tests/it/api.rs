@@ -20,6 +20,7 @@ agora_testing::on_both_backends!(
     malformed_and_foreign_page_tokens_are_refused,
     an_update_changes_the_masked_fields_and_the_etag,
     a_stale_etag_is_refused,
+    writers_without_an_etag_take_turns,
     unknown_and_output_only_mask_paths_are_refused,
     an_empty_mask_updates_the_fields_that_are_set,
     discontinuing_twice_is_harmless_and_freezes_the_product,
@@ -448,6 +449,46 @@ async fn a_stale_etag_is_refused(db: TestDatabase) {
     let now =
         c.client.get_product(pb::GetProductRequest { product_id: p.product_id }).await.unwrap().into_inner();
     assert_eq!(now.product.unwrap().display_name, "First");
+}
+
+/// Writers that send no etag change "whatever the product is now": many
+/// at once on one product all succeed, one after the other, and the last
+/// revision counts every one (none is refused as stale).
+async fn writers_without_an_etag_take_turns(db: TestDatabase) {
+    let mut c = start(db).await;
+    let fam = family(&mut c.client, "Screens").await;
+    let p = product(&mut c.client, &fam.family_id, "Screen", 100).await;
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let (mut client, id) = (c.client.clone(), p.product_id.clone());
+            tokio::spawn(async move {
+                let change =
+                    pb::Product { product_id: id, display_name: format!("Screen {i}"), ..Default::default() };
+                let mask = FieldMask { paths: vec!["display_name".into()] };
+                client
+                    .update_product(pb::UpdateProductRequest {
+                        product: Some(change),
+                        update_mask: Some(mask),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().expect("an update without an etag is not refused");
+    }
+    c.client
+        .discontinue_product(pb::DiscontinueProductRequest {
+            product_id: p.product_id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("discontinued");
+    let now = c.client.get_product(pb::GetProductRequest { product_id: p.product_id }).await.unwrap();
+    // An etag is `r<revision>`.
+    let revision = |etag: &str| etag[1..].parse::<i64>().expect("r<revision>");
+    let after = revision(&now.into_inner().product.unwrap().etag);
+    assert_eq!(after, revision(&p.etag) + 17, "every write counted once");
 }
 
 async fn unknown_and_output_only_mask_paths_are_refused(db: TestDatabase) {

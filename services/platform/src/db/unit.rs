@@ -211,6 +211,20 @@ impl UnitOfWork {
         }
     }
 
+    /// Locks the row of `id` that this unit of work is about to load and
+    /// change: `sql` is the `SELECT … FOR UPDATE` that names it. On
+    /// PostgreSQL a writer that gets in between waits for this unit of
+    /// work to end, instead of making its save fail as a stale etag when
+    /// the caller sent none; the lock is a statement of its own, before
+    /// the load, because a statement reads from the snapshot of its start.
+    /// SQLite needs none: the unit of work holds the database's write lock.
+    pub async fn lock(&mut self, sql: &'static str, id: &str) -> Result<(), Error> {
+        if self.backend() == Backend::Postgres {
+            self.query(sql).bind(id).execute().await?;
+        }
+        Ok(())
+    }
+
     /// Records a domain event in the outbox, in this transaction: the event
     /// exists exactly when the change it tells of does.
     ///

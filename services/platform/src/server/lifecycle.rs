@@ -155,9 +155,10 @@ struct Running {
     probe: Option<JoinHandle<()>>,
 }
 
-/// Start-up after the bind: migrations (retried while the database is out
-/// of reach), background tasks, then SERVING and the probe that keeps
-/// health true.
+/// Start-up after the bind: the probe that keeps health true (and closes
+/// the database's breaker when the database answers), migrations (retried
+/// while the database is out of reach, at once when it answers again),
+/// background tasks, then SERVING.
 async fn start(
     database: Database,
     migrations: Migrations,
@@ -166,7 +167,11 @@ async fn start(
     probe_interval: Duration,
     shutdown: Shutdown,
 ) -> Running {
-    let mut running = Running { tasks: Vec::new(), probe: None };
+    // Health stays NOT_SERVING whatever the probe finds until start-up is
+    // done; the probe runs from the first, so that a breaker opened by the
+    // migrations' failures closes when the database answers.
+    let probe = tokio::spawn(probe(database.clone(), health.clone(), probe_interval, shutdown.clone()));
+    let mut running = Running { tasks: Vec::new(), probe: Some(probe) };
     let mut backoff = Duration::from_millis(100);
     loop {
         if shutdown.is_triggered() {
@@ -182,6 +187,7 @@ async fn start(
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
+                    _ = database.back() => {}
                     _ = shutdown.wait() => return running,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -192,7 +198,8 @@ async fn start(
         running.tasks.push((task.name, tokio::spawn((task.run)(shutdown.clone()))));
     }
     health.mark_started();
-    running.probe = Some(tokio::spawn(probe(database, health, probe_interval, shutdown)));
+    // The migrations just ran: the database answers.
+    health.database_answered(true).await;
     running
 }
 
