@@ -3,7 +3,8 @@
 - `machine()`: the machine, the code and the tools the figures came from
 - `render()`: the table in Markdown (a machine line, one row per measurement, notes); its
   rows come in the order of the scenarios: GetProduct side by side, ListAvailableOffers,
-  CreateProduct and CreateOffer, scale, StreamProducts, start-up and idle memory, overload, abuse
+  CreateProduct and CreateOffer, scale, StreamProducts, start-up and idle memory, overload, abuse,
+  faults
 - `publish()`: prints the table and, in a full run, `write_benchmarks()` puts it into
   BENCHMARKS.md between the BEGIN and END markers
 - cell formats: `num`, `mib`, `per_1000`, `goal` (and runner.fmt_ms)
@@ -18,6 +19,7 @@ import grpc
 
 from . import runner
 from .abuse import rows as abuse_rows
+from .faults import rows as fault_rows
 from .runner import (CALIBRATE_SECONDS, CLIENTS, CLK_TCK, FLAT_BOUND, LARGE, LIGHT_RPS, LOAD_CPU, MIB, QUICK, ROOT,
                      RUN_SECONDS, SERVER_CPU, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, fmt_ms, log)
 
@@ -145,6 +147,7 @@ def render(bench: Bench, info: dict, extra: dict, pg_skip) -> str:
     startup_rows(rows)
     overload_row(rows)
     abuse_rows(rows)
+    fault_rows(rows)
     notes = [f"- {n}" for n in table_notes(bench)]
     return "\n".join([machine_line(info), "", HEAD, *rows.lines, "", *notes])
 

@@ -79,7 +79,7 @@ def build() -> None:
     log("building release binaries (profile release)")
     cmd = ["cargo", "build", "--release", "-q"] + [
         arg for p in [f"agora-{s}" for s in SERVICES] + ["agora-dev", "agora-bench-bare"] for arg in ("-p", p)
-    ]
+    ] + ["-p", "agora-testing", "--bins"]  # agora-testing's: agora-fault-proxy
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=3600)
 
 

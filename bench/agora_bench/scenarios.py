@@ -31,6 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .abuse import abuse
+from .faults import faults
 from .data import Data, expected_available, offers_postgres, postgres_backends_cpu, prepare, product_id, psql
 from .references import start_bare, start_otlp_sink, start_python_peer
 from .report import publish
@@ -59,6 +60,7 @@ def run_all(bench: Bench, info: dict, created: list) -> None:
     startup_and_idle(bench, data)
     overload(bench, data)
     abuse(bench, data, get_body(bench))
+    faults(bench, data, created)
     publish(bench, info, {"available_count": available_count}, data.pg_skip)
 
 
