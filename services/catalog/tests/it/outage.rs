@@ -77,12 +77,16 @@ async fn while_the_database_is_known_down_calls_fail_at_once() {
     assert_eq!(families.into_inner().families.len(), 1);
 }
 
-/// Before the breaker opens (its probe asks only once a minute here), a
-/// call that must wait for a connection the database refuses waits no
-/// longer than its own deadline allows: UNAVAILABLE, not DEADLINE_EXCEEDED.
+/// Before the breaker opens (its probe asks once a minute here), a call
+/// that must wait for a connection waits no longer than its own deadline
+/// allows, less a margin: UNAVAILABLE, not DEADLINE_EXCEEDED. The pool has
+/// one connection, held by a call whose database went silent (a black
+/// hole), so the next call finds none free and waits; the acquire timeout
+/// alone would let it wait a minute.
 #[tokio::test]
 async fn a_wait_for_a_connection_ends_before_the_callers_deadline() {
     let Some((mut c, proxy)) = behind_a_proxy(|s| {
+        s.db_max_connections = 1;
         s.db_acquire_timeout = Duration::from_secs(60);
         s.db_probe_interval = Duration::from_secs(60);
     })
@@ -91,12 +95,30 @@ async fn a_wait_for_a_connection_ends_before_the_callers_deadline() {
         return;
     };
     family(&mut c.client, "Lamps").await;
-    proxy.set(Fault::Refuse);
-    for _ in 0..5 {
-        let (status, took) = list_products_within(&c, Duration::from_millis(300)).await;
-        assert_eq!(status.code(), Code::Unavailable, "after {took:?}: {status:?}");
-    }
+    proxy.set(Fault::BlackHole);
+    let stuck = {
+        let mut client = c.client.clone();
+        tokio::spawn(async move {
+            let mut request = tonic::Request::new(pb::ListProductsRequest::default());
+            request.set_timeout(Duration::from_secs(3));
+            client.list_products(request).await
+        })
+    };
+    // Until the stuck call holds the pool's one connection.
+    let in_flight = || async {
+        let text = agora_testing::http_get(c.server.admin_addr, "/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with("grpc_server_in_flight{") && l.contains("grpc_method=\"ListProducts\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let held = wait_until(BOUND, || async { in_flight().await >= 1.0 }).await;
+    assert!(held, "the first call never started");
+    let (status, took) = list_products_within(&c, Duration::from_millis(300)).await;
+    assert_eq!(status.code(), Code::Unavailable, "after {took:?}: {status:?}");
+    assert!(status.message().contains("no connection within"), "{status:?}");
     proxy.set(Fault::None);
+    let _ = stuck.await;
     let back = wait_until(BOUND, || {
         let mut client = c.client.clone();
         async move { client.list_families(pb::ListFamiliesRequest::default()).await.is_ok() }
