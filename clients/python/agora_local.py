@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -141,6 +142,26 @@ class Replica:
         found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
         return float(found.group(1)) if found else None
 
+
+
+class Workers:
+    """Client threads for a system suite's load: each runs its `work` until `stop` is set; all start
+    when the `with` block begins and are told to stop, and joined (bounded), when it ends."""
+
+    def __init__(self, *work, join_bound: float = 60):
+        self.stop = threading.Event()
+        self.join_bound = join_bound
+        self.threads = [threading.Thread(target=w, daemon=True) for w in work]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=self.join_bound)
 
 
 def wait_serving(admin: str) -> None:

@@ -47,7 +47,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-from agora_local import BIN_DIR, POSTGRES, Credentials, Replica, free_port, generated_client, psql, server_url  # noqa: E402,E501
+from agora_local import (BIN_DIR, POSTGRES, Credentials, Replica, Workers, free_port,  # noqa: E402
+                         generated_client, psql, server_url, wait_serving)
 
 SEED = int(os.environ.get("SEED") or random.SystemRandom().randrange(1, 2**31))
 # How long the load runs with faults; then recovery and the checks.
@@ -245,17 +246,15 @@ class Ledger:
         return None
 
 
-class Load:
+class Load(Workers):
     """The story's calls from several client threads until stopped."""
 
     def __init__(self, system: System, ledger: Ledger, family_id: str, rng: random.Random):
         self.system, self.ledger, self.family_id = system, ledger, family_id
-        self.stop = threading.Event()
         self.rng_lock = threading.Lock()
         self.rng = rng
-        workers = [self.create_products, self.customers, self.create_offers, self.create_offers,
-                   self.shop, self.shop, self.read, self.bursts]
-        self.threads = [threading.Thread(target=w, daemon=True) for w in workers]
+        super().__init__(self.create_products, self.customers, self.create_offers, self.create_offers,
+                         self.shop, self.shop, self.read, self.bursts)
 
     def choice(self, items):
         with self.ledger.lock:
@@ -266,16 +265,6 @@ class Load:
     def random(self) -> float:
         with self.rng_lock:
             return self.rng.random()
-
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
 
     def pace(self) -> None:
         time.sleep(0.02)
@@ -682,7 +671,6 @@ def test_invariants_hold_through_overlapping_faults(system):
         chaos.undo_all()
 
     # Recovery: every replica SERVING again, every feed at its head.
-    from agora_local import wait_serving
     recovery = time.monotonic()
     for replica in system.all():
         wait_serving(replica.admin)

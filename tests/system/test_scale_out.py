@@ -37,7 +37,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-from agora_local import Credentials, Replica, free_port, generated_client, psql, server_url  # noqa: E402
+from agora_local import Credentials, Replica, Workers, free_port, generated_client, psql, server_url  # noqa: E402,E501
 
 # Offers follows the catalog's feed again within this bound after the
 # catalog replica serving it is killed.
@@ -177,7 +177,7 @@ def scaled():
         print(f"logs of the scale-out suite: {system.logs}")
 
 
-class Load:
+class Load(Workers):
     """The story's calls, steadily, from four client threads; every outcome recorded."""
 
     def __init__(self, system: Scaled, family_id: str, products: list):
@@ -188,21 +188,9 @@ class Load:
         self.ok = 0
         self.failures: list = []
         self.leaders_seen = 0
-        self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=work, daemon=True) for work in
-                        (self.get_products, self.list_offers, self.create_products, self.create_offers,
-                         self.watch_leaders)]
-
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
+        super().__init__(self.get_products, self.list_offers, self.create_products, self.create_offers,
+                         self.watch_leaders, join_bound=30)
 
     def call(self, what: str, fn):
         try:

@@ -173,16 +173,17 @@ pub async fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStre
     socket.connect(addr).await.expect("the server accepts")
 }
 
-/// A connection to the TLS server at `addr` that finishes its TLS
-/// handshake (trusting the test CA) and then sends nothing: a client that
-/// holds a connection without ever calling.
+/// A connection from `source` to the TLS server at `addr` that finishes
+/// its TLS handshake (trusting the test CA) and then sends nothing: a
+/// client that holds a connection without ever calling.
 pub async fn tls_handshake_only(
+    source: std::net::IpAddr,
     addr: SocketAddr,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let config = agora_platform::security::tls::client_config(crate::pki().ca_pem().as_bytes(), None)
         .expect("the test CA");
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = connect_from(source, addr).await;
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
     connector.connect(name, tcp).await
 }

@@ -404,6 +404,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     text
 }
 
+/// What a downstream keeps of a customer `$1`: deleted (for [`Proxy::race`]).
+pub const KEPT_DELETED: &str = "SELECT deleted AS kept FROM known_customers WHERE customer_id = $1";
+/// What a downstream keeps of a product `$1`: discontinued (for [`Proxy::race`]).
+pub const KEPT_DISCONTINUED: &str = "SELECT NOT on_sale AS kept FROM catalog_products WHERE product_id = $1";
+
 /// What a [`Proxy`] does with the calls it receives.
 pub mod proxy_mode {
     /// Pass every call on.
@@ -621,22 +626,42 @@ impl Proxy {
         self.switches.gate.send_replace(true);
     }
 
-    /// Puts `meanwhile` between the upstream's answer to a question of
-    /// `call` and the caller's use of it: holds the answers to `method`,
-    /// runs `call` until one is held (bounded), runs `meanwhile`, then lets
-    /// the answer go and returns what `call` made of it. The way a test
-    /// forces a race against a change of the upstream, every time.
-    pub async fn between_answer_and_use<T, C, M>(&self, method: &str, call: C, meanwhile: M) -> T
+    /// Forces a write's race against a change of its upstream, every time:
+    /// holds the upstream's answers to `method`, runs `call` until its
+    /// question's answer is held (bounded); then `change` is made upstream,
+    /// the feed this proxy refused is let through, and the test waits
+    /// until the downstream's database `db` keeps the change (`kept`: a
+    /// query of one boolean column `kept`, `$1` bound to `id`); only then
+    /// does the answer, older than the change, reach the caller. Returns
+    /// what `call` made of it.
+    pub async fn race<T, C, U>(
+        &self,
+        method: &str,
+        call: C,
+        change: U,
+        db: &Database,
+        kept: &'static str,
+        id: &str,
+    ) -> T
     where
         T: Send + 'static,
         C: Future<Output = T> + Send + 'static,
-        M: Future<Output = ()>,
+        U: Future<Output = ()>,
     {
         self.hold(method);
         let call = tokio::spawn(call);
         let held = wait_until(Duration::from_secs(10), || async { self.holding() > 0 }).await;
         assert!(held, "no answer to {method} was held within 10 s");
-        meanwhile.await;
+        change.await;
+        self.stop_refusing();
+        let reached = wait_until(Duration::from_secs(20), || async {
+            match db.query(kept).bind(id).fetch_optional().await {
+                Ok(Some(row)) => row.get::<bool>("kept").unwrap_or(false),
+                _ => false,
+            }
+        })
+        .await;
+        assert!(reached, "the upstream's change never reached the downstream's database");
         self.release();
         call.await.expect("the call's task")
     }

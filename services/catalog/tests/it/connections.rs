@@ -219,10 +219,11 @@ async fn connections_over_the_cap_are_closed_at_accept() {
 }
 
 /// At the cap, connections that never made a call (silent TCP, an HTTP/2
-/// preface and nothing more) make way for a new one, the oldest first; a
-/// connection that completed a call keeps its place. The handshake timeout
-/// is a minute here: without the eviction, the cap would stay full of
-/// silent connections all that time.
+/// preface and nothing more, from other addresses) make way for a client
+/// that calls, the oldest of the address holding most of them first; a
+/// connection that completed a call keeps its place. The handshake
+/// timeout is a minute here: without the eviction, the cap would stay
+/// full of silent connections all that time.
 #[tokio::test]
 async fn connections_that_never_call_make_way_for_one_that_does() {
     let c = plaintext(|s| {
@@ -231,13 +232,15 @@ async fn connections_that_never_call_make_way_for_one_that_does() {
     })
     .await;
     let addr = c.server.grpc_addr;
-    let mut silent = TcpStream::connect(addr).await.unwrap();
-    let preface_only = connect(addr).await;
+    let (two, three) = (std::net::IpAddr::from([127, 0, 0, 2]), std::net::IpAddr::from([127, 0, 0, 3]));
+    let mut silent = connect_from(two, addr).await;
+    let preface_only = h2_over(connect_from(two, addr).await).await;
     let mut caller = connect(addr).await;
     assert_eq!(caller.check().await, "0");
-    let mut also_silent = TcpStream::connect(addr).await.unwrap();
+    let mut also_silent = connect_from(three, addr).await;
 
-    // The cap is full: a client that calls takes the oldest silent one's place.
+    // The cap is full: a client that calls takes the place of the oldest
+    // silent one of the address holding most of them.
     let mut newcomer = connect(addr).await;
     assert!(newcomer.checks().await, "a well-behaved client was refused");
     assert!(closed_within(&mut silent, Duration::from_secs(10)).await, "the oldest silent one stayed");
@@ -257,6 +260,33 @@ async fn connections_that_never_call_make_way_for_one_that_does() {
     assert_eq!(closed(&c, "evicted").await, 3.0);
 }
 
+/// Connections that never call, from an address that holds as many of
+/// them as any other, only displace each other until they hold equal
+/// shares; then they are refused at accept, and the places stay with
+/// those they had.
+#[tokio::test]
+async fn silent_addresses_do_not_displace_each_other_for_ever() {
+    let c = plaintext(|s| {
+        s.connections.max_connections = 4;
+        s.connections.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let addr = c.server.grpc_addr;
+    let (two, three) = (std::net::IpAddr::from([127, 0, 0, 2]), std::net::IpAddr::from([127, 0, 0, 3]));
+    let mut held = Vec::new();
+    for source in [two, two, three, three] {
+        held.push(connect_from(source, addr).await);
+    }
+    for source in [two, three] {
+        let mut more = connect_from(source, addr).await;
+        assert!(closed_within(&mut more, Duration::from_secs(10)).await, "a fifth silent one stayed");
+    }
+    assert_eq!(closed(&c, "limit").await, 2.0);
+    assert_eq!(closed(&c, "evicted").await, 0.0, "none was displaced");
+    let mut client = connect(addr).await;
+    assert!(client.checks().await, "a client that calls was refused");
+}
+
 /// On a TLS server, connections that finished their TLS handshake and
 /// never called, or never even began it, make way for a client that calls.
 #[tokio::test]
@@ -267,10 +297,11 @@ async fn tls_connections_that_never_call_make_way_for_one_that_does() {
     })
     .await;
     let addr = c.server.grpc_addr;
-    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let elsewhere = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut silent = connect_from(elsewhere, addr).await;
     let mut handshaken = Vec::new();
     for _ in 0..2 {
-        handshaken.push(tls_handshake_only(addr).await.expect("the TLS handshake"));
+        handshaken.push(tls_handshake_only(elsewhere, addr).await.expect("the TLS handshake"));
     }
     // Every place is held; a client with a token calls (a connection of its own).
     let mut client = pb::catalog_service_client::CatalogServiceClient::new(
@@ -289,9 +320,8 @@ async fn tls_connections_that_never_call_make_way_for_one_that_does() {
 }
 
 /// One peer address holds at most AGORA_MAX_CONNECTIONS_PER_PEER
-/// connections: its own oldest that never called makes way first, and
-/// once all of them called, its next is refused, while another address is
-/// still served.
+/// connections: its next is refused at accept (it takes no place, not even
+/// one of its own silent ones), while another address is still served.
 #[tokio::test]
 async fn one_address_holds_at_most_its_share() {
     let c = plaintext(|s| {
@@ -302,16 +332,13 @@ async fn one_address_holds_at_most_its_share() {
     .await;
     let addr = c.server.grpc_addr;
     let elsewhere = std::net::IpAddr::from([127, 0, 0, 2]);
-    let mut first = connect_from(elsewhere, addr).await;
-    let _second = connect_from(elsewhere, addr).await;
-    let mut third = h2_over(connect_from(elsewhere, addr).await).await;
-    assert!(third.checks().await, "its own silent connection made way");
-    assert!(closed_within(&mut first, Duration::from_secs(10)).await);
-    let mut fourth = h2_over(connect_from(elsewhere, addr).await).await;
-    assert!(fourth.checks().await);
-    let fifth = h2_over(connect_from(elsewhere, addr).await).await;
-    assert!(fifth.closed_within(Duration::from_secs(10)).await, "a third caller from one address stayed");
+    let _silent = connect_from(elsewhere, addr).await;
+    let mut caller = h2_over(connect_from(elsewhere, addr).await).await;
+    assert!(caller.checks().await);
+    let third = h2_over(connect_from(elsewhere, addr).await).await;
+    assert!(third.closed_within(Duration::from_secs(10)).await, "a third connection from one address stayed");
     assert_eq!(closed(&c, "peer_limit").await, 1.0);
+    assert_eq!(closed(&c, "evicted").await, 0.0);
     let mut local = connect(addr).await;
     assert!(local.checks().await, "another address was refused");
 }

@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use agora_platform::Database;
-use agora_testing::wait_until;
+use agora_testing::{KEPT_DELETED, KEPT_DISCONTINUED};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -29,18 +28,6 @@ async fn start_patient(db: TestDatabase) -> System {
     .await
 }
 
-/// Whether offers keeps `sql` (one row, one boolean column) true, within
-/// the bound: the feed's change reached offers' database.
-async fn kept(db: &Database, sql: &'static str, id: &str) -> bool {
-    wait_until(BOUND * 2, || async {
-        match db.query(sql).bind(id).fetch_optional().await {
-            Ok(Some(row)) => row.get::<bool>("kept").unwrap_or(false),
-            _ => false,
-        }
-    })
-    .await
-}
-
 async fn a_personal_offer_is_refused_when_its_customer_is_deleted_while_customers_answers(db: TestDatabase) {
     let mut s = start_patient(db).await;
     let product = s.product().await;
@@ -52,21 +39,12 @@ async fn a_personal_offer_is_refused_when_its_customer_is_deleted_while_customer
         let (product, ada) = (product.clone(), ada.clone());
         async move { client.create_offer(create(offer(&product, &ada, 10))).await }
     };
-    let (mut customers, proxy) = (s.customers.clone(), &s.customers_proxy);
-    let answer = proxy
-        .between_answer_and_use("GetCustomer", call, async {
-            customers
-                .delete_customer(customers_pb::DeleteCustomerRequest {
-                    customer_id: ada.clone(),
-                    etag: String::new(),
-                })
-                .await
-                .expect("customer deleted");
-            proxy.stop_refusing();
-            let sql = "SELECT deleted AS kept FROM known_customers WHERE customer_id = $1";
-            assert!(kept(&offers_db, sql, &ada).await, "the deletion never reached offers");
-        })
-        .await;
+    let mut customers = s.customers.clone();
+    let delete = async {
+        let request = customers_pb::DeleteCustomerRequest { customer_id: ada.clone(), etag: String::new() };
+        customers.delete_customer(request).await.expect("customer deleted");
+    };
+    let answer = s.customers_proxy.race("GetCustomer", call, delete, &offers_db, KEPT_DELETED, &ada).await;
 
     let err = answer.expect_err("an offer for a customer deleted before it was made");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -85,21 +63,14 @@ async fn an_offer_is_refused_when_its_product_is_discontinued_while_the_catalog_
         let product = product.clone();
         async move { client.create_offer(create(offer(&product, "", 10))).await }
     };
-    let (mut catalog, proxy) = (s.catalog.clone(), &s.catalog_proxy);
-    let answer = proxy
-        .between_answer_and_use("GetProduct", call, async {
-            catalog
-                .discontinue_product(catalog_pb::DiscontinueProductRequest {
-                    product_id: product.clone(),
-                    etag: String::new(),
-                })
-                .await
-                .expect("product discontinued");
-            proxy.stop_refusing();
-            let sql = "SELECT NOT on_sale AS kept FROM catalog_products WHERE product_id = $1";
-            assert!(kept(&offers_db, sql, &product).await, "the discontinuation never reached offers");
-        })
-        .await;
+    let mut catalog = s.catalog.clone();
+    let discontinue = async {
+        let request =
+            catalog_pb::DiscontinueProductRequest { product_id: product.clone(), etag: String::new() };
+        catalog.discontinue_product(request).await.expect("product discontinued");
+    };
+    let answer =
+        s.catalog_proxy.race("GetProduct", call, discontinue, &offers_db, KEPT_DISCONTINUED, &product).await;
 
     let err = answer.expect_err("an offer on a product discontinued before it was made");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");

@@ -7,25 +7,12 @@
 //! deleted customer, no available item of a discontinued product, is left.
 
 use crate::common::*;
-use agora_platform::Database;
-use agora_testing::wait_until;
+use agora_testing::{KEPT_DELETED, KEPT_DISCONTINUED};
 
 agora_testing::on_both_backends!(
     a_list_is_refused_when_its_customer_is_deleted_while_customers_answers,
     an_item_is_refused_when_its_product_is_discontinued_while_the_catalog_answers,
 );
-
-/// Whether shopping keeps `sql` (one row, one boolean column) true, within
-/// the bound: the feed's change reached shopping's database.
-async fn kept(db: &Database, sql: &'static str, id: &str) -> bool {
-    wait_until(BOUND * 2, || async {
-        match db.query(sql).bind(id).fetch_optional().await {
-            Ok(Some(row)) => row.get::<bool>("kept").unwrap_or(false),
-            _ => false,
-        }
-    })
-    .await
-}
 
 async fn a_list_is_refused_when_its_customer_is_deleted_while_customers_answers(db: TestDatabase) {
     let (mut s, [_catalog_proxy, customers_proxy]) = start_unfed(db).await;
@@ -40,20 +27,11 @@ async fn a_list_is_refused_when_its_customer_is_deleted_while_customers_answers(
         }
     };
     let mut customers = s.customers.clone();
-    let answer = customers_proxy
-        .between_answer_and_use("GetCustomer", call, async {
-            customers
-                .delete_customer(customers_pb::DeleteCustomerRequest {
-                    customer_id: ana.clone(),
-                    etag: String::new(),
-                })
-                .await
-                .expect("customer deleted");
-            customers_proxy.stop_refusing();
-            let sql = "SELECT deleted AS kept FROM known_customers WHERE customer_id = $1";
-            assert!(kept(&shopping_db, sql, &ana).await, "the deletion never reached shopping");
-        })
-        .await;
+    let delete = async {
+        let request = customers_pb::DeleteCustomerRequest { customer_id: ana.clone(), etag: String::new() };
+        customers.delete_customer(request).await.expect("customer deleted");
+    };
+    let answer = customers_proxy.race("GetCustomer", call, delete, &shopping_db, KEPT_DELETED, &ana).await;
 
     let err = answer.expect_err("a list for a customer deleted before it was made");
     assert_eq!(missing(&err).0, "customer");
@@ -74,20 +52,13 @@ async fn an_item_is_refused_when_its_product_is_discontinued_while_the_catalog_a
         async move { add(&mut client, &list_id, &product, 1, "").await }
     };
     let mut catalog = s.catalog.clone();
-    let answer = catalog_proxy
-        .between_answer_and_use("GetProduct", call, async {
-            catalog
-                .discontinue_product(catalog_pb::DiscontinueProductRequest {
-                    product_id: product.clone(),
-                    etag: String::new(),
-                })
-                .await
-                .expect("product discontinued");
-            catalog_proxy.stop_refusing();
-            let sql = "SELECT NOT on_sale AS kept FROM catalog_products WHERE product_id = $1";
-            assert!(kept(&shopping_db, sql, &product).await, "the discontinuation never reached shopping");
-        })
-        .await;
+    let discontinue = async {
+        let request =
+            catalog_pb::DiscontinueProductRequest { product_id: product.clone(), etag: String::new() };
+        catalog.discontinue_product(request).await.expect("product discontinued");
+    };
+    let answer =
+        catalog_proxy.race("GetProduct", call, discontinue, &shopping_db, KEPT_DISCONTINUED, &product).await;
 
     let err = answer.expect_err("an item of a product discontinued before it was added");
     assert_eq!(precondition(&err), "PRODUCT_STATE");
