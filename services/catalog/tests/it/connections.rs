@@ -218,21 +218,31 @@ async fn connections_over_the_cap_are_closed_at_accept() {
     assert!(served_again, "no connection served after one closed");
 }
 
-/// At the cap, connections that never made a call (silent TCP, an HTTP/2
-/// preface and nothing more, from other addresses) make way for a client
-/// that calls, the oldest of the address holding most of them first; a
-/// connection that completed a call keeps its place. The handshake
-/// timeout is a minute here: without the eviction, the cap would stay
-/// full of silent connections all that time.
-#[tokio::test]
-async fn connections_that_never_call_make_way_for_one_that_does() {
+/// Loopback addresses other than the test client's.
+const TWO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+const THREE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+/// A plaintext catalog with four places for connections, and a minute for
+/// a first call (without the eviction, silent connections would hold the
+/// places all that time).
+async fn four_places() -> (Catalog, SocketAddr) {
     let c = plaintext(|s| {
         s.connections.max_connections = 4;
         s.connections.handshake_timeout = Duration::from_secs(60);
     })
     .await;
     let addr = c.server.grpc_addr;
-    let (two, three) = (std::net::IpAddr::from([127, 0, 0, 2]), std::net::IpAddr::from([127, 0, 0, 3]));
+    (c, addr)
+}
+
+/// At the cap, connections that never made a call (silent TCP, an HTTP/2
+/// preface and nothing more, from other addresses) make way for a client
+/// that calls, the oldest of the address holding most of them first; a
+/// connection that completed a call keeps its place.
+#[tokio::test]
+async fn connections_that_never_call_make_way_for_one_that_does() {
+    let (c, addr) = four_places().await;
+    let (two, three) = (TWO, THREE);
     let mut silent = connect_from(two, addr).await;
     let preface_only = h2_over(connect_from(two, addr).await).await;
     let mut caller = connect(addr).await;
@@ -266,13 +276,8 @@ async fn connections_that_never_call_make_way_for_one_that_does() {
 /// those they had.
 #[tokio::test]
 async fn silent_addresses_do_not_displace_each_other_for_ever() {
-    let c = plaintext(|s| {
-        s.connections.max_connections = 4;
-        s.connections.handshake_timeout = Duration::from_secs(60);
-    })
-    .await;
-    let addr = c.server.grpc_addr;
-    let (two, three) = (std::net::IpAddr::from([127, 0, 0, 2]), std::net::IpAddr::from([127, 0, 0, 3]));
+    let (c, addr) = four_places().await;
+    let (two, three) = (TWO, THREE);
     let mut held = Vec::new();
     for source in [two, two, three, three] {
         held.push(connect_from(source, addr).await);
@@ -297,7 +302,7 @@ async fn tls_connections_that_never_call_make_way_for_one_that_does() {
     })
     .await;
     let addr = c.server.grpc_addr;
-    let elsewhere = std::net::IpAddr::from([127, 0, 0, 2]);
+    let elsewhere = TWO;
     let mut silent = connect_from(elsewhere, addr).await;
     let mut handshaken = Vec::new();
     for _ in 0..2 {
@@ -331,7 +336,7 @@ async fn one_address_holds_at_most_its_share() {
     })
     .await;
     let addr = c.server.grpc_addr;
-    let elsewhere = std::net::IpAddr::from([127, 0, 0, 2]);
+    let elsewhere = TWO;
     let _silent = connect_from(elsewhere, addr).await;
     let mut caller = h2_over(connect_from(elsewhere, addr).await).await;
     assert!(caller.checks().await);
