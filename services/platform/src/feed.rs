@@ -258,9 +258,14 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
         let Envelope { sequence, head_sequence, .. } = envelope;
         let occur_time = envelope.occur_time.as_ref().and_then(micros_from_timestamp).unwrap_or(0);
         let applied = apply_one(feed, effects, db, sequence, envelope.kind);
-        let applied = if crate::telemetry::exporting() {
+        let origin = crate::telemetry::exporting()
+            .then(|| crate::telemetry::span_context_of(&envelope.trace_context))
+            .flatten();
+        let applied = if let Some(origin) = origin {
             // A consumer span of its own trace, linked to the call that
             // made the change: one call may fan out to many consumers, late.
+            // Traced when that call was (an event of a call that was not
+            // carries no trace context).
             let span = tracing::info_span!(
                 "feed.apply",
                 otel.name = %format_args!("{feed} process"),
@@ -271,9 +276,7 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
                 messaging.message.id = sequence,
             );
             let _ = span.set_parent(opentelemetry::Context::new());
-            if let Some(origin) = crate::telemetry::span_context_of(&envelope.trace_context) {
-                span.add_link(origin);
-            }
+            span.add_link(origin);
             applied.instrument(span).await?
         } else {
             applied.await?

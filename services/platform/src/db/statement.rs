@@ -96,10 +96,15 @@ impl<'c> Statement<'c> {
         Self { inner, sql, unique: None, breaker }
     }
 
-    /// The statement's span (at debug: exported with traces, free without):
+    /// The statement's span (at debug: exported with traces of the call,
+    /// free without):
     /// the OpenTelemetry database conventions, the text with its
     /// placeholders and never a bound value.
     fn span(&self) -> tracing::Span {
+        // A call that is not traced builds no span under it.
+        if crate::telemetry::exporting() && crate::telemetry::untraced().is_some() {
+            return tracing::Span::none();
+        }
         let text = self.sql.as_str();
         let operation = text.split_whitespace().next().unwrap_or("");
         let system = match self.inner {

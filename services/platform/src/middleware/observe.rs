@@ -222,44 +222,75 @@ where
         let metrics = layer.methods.get(req.uri().path()).unwrap_or(&layer.unknown).clone();
         let (service, method) = (metrics.service.as_str(), metrics.method.as_str());
         let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let span = if crate::telemetry::exporting() {
-            // A server span of the OpenTelemetry RPC conventions, child of
-            // the caller's (`traceparent`), with its ids for the log lines.
-            let span = tracing::info_span!(
+        let trace = crate::telemetry::exporting().then(|| crate::telemetry::sample_call(req.headers()));
+        let span = match &trace {
+            Some(crate::telemetry::CallTrace::Traced(parent)) => {
+                // A server span of the OpenTelemetry RPC conventions, child of
+                // the caller's (`traceparent`), with its ids for the log lines.
+                let span = tracing::info_span!(
+                    "grpc",
+                    otel.name = %format_args!("{service}/{method}"),
+                    otel.kind = "server",
+                    otel.status_code = field::Empty,
+                    rpc.system = "grpc",
+                    rpc.service = %service,
+                    rpc.method = %method,
+                    rpc.grpc.status_code = field::Empty,
+                    server.address = req.uri().host().unwrap_or(""),
+                    request_id = %request_id,
+                    trace_id = field::Empty,
+                    span_id = field::Empty,
+                    caller = field::Empty,
+                    grpc.code = field::Empty,
+                    elapsed_ms = field::Empty,
+                );
+                let _ = span.set_parent(parent.clone());
+                crate::telemetry::record_ids(&span);
+                span
+            }
+            Some(crate::telemetry::CallTrace::Untraced(call)) => {
+                // Not traced: a span for the log lines only, of a target the
+                // OpenTelemetry layer does not take (it takes `agora*`),
+                // naming the caller's trace when the caller sent one.
+                let span = tracing::info_span!(
+                    target: "untraced",
+                    "grpc",
+                    rpc.service = %service,
+                    rpc.method = %method,
+                    request_id = %request_id,
+                    trace_id = field::Empty,
+                    span_id = field::Empty,
+                    caller = field::Empty,
+                    grpc.code = field::Empty,
+                    elapsed_ms = field::Empty,
+                );
+                if call.from_caller {
+                    span.record("trace_id", field::display(call.trace_id));
+                    span.record("span_id", field::display(call.span_id));
+                }
+                span
+            }
+            None => tracing::info_span!(
                 "grpc",
-                otel.name = %format_args!("{service}/{method}"),
-                otel.kind = "server",
-                otel.status_code = field::Empty,
-                rpc.system = "grpc",
                 rpc.service = %service,
                 rpc.method = %method,
-                rpc.grpc.status_code = field::Empty,
-                server.address = req.uri().host().unwrap_or(""),
                 request_id = %request_id,
-                trace_id = field::Empty,
-                span_id = field::Empty,
                 caller = field::Empty,
                 grpc.code = field::Empty,
                 elapsed_ms = field::Empty,
-            );
-            let _ = span.set_parent(crate::telemetry::extract(req.headers()));
-            crate::telemetry::record_ids(&span);
-            span
-        } else {
-            tracing::info_span!(
-                "grpc",
-                rpc.service = %service,
-                rpc.method = %method,
-                request_id = %request_id,
-                caller = field::Empty,
-                grpc.code = field::Empty,
-                elapsed_ms = field::Empty,
-            )
+            ),
         };
         let notes = CallNotes::default();
         req.extensions_mut().insert(notes.clone());
-        let guard = CallGuard::start(metrics, span.clone(), notes, layer.stopping.clone());
+        let traced = matches!(trace, Some(crate::telemetry::CallTrace::Traced(_)));
+        let guard = CallGuard::start(metrics, span.clone(), notes, layer.stopping.clone(), traced);
         let fut = self.inner.call(req).instrument(span);
+        let fut = match trace {
+            Some(crate::telemetry::CallTrace::Untraced(call)) => {
+                futures_util::future::Either::Left(crate::telemetry::scope_untraced(call, fut))
+            }
+            _ => futures_util::future::Either::Right(fut),
+        };
         Box::pin(async move {
             let response = fut.await?;
             let (mut parts, body) = response.into_parts();
@@ -287,13 +318,21 @@ struct CallGuard {
     stopping: Shutdown,
     start: Instant,
     done: bool,
+    /// The call's span is exported.
+    traced: bool,
 }
 
 impl CallGuard {
-    fn start(metrics: Arc<MethodMetrics>, span: Span, notes: CallNotes, stopping: Shutdown) -> Self {
+    fn start(
+        metrics: Arc<MethodMetrics>,
+        span: Span,
+        notes: CallNotes,
+        stopping: Shutdown,
+        traced: bool,
+    ) -> Self {
         metrics.started.increment(1);
         metrics.in_flight.increment(1.0);
-        Self { metrics, span, notes, stopping, start: Instant::now(), done: false }
+        Self { metrics, span, notes, stopping, start: Instant::now(), done: false, traced }
     }
 
     fn finish(mut self, code: usize) {
@@ -329,8 +368,7 @@ impl CallGuard {
         // (change feeds) tell their callers to go elsewhere.
         let ended_by_stop = code == 14 && self.stopping.is_triggered();
         let failed = matches!(code, 2 | 4 | 13 | 14 | 15) && !refused && !ended_by_stop;
-        let logged =
-            audit || failed || tracing::enabled!(tracing::Level::DEBUG) || crate::telemetry::exporting();
+        let logged = audit || failed || tracing::enabled!(tracing::Level::DEBUG) || self.traced;
         if logged {
             let ms = elapsed.as_secs_f64() * 1000.0;
             self.span.record("grpc.code", name);

@@ -239,6 +239,12 @@ where
         if !crate::telemetry::exporting() {
             return Box::pin(self.inner.call(req));
         }
+        if let Some(call) = crate::telemetry::untraced() {
+            // The call served is not traced: no span, and the upstream is
+            // told so (its trace, marked not sampled).
+            req.headers_mut().insert("traceparent", crate::telemetry::untraced_traceparent(&call));
+            return Box::pin(self.inner.call(req));
+        }
         let attempt =
             req.extensions().get::<AttemptCount>().map_or(1, |c| c.0.fetch_add(1, Ordering::Relaxed) + 1);
         let path = req.uri().path();
