@@ -117,9 +117,15 @@ pub struct Settings {
     /// Deadline for calls that carry no grpc-timeout, and the cap for those
     /// that carry a longer one (`AGORA_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
-    /// Calls served at once; more are refused with RESOURCE_EXHAUSTED
-    /// (`AGORA_CONCURRENCY_LIMIT`).
+    /// Calls served at once; more wait for a place, briefly, or are refused
+    /// with RESOURCE_EXHAUSTED (`AGORA_CONCURRENCY_LIMIT`).
     pub concurrency_limit: usize,
+    /// The longest a call waits for a place when all are taken, within its
+    /// own deadline (`AGORA_ADMISSION_WAIT_MS`).
+    pub admission_wait: Duration,
+    /// Calls that may wait for a place at once; more are refused at once
+    /// (`AGORA_ADMISSION_QUEUE`).
+    pub admission_queue: usize,
     /// Largest message accepted or sent (`AGORA_MAX_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
     /// Time between NOT_SERVING and closing the listener, so load balancers
@@ -397,6 +403,8 @@ impl Settings {
             sqlite_sync: env.parse("AGORA_SQLITE_SYNCHRONOUS", SqliteSync::Normal),
             request_timeout: env.millis("AGORA_REQUEST_TIMEOUT_MS", 10_000, 1..=3_600_000),
             concurrency_limit: env.number("AGORA_CONCURRENCY_LIMIT", 256, 1..=1_000_000),
+            admission_wait: env.millis("AGORA_ADMISSION_WAIT_MS", 50, 0..=10_000),
+            admission_queue: env.number("AGORA_ADMISSION_QUEUE", 1024, 0..=1_000_000),
             max_message_bytes: env.number(
                 "AGORA_MAX_MESSAGE_BYTES",
                 4 * 1024 * 1024,
@@ -428,6 +436,8 @@ impl Settings {
             sqlite_sync: SqliteSync::Normal,
             request_timeout: Duration::from_secs(10),
             concurrency_limit: 64,
+            admission_wait: Duration::from_millis(50),
+            admission_queue: 1024,
             max_message_bytes: 4 * 1024 * 1024,
             drain_delay: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(5),

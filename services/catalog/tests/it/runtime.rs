@@ -150,6 +150,64 @@ async fn over_the_concurrency_limit_calls_are_shed_and_health_still_answers() {
     assert_eq!(err.code(), Code::NotFound, "admitted again");
 }
 
+/// Over the limit a call waits for a place (in order, at most
+/// AGORA_ADMISSION_WAIT_MS) and is served when one frees up; beyond
+/// AGORA_ADMISSION_QUEUE calls waiting, one more is refused at once.
+#[tokio::test]
+async fn a_call_over_the_limit_waits_briefly_for_a_place() {
+    let c = start_with(TestDatabase::sqlite(), |s| {
+        s.concurrency_limit = 1;
+        s.admission_wait = Duration::from_secs(30);
+        s.admission_queue = 1;
+    })
+    .await;
+    let mut lock = hold_write_lock(&c.db).await;
+    // One update takes the only place, waiting for the write lock.
+    let blocked = {
+        let mut client = c.client.clone();
+        tokio::spawn(async move {
+            let product =
+                pb::Product { product_id: "prd_x".into(), display_name: "X".into(), ..Default::default() };
+            client
+                .update_product(pb::UpdateProductRequest { product: Some(product), update_mask: None })
+                .await
+        })
+    };
+    let admin = c.server.admin_addr;
+    let gauge = |name: &'static str, value: &'static str| async move {
+        http_get(admin, "/metrics").await.lines().any(|l| l.starts_with(name) && l.ends_with(value))
+    };
+    let in_flight = wait_until(Duration::from_secs(4), || async move {
+        let metrics = http_get(admin, "/metrics").await;
+        metrics.lines().any(|l| {
+            l.starts_with("grpc_server_in_flight{")
+                && l.contains(r#"grpc_method="UpdateProduct""#)
+                && l.ends_with(" 1")
+        })
+    })
+    .await;
+    assert!(in_flight, "the update was not admitted");
+    // The next call waits for the place.
+    let waiting = {
+        let mut client = c.client.clone();
+        tokio::spawn(
+            async move { client.get_family(pb::GetFamilyRequest { family_id: "fam_x".into() }).await },
+        )
+    };
+    let queued =
+        wait_until(Duration::from_secs(4), || gauge("agora_grpc_server_admission_waiting ", " 1")).await;
+    assert!(queued, "the call did not wait for a place");
+    // One more finds the wait full: refused at once.
+    let mut probe = c.client.clone();
+    let err = probe.get_family(pb::GetFamilyRequest { family_id: "fam_y".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // The place frees up: the waiting call is served.
+    lock.execute("ROLLBACK").await.unwrap();
+    assert_eq!(blocked.await.unwrap().unwrap_err().code(), Code::NotFound);
+    let served = waiting.await.unwrap().unwrap_err();
+    assert_eq!(served.code(), Code::NotFound, "the waiting call was admitted: {served:?}");
+}
+
 /// `grpcurl list` works without proto files: reflection names the catalog,
 /// health and reflection itself, and describes the catalog's methods.
 #[tokio::test]

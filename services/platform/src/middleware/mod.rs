@@ -27,7 +27,7 @@ macro_rules! delegate_to_inner {
 }
 pub(crate) use delegate_to_inner;
 
-pub use admission::AdmissionLayer;
+pub use admission::{AdmissionLayer, Waiting};
 pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
 pub use observe::{CallNotes, ObserveLayer};
 pub use trailers::{ExtraTrailers, with_extra_trailers};

@@ -15,7 +15,8 @@ use crate::{
     config::Settings,
     health::Health,
     middleware::{
-        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, with_extra_trailers,
+        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, Waiting,
+        with_extra_trailers,
     },
     security::{
         policy::{AuthorizeLayer, Authorizer},
@@ -90,11 +91,13 @@ pub(super) async fn serve(
         .layer(PropagateRequestIdLayer::x_request_id())
         // A span and the Prometheus metrics for every call, by gRPC code.
         .layer(ObserveLayer::new(paths, shutdown))
-        // Shed load instead of queueing when saturated; wait for start-up;
-        // long-lived streams under limits of their own; headers bounded.
-        // Early in the stack, so a refusal costs little of a busy core.
+        // Shed load when saturated, after a short bounded wait for a place;
+        // wait for start-up; long-lived streams under limits of their own;
+        // headers bounded. Early in the stack, so a refusal costs little of
+        // a busy core.
         .layer(AdmissionLayer::new(
             settings.concurrency_limit,
+            Waiting { longest: settings.admission_wait, most: settings.admission_queue },
             &settings.connections,
             stream_paths.into_iter().collect(),
             health.clone(),
