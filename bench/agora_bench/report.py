@@ -202,6 +202,15 @@ def offers_rows(rows: Rows, extra: dict) -> None:
                      goals=f"≥ 5,000/s: {goal(normal['rps'] >= 5000)}")
         rows.request(f"create_{what}_full", vs=f"{full['rps'] / normal['rps']:.2f}× synchronous=normal",
                      goals="– (what power-loss durability costs)")
+        if what == "product" and "create_product_followed" in r:
+            f = r["create_product_followed"]
+            lag = "never, within the bound" if f["caught_up"] is None else f"{f['caught_up'] * 1000:,.0f} ms"
+            rows.request("create_product_followed",
+                         vs=f"{f['rps'] / normal['rps']:.2f}× the catalog alone; consumers at the head {lag} "
+                            "after the load (offers, shopping and customers on the load core)",
+                         cpu=f"{sum(f['cpu_us'].values()):.1f} (the catalog {f['cpu_us'].get('catalog-followed', 0):.1f})",
+                         goals=f"≥ 4,000/s: {goal(f['rps'] >= 4000)}; lag 0 within 2 s: "
+                               f"{goal(f['caught_up'] is not None and f['caught_up'] <= 2)}")
 
 
 def replicas_rows(rows: Rows) -> None:

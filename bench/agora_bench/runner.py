@@ -94,11 +94,13 @@ class Procs:
         self.running: list[subprocess.Popen] = []
         self.count = 0
 
-    def start(self, name: str, argv: list[str], env: dict | None = None, pin: bool = True) -> "Server":
+    def start(self, name: str, argv: list[str], env: dict | None = None, pin: bool = True,
+              core: int = SERVER_CPU) -> "Server":
+        """Starts `argv` as `name`, pinned to `core` (the server core by default) when `pin`."""
         self.count += 1
         logfile = self.work / "logs" / f"{self.count:03d}-{name}.log"
         logfile.parent.mkdir(exist_ok=True)
-        cmd = (["taskset", "-c", str(SERVER_CPU)] if pin and PINNED else []) + argv
+        cmd = (["taskset", "-c", str(core)] if pin and PINNED else []) + argv
         with open(logfile, "wb") as out:
             started = time.monotonic()
             p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -215,9 +217,10 @@ def service_env(db_url: str, **extra) -> dict:
     return env
 
 
-def start_service(procs: Procs, name: str, service: str, db_url: str, **env) -> Server:
-    """Starts target/release/agora-<service> as `name` (not waited for); `env` goes to service_env."""
-    return procs.start(name, [str(RELEASE / f"agora-{service}")], service_env(db_url, **env))
+def start_service(procs: Procs, name: str, service: str, db_url: str, core: int = SERVER_CPU, **env) -> Server:
+    """Starts target/release/agora-<service> as `name` (not waited for) on `core`; `env` goes to
+    service_env."""
+    return procs.start(name, [str(RELEASE / f"agora-{service}")], service_env(db_url, **env), core=core)
 
 
 # ---------------------------------------------------------------- /proc readings

@@ -35,8 +35,8 @@ from .faults import faults
 from .data import Data, expected_available, offers_postgres, postgres_backends_cpu, prepare, product_id, psql
 from .references import start_bare, start_otlp_sink, start_python_peer
 from .report import publish
-from .runner import (CLIENTS, LARGE, OFFERS, OVERLOAD_CLIENTS, OVERLOAD_LIMIT, OVERLOAD_STREAMS, QUICK, RUN_SECONDS,
-                     SERVICES, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, H2load, Procs, Server, call,
+from .runner import (BOUND, CLIENTS, LARGE, LOAD_CPU, OFFERS, OVERLOAD_CLIENTS, OVERLOAD_LIMIT, OVERLOAD_STREAMS,
+                     QUICK, RUN_SECONDS, SERVICES, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, H2load, Procs, Server, call,
                      cpu_seconds, fmt_ms, frame, log, metric_delta, percentile, start_service, stream_count)
 
 GET_PATH = "/agora.catalog.v1.CatalogService/GetProduct"
@@ -193,6 +193,7 @@ def writes(bench: Bench, data: Data) -> None:
     for sync in ("normal", "full"):
         create_product(bench, sync)
         create_offer(bench, sync)
+    create_product_followed(bench)
 
 
 def new_product_request(bench: Bench, addr: str):
@@ -229,6 +230,52 @@ def create_product(bench: Bench, sync: str) -> None:
                    servers=[catalog], method=CREATE_PRODUCT_PATH, clients=WRITERS, streams=1, at80=False)
     finally:
         catalog.stop()
+
+
+def create_product_followed(bench: Bench) -> None:
+    """The system's write rate: CreateProduct with eight writers on the catalog (on the server core, as
+    the catalog-alone row) while offers and shopping follow its feed, each on its own SQLite file (on the
+    load core, beside h2load; customers too, whose feed they also follow); then how long after the load
+    stops both consumers have applied every event (their cursors at the catalog's head)."""
+    import sqlite3
+    procs, w = bench.procs, bench.work
+    catalog_db = w / "followed-catalog.db"
+    catalog = start_service(procs, "catalog-followed", "catalog", f"sqlite:{catalog_db}").wait_serving()
+    customers = start_service(procs, "customers-followed", "customers", f"sqlite:{w / 'followed-customers.db'}",
+                              core=LOAD_CPU).wait_serving()
+    up = dict(AGORA_CATALOG_ADDRS=f"http://{catalog.grpc}", AGORA_CUSTOMERS_ADDRS=f"http://{customers.grpc}")
+    consumers = {name: start_service(procs, f"{name}-followed", name, f"sqlite:{w / f'followed-{name}.db'}",
+                                     core=LOAD_CPU, **up).wait_serving() for name in ("offers", "shopping")}
+    cat = bench.client.catalog
+
+    def read(path, sql):
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute(sql).fetchone()
+        return row[0] if row and row[0] is not None else 0
+
+    def behind() -> bool:
+        head = read(catalog_db, "SELECT MAX(sequence) FROM outbox_events")
+        return any(read(w / f"followed-{name}.db", "SELECT sequence FROM feed_cursors WHERE feed = 'catalog'") < head
+                   for name in consumers)
+
+    try:
+        request = new_product_request(bench, catalog.grpc)
+
+        def check():
+            code, resp, details = call(catalog.grpc, CREATE_PRODUCT_PATH, request, cat.CreateProductResponse)
+            return None if code == grpc.StatusCode.OK else f"{code.name}: {details}"
+
+        res = bench.load("create_product_followed", f"Agora catalog, CreateProduct, SQLite, {WRITERS} writers, "
+                         "offers and shopping following its feed", catalog.grpc, CREATE_PRODUCT_PATH,
+                         frame(request), check, servers=[catalog, *consumers.values()], method=CREATE_PRODUCT_PATH,
+                         clients=WRITERS, streams=1, at80=False)
+        stopped = time.monotonic()
+        while behind() and time.monotonic() - stopped < BOUND:
+            time.sleep(0.01)
+        res["caught_up"] = None if behind() else time.monotonic() - stopped
+    finally:
+        for server in (*consumers.values(), customers, catalog):
+            server.stop()
 
 
 def create_offer(bench: Bench, sync: str) -> None:

@@ -52,13 +52,11 @@ pub struct Published<E> {
 }
 
 /// An event as stored.
-#[derive(Debug)]
-struct Stored {
-    sequence: i64,
-    payload: String,
-    occur_time: i64,
-    trace_context: String,
-}
+type Stored = crate::db::OutboxEvent;
+
+/// How long a stream woken by a commit waits for the commits right behind
+/// it before it reads: what it adds to a consumer's lag, at most.
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// Events read per query while streaming the backlog.
 const BATCH: i64 = 256;
@@ -251,6 +249,9 @@ impl Outbox {
             committed: Option<watch::Receiver<i64>>,
             shutdown: Shutdown,
             ended: bool,
+            /// The database was read once: later reads may be served from
+            /// the events this process committed last.
+            read_once: bool,
             _open: Option<Watching>,
         }
         let state = State {
@@ -261,6 +262,7 @@ impl Outbox {
             committed: watching.is_some().then(|| self.db.committed()),
             shutdown,
             ended: false,
+            read_once: false,
             _open: watching,
         };
         futures_util::stream::unfold(state, |mut s| async move {
@@ -278,6 +280,18 @@ impl Outbox {
                 if let Some(committed) = &mut s.committed {
                     committed.borrow_and_update();
                 }
+                // The events this process committed last, when they follow
+                // on from what the database gave (its first read is always
+                // the database's, which says what pruning kept): no read for
+                // a consumer that keeps up.
+                let recent =
+                    if s.read_once { s.outbox.db.recent_after(s.after, BATCH as usize) } else { Vec::new() };
+                if let Some(newest) = recent.last() {
+                    s.head = s.head.max(newest.sequence);
+                    s.buffer.extend(recent);
+                    continue;
+                }
+                s.read_once = true;
                 let (outbox, after) = (s.outbox.clone(), s.after);
                 match crate::db::detached(async move { outbox.read_after(after, BATCH).await }).await {
                     Err(err) => return Some((Err(err), s)),
@@ -301,7 +315,10 @@ impl Outbox {
                     }
                 };
                 tokio::select! {
-                    _ = committed => {}
+                    // Woken by a commit: the commits of the next moment go
+                    // with it, one read and one write to the consumer for
+                    // many events when writes come fast.
+                    _ = committed => tokio::time::sleep(COALESCE).await,
                     _ = tokio::time::sleep(s.outbox.poll_interval) => {}
                     // UNAVAILABLE, not the end of the stream: the consumer
                     // reconnects (to another replica) instead of taking

@@ -88,6 +88,9 @@ pub struct Database {
     /// SQLite's one write connection (see [`Database::begin`]); PostgreSQL
     /// writes on its pool.
     writer: Option<Arc<unit::Writer>>,
+    /// The outbox events this process committed last, in sequence order:
+    /// what its change-feed streams serve without reading the database.
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<OutboxEvent>>>,
     /// Whether the database is known to be out of reach; and how long a
     /// wait for a connection may last.
     breaker: Arc<Breaker>,
@@ -124,7 +127,8 @@ impl Database {
             }
         };
         let breaker = Arc::new(Breaker::new(settings.db_acquire_timeout));
-        Ok(Self { pool, committed: watch::channel(0).0, writer, breaker })
+        let recent = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        Ok(Self { pool, committed: watch::channel(0).0, writer, breaker, recent })
     }
 
     pub fn backend(&self) -> Backend {
@@ -248,6 +252,42 @@ impl Database {
         self.committed.subscribe()
     }
 
+    /// Keeps `events`, just committed by this process, for its change-feed
+    /// streams ([`Database::recent_after`]), at most [`RECENT_EVENTS`].
+    fn remember(&self, events: Vec<OutboxEvent>) {
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for event in events {
+            // Units of work commit in sequence order but may get here out of
+            // it: each goes to its place.
+            let at = recent.iter().rposition(|e| e.sequence < event.sequence).map_or(0, |i| i + 1);
+            recent.insert(at, event);
+        }
+        while recent.len() > RECENT_EVENTS {
+            recent.pop_front();
+        }
+    }
+
+    /// The events after `after`, at most `limit`, from those this process
+    /// committed last, if they hold the one that follows `after` and as many
+    /// as follow it without a gap; empty when they do not (the database has
+    /// it: an older event, another replica's, or a sequence left unused).
+    pub(crate) fn recent_after(&self, after: i64, limit: usize) -> Vec<OutboxEvent> {
+        let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = recent.partition_point(|e| e.sequence <= after);
+        // A cursor at the end of the numbers has nothing after it.
+        let Some(mut next) = after.checked_add(1) else { return Vec::new() };
+        recent
+            .range(start..)
+            .take(limit)
+            .take_while(|e| {
+                let follows = e.sequence == next;
+                next = next.saturating_add(1);
+                follows
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Wakes this process's change-feed streams: `sequence` is committed.
     pub(crate) fn announce(&self, sequence: i64) {
         self.committed.send_if_modified(|newest| {
@@ -259,6 +299,21 @@ impl Database {
         });
     }
 }
+
+/// An outbox event as stored, and as this process keeps the ones it
+/// committed last.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboxEvent {
+    pub sequence: i64,
+    pub payload: String,
+    pub occur_time: i64,
+    pub trace_context: String,
+}
+
+/// How many of the events it committed last a process keeps for its
+/// change-feed streams: a consumer more than that behind reads the
+/// database, as one that starts from an older cursor does.
+const RECENT_EVENTS: usize = 1024;
 
 /// PostgreSQL's SQLSTATE for a lock wait that ran out of `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -395,6 +450,34 @@ mod tests {
         assert!(prepared.ends_with("/x/catalog.db?mode=rwc"), "{prepared}");
         assert!(dir.join("x").is_dir());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The events a process committed last are served when they follow the
+    /// consumer's cursor without a gap, and only as far as they do.
+    #[tokio::test]
+    async fn recent_events_are_served_only_where_they_follow_on() {
+        let db = Database::connect_lazy(&Settings::for_tests(DatabaseUrl::new("sqlite::memory:"))).unwrap();
+        let event = |sequence| OutboxEvent {
+            sequence,
+            payload: format!("{{\"n\": {sequence}}}"),
+            occur_time: 0,
+            trace_context: String::new(),
+        };
+        // Committed in order, handed over out of it; 14 is another replica's.
+        db.remember(vec![event(10), event(12)]);
+        db.remember(vec![event(11)]);
+        db.remember(vec![event(13), event(15)]);
+        let sequences =
+            |after, limit| db.recent_after(after, limit).iter().map(|e| e.sequence).collect::<Vec<_>>();
+        assert_eq!(sequences(9, 10), [10, 11, 12, 13], "up to the gap");
+        assert_eq!(sequences(11, 1), [12]);
+        assert_eq!(sequences(13, 10), Vec::<i64>::new(), "14 is not here: the database has it");
+        assert_eq!(sequences(14, 10), [15]);
+        assert_eq!(sequences(5, 10), Vec::<i64>::new(), "6 is older than what is kept");
+        db.remember((100..100 + RECENT_EVENTS as i64 + 10).map(event).collect());
+        assert_eq!(sequences(99, 1), Vec::<i64>::new(), "the oldest went");
+        assert_eq!(sequences(109, 1), [110]);
+        assert_eq!(sequences(i64::MAX, 10), Vec::<i64>::new(), "a cursor at the end of the numbers");
     }
 
     #[test]

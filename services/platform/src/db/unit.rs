@@ -133,8 +133,9 @@ impl Drop for Writing {
 pub struct UnitOfWork {
     tx: Tx,
     db: Database,
-    /// The newest outbox sequence recorded, announced after the commit.
-    recorded: Option<i64>,
+    /// The outbox events recorded, kept in memory after the commit for the
+    /// change-feed streams of this process (`Database::recent_after`).
+    recorded: Vec<super::OutboxEvent>,
 }
 
 impl Database {
@@ -168,7 +169,7 @@ impl Database {
                 Tx::Postgres(began.map_err(failure)?)
             }
         };
-        Ok(UnitOfWork { tx, db: self.clone(), recorded: None })
+        Ok(UnitOfWork { tx, db: self.clone(), recorded: Vec::new() })
     }
 }
 
@@ -237,20 +238,22 @@ impl UnitOfWork {
         if self.backend() == Backend::Postgres {
             self.query("SELECT pg_advisory_xact_lock(72110)").execute().await?;
         }
+        let (occur_time, trace_context) =
+            // The call's trace, for the consumers' spans to link to.
+            (now_micros(), crate::telemetry::trace_context(&tracing::Span::current()));
         let sequence: i64 = self
             .query(
                 "INSERT INTO outbox_events (kind, payload, occur_time, trace_context) \
                  VALUES ($1, $2, $3, $4) RETURNING sequence",
             )
             .bind(event.kind())
-            .bind(payload)
-            .bind(now_micros())
-            // The call's trace, for the consumers' spans to link to.
-            .bind(crate::telemetry::trace_context(&tracing::Span::current()))
+            .bind(payload.as_str())
+            .bind(occur_time)
+            .bind(trace_context.as_str())
             .fetch_one()
             .await?
             .get("sequence")?;
-        self.recorded = Some(sequence);
+        self.recorded.push(super::OutboxEvent { sequence, payload, occur_time, trace_context });
         Ok(())
     }
 
@@ -306,8 +309,9 @@ impl UnitOfWork {
         };
         self.db.breaker.heard(committed.as_ref().err());
         committed.map_err(failure)?;
-        if let Some(sequence) = self.recorded {
-            self.db.announce(sequence);
+        if let Some(newest) = self.recorded.last().map(|e| e.sequence) {
+            self.db.remember(self.recorded);
+            self.db.announce(newest);
         }
         Ok(())
     }
