@@ -17,10 +17,15 @@ use agora_platform::{
         required, required_id, timestamp_from_micros,
     },
 };
+use std::sync::Arc;
+
 use tonic::{Request, Response};
 
 use crate::{
-    domain::{self, MAX_AVAILABLE, NewOffer, Offer, OfferKind, OfferState, Window, WindowProblem},
+    cache::AvailableCache,
+    domain::{
+        self, MAX_AVAILABLE, NewOffer, Offer, OfferEvent, OfferKind, OfferState, Window, WindowProblem,
+    },
     fallback::Fallback,
     store,
 };
@@ -46,6 +51,8 @@ pub struct OffersApi {
     /// Catalog and customers, asked through [`upstream`].
     pub(crate) hosts: Hosts,
     pub(crate) fallback: Fallback,
+    /// ListAvailableOffers' answers, dropped by every change of offers.
+    pub(crate) cache: Arc<AvailableCache>,
 }
 
 impl From<Offer> for pb::Offer {
@@ -164,7 +171,13 @@ impl OfferService for OffersApi {
             return reply(pb::CreateOfferResponse { offer: Some(offer.into()) });
         }
         store::insert(&mut uow, &offer).await?;
+        uow.record(&OfferEvent::OfferCreated {
+            offer_id: offer.id.clone(),
+            product_id: offer.product_id.clone(),
+        })
+        .await?;
         uow.commit().await?;
+        self.cache.changed();
         audit.resource(&offer.id);
         tracing::info!(offer_id = %offer.id, product_id = %offer.product_id, "offer created");
         reply(pb::CreateOfferResponse { offer: Some(offer.into()) })
@@ -210,7 +223,9 @@ impl OfferService for OffersApi {
         let mut offer = store::offer_to_change(&mut uow, &id).await?;
         if offer.withdraw(&req.etag, now_micros())? {
             store::save(&mut uow, &offer).await?;
+            uow.record(&OfferEvent::OfferWithdrawn { offer_id: offer.id.clone() }).await?;
             uow.commit().await?;
+            self.cache.changed();
         }
         reply(pb::WithdrawOfferResponse { offer: Some(offer.into()) })
     }
@@ -228,17 +243,19 @@ impl OfferService for OffersApi {
         if let Some(customer_id) = &customer_id {
             grant.check_owner(customer_id)?;
         }
-        let found = store::available(
-            &self.db,
-            customer_id.as_deref(),
-            product_id.as_deref(),
-            now_micros(),
-            MAX_AVAILABLE,
-        )
-        .await;
+        let (customer, product, now) = (customer_id.as_deref(), product_id.as_deref(), now_micros());
+        let found = self
+            .cache
+            .get(customer, product, now, || async move {
+                let offers = store::available(&self.db, customer, product, now, MAX_AVAILABLE).await?;
+                let next = store::next_start(&self.db, customer, product, now).await?;
+                let until = domain::available_until(&offers, next);
+                Ok((offers, until))
+            })
+            .await;
         match found {
             Ok(offers) => reply(pb::ListAvailableOffersResponse {
-                offers: offers.into_iter().map(Into::into).collect(),
+                offers: offers.iter().cloned().map(Into::into).collect(),
                 fallback: false,
             }),
             Err(err) => {

@@ -10,11 +10,13 @@
 //! - [`upstream`]: the anti-corruption layer: what catalog's and customers'
 //!   answers and events mean here.
 //! - [`fallback`]: the default offers served when the database fails.
+//! - [`cache`]: ListAvailableOffers' answers, kept while they hold.
 //! - [`api`]: the `agora.offers.v1.OfferService` gRPC adapter.
 //! - [`build`]: wires them into a runnable [`Application`].
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cache;
 pub mod domain;
 pub mod fallback;
 pub mod store;
@@ -25,6 +27,7 @@ use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
     limited,
+    outbox::Outbox,
     upstream::hosts::Addresses,
 };
 
@@ -33,7 +36,7 @@ pub const SPEC: ServiceSpec = ServiceSpec { name: "offers", grpc_port: 50053, ad
 /// The offers table and what offers keeps of its upstreams, per dialect
 /// (the platform adds its own tables).
 pub const MIGRATIONS: Migrations = agora_platform::migrations!(
-    [(1, "0001_offers"), (2, "0002_catalog_products"), (3, "0003_known_customers")],
+    [(1, "0001_offers"), (2, "0002_catalog_products"), (3, "0003_known_customers"), (4, "0004_offers_starting")],
     legacy [(1, "0001_offers"), (2, "0002_feed_cursors"), (3, "0003_available_by_product")] replaced through 1
 );
 
@@ -87,10 +90,16 @@ pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::R
     let hosts = offers.upstreams.connect(&settings.security)?;
     // Follow the upstreams' change feeds in the background.
     let feeds = hosts.follow(upstream::Offers, &database);
+    // Offers' own outbox, of its changes, for the cache of available
+    // offers on every replica; not published to other contexts.
+    let outbox = Outbox::new(database.clone(), settings.outbox_poll_interval);
+    let cache = cache::AvailableCache::new();
     // At zero from the start: an alert on its rate sees 0, not no data.
     metrics::counter!("agora_offers_fallback_total").increment(0);
-    let api = api::OffersApi { db: database.clone(), hosts, fallback: offers.fallback };
+    let api = api::OffersApi { db: database.clone(), hosts, fallback: offers.fallback, cache: cache.clone() };
     let services = Services::new(FILE_DESCRIPTOR_SET)
-        .with(limited!(OfferServiceServer::new(api), settings), api::POLICY);
+        .with(limited!(OfferServiceServer::new(api), settings), api::POLICY)
+        .task(outbox.pruning(settings.outbox_retention))
+        .task(cache.following(outbox));
     Application::build(SPEC, settings, database, MIGRATIONS, services.tasks(feeds)).await
 }

@@ -170,3 +170,30 @@ pub async fn available(
     }
     query.fetch_all().await?.iter().map(offer_from_row).collect()
 }
+
+/// When the first offer a customer could use (their personal ones and
+/// those for everyone) that is not available yet at `now` starts; None when
+/// no such offer is waiting. What an answer of [`available`] holds until,
+/// with the ends of its offers.
+pub async fn next_start(
+    db: &Database,
+    customer_id: Option<&str>,
+    product_id: Option<&str>,
+    now: i64,
+) -> Result<Option<i64>, Error> {
+    let sql = match product_id {
+        None => {
+            "SELECT MIN(start_time) AS next FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
+             AND start_time > $2"
+        }
+        Some(_) => {
+            "SELECT MIN(start_time) AS next FROM offers WHERE state = 'ACTIVE' AND customer_id IN ('', $1) \
+             AND start_time > $2 AND product_id = $3"
+        }
+    };
+    let mut query = db.query(sql).bind(customer_id.unwrap_or("")).bind(now);
+    if let Some(product) = product_id {
+        query = query.bind(product);
+    }
+    query.fetch_one().await?.get("next")
+}

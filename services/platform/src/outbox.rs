@@ -233,6 +233,63 @@ impl Outbox {
         self.follow(after, shutdown, None)
     }
 
+    /// The outbox's newest sequence, each time it moves: at once for this
+    /// process's commits, within the poll interval for other replicas'
+    /// (read from the database); an error when the database cannot be read,
+    /// and the stream goes on. Ends at shutdown. For a cache of what the
+    /// service itself serves, that must drop what it keeps when anything
+    /// changed.
+    pub fn heads(&self, shutdown: Shutdown) -> impl Stream<Item = Result<i64, Error>> + Send + 'static {
+        struct State {
+            outbox: Outbox,
+            last: Option<i64>,
+            committed: watch::Receiver<i64>,
+            shutdown: Shutdown,
+            /// The last read failed: wait before the next.
+            failed: bool,
+        }
+        let state = State {
+            outbox: self.clone(),
+            last: None,
+            committed: self.db.committed(),
+            shutdown,
+            failed: false,
+        };
+        futures_util::stream::unfold(state, |mut s| async move {
+            if std::mem::take(&mut s.failed) {
+                tokio::select! {
+                    _ = tokio::time::sleep(s.outbox.poll_interval) => {}
+                    _ = s.shutdown.wait() => return None,
+                }
+            }
+            loop {
+                let newest = *s.committed.borrow_and_update();
+                let head = match s.last {
+                    // This process's own commit says how far the head is.
+                    Some(last) if newest > last => Ok(newest),
+                    _ => s.outbox.head().await,
+                };
+                match head {
+                    Ok(head) if Some(head) != s.last => {
+                        s.last = Some(head);
+                        return Some((Ok(head), s));
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        s.last = None;
+                        s.failed = true;
+                        return Some((Err(err), s));
+                    }
+                }
+                tokio::select! {
+                    _ = s.committed.changed() => {}
+                    _ = tokio::time::sleep(s.outbox.poll_interval) => {}
+                    _ = s.shutdown.wait() => return None,
+                }
+            }
+        })
+    }
+
     fn follow<E: DomainEvent>(
         &self,
         after: i64,

@@ -111,6 +111,46 @@ impl Offer {
     }
 }
 
+/// Until when an answer of available offers holds, from the moment it was
+/// read: until the first of them ends, or the first offer that was not
+/// yet available starts (`next_start`), whichever comes first. Between,
+/// no offer joins or leaves the answer, nor changes place in it, unless
+/// offers are written.
+pub fn available_until(available: &[Offer], next_start: Option<i64>) -> i64 {
+    let first_end = available.iter().map(|o| o.window.end).min();
+    first_end.into_iter().chain(next_start).min().unwrap_or(i64::MAX)
+}
+
+/// What changed among the offers, recorded in offers' own outbox in the
+/// transaction of the change: how the replicas of offers learn that what
+/// they keep of the available offers is stale. Not published to other
+/// contexts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "data")]
+pub enum OfferEvent {
+    OfferCreated {
+        offer_id: String,
+        product_id: String,
+    },
+    OfferWithdrawn {
+        offer_id: String,
+    },
+    /// Offers withdrawn together by an upstream's event.
+    OffersWithdrawn {
+        count: u64,
+    },
+}
+
+impl agora_platform::outbox::DomainEvent for OfferEvent {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::OfferCreated { .. } => "OfferCreated",
+            Self::OfferWithdrawn { .. } => "OfferWithdrawn",
+            Self::OffersWithdrawn { .. } => "OffersWithdrawn",
+        }
+    }
+}
+
 /// The validated content of an offer to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOffer {
@@ -195,6 +235,28 @@ pub use agora_platform::wire::parse_id;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_answer_holds_until_its_first_offer_ends_or_a_waiting_one_starts() {
+        let offer = |end| {
+            Offer::create(
+                "off".into(),
+                NewOffer {
+                    product_id: "prd".into(),
+                    customer_id: None,
+                    kind: OfferKind::Speed,
+                    discount_percent: 10,
+                    window: Window { start: 0, end },
+                },
+                0,
+            )
+        };
+        assert_eq!(available_until(&[offer(50), offer(30)], None), 30);
+        assert_eq!(available_until(&[offer(50)], Some(20)), 20);
+        assert_eq!(available_until(&[offer(50)], Some(70)), 50);
+        assert_eq!(available_until(&[], Some(70)), 70);
+        assert_eq!(available_until(&[], None), i64::MAX);
+    }
     use super::*;
 
     const HOUR: i64 = 3600 * 1_000_000;

@@ -15,7 +15,10 @@ use agora_platform::{
     wire::now_micros,
 };
 
-use crate::store::{self, Withdrawn};
+use crate::{
+    domain::OfferEvent,
+    store::{self, Withdrawn},
+};
 
 /// Offers, as the catalog's and customers' feeds change them: a product
 /// that left the catalog's sale takes its offers with it, and a customer
@@ -46,6 +49,10 @@ impl Effects for Offers {
             Change::CustomerLeft(customer_id) => Withdrawn::OfCustomer(customer_id),
         };
         let withdrawn = store::withdraw_all(uow, &gone, now_micros()).await?;
+        if withdrawn > 0 {
+            // Told to the replicas' caches of available offers.
+            uow.record(&OfferEvent::OffersWithdrawn { count: withdrawn }).await?;
+        }
         tracing::info!(change = ?gone, withdrawn, "offers withdrawn");
         Ok(())
     }

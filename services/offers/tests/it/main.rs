@@ -4,6 +4,7 @@
 
 mod api;
 mod availability;
+mod cache;
 mod common;
 mod deletions;
 mod failure;
