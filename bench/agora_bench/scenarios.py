@@ -13,8 +13,8 @@ happens:
                            (create_product_normal, create_offer_normal, create_product_full, create_offer_full)
   scale                    GetProduct and a deep ListProducts page on SMALL and LARGE products
                            (scale_get_small, scale_list_small, scale_get_large, scale_list_large)
-  stream_products          StreamProducts of LARGE products: rows/s and peak memory
-                           (stream_python, stream_h2load)
+  stream_products          StreamProducts of LARGE products: rows/s and peak memory, and the bare
+                           server's one statement, the bound (stream_python, stream_h2load, stream_bound)
   startup_and_idle         start-up time of every service and its idle memory (startup)
   overload                 ten times the admitted concurrency, health polled meanwhile (overload)
   abuse                    1,000 stalled streams and 10,000 idle connections: memory, and the
@@ -496,6 +496,31 @@ def stream_products(bench: Bench, data: Data) -> None:
         bench.results["stream_h2load"] = stream_h2load_reader(bench, catalog, rss_before, rss_mid)
     finally:
         catalog.stop()
+    bench.results["stream_bound"] = stream_bound(bench, data)
+
+
+def stream_bound(bench: Bench, data: Data) -> dict:
+    """The least work the stream can do on sqlx: the bare server's StreamProducts (one statement over
+    every product, rows as sqlx streams them), read by h2load as the catalog's stream is."""
+    log(f"StreamProducts bound: the bare server's one statement over {LARGE:,} products")
+    bare = start_bare(bench.procs, data.large_db)
+    cat = bench.client.catalog
+    try:
+        def count_check():
+            code, items, _ = stream_count(bare.grpc, STREAM_PATH, cat.StreamProductsRequest(),
+                                          cat.StreamProductsResponse, "products")
+            return None if code == grpc.StatusCode.OK and items == LARGE else f"{code.name}, {items} of {LARGE}"
+        ok = bench.check("StreamProducts bound (before)", count_check)
+        cpu0 = bare.cpu_seconds()
+        run = bench.h2.run(bare.grpc, STREAM_PATH, frame(cat.StreamProductsRequest()), n=STREAM_REPEATS,
+                           clients=1, streams=1)
+        cpu1 = bare.cpu_seconds()
+        ok &= bench.check("StreamProducts bound (after)", count_check) and run["done"] == STREAM_REPEATS
+        median_s = statistics.median(run["latencies"]) / 1000 if run["latencies"] else run["seconds"]
+        return {"rows_s": LARGE / median_s if median_s else 0, "seconds": median_s, "cpu_s": cpu1 - cpu0,
+                "cpu_us_per_1000": (cpu1 - cpu0) * 1e9 / max(1, LARGE * STREAM_REPEATS), "checked": ok}
+    finally:
+        bare.stop()
 
 
 def stream_python_reader(bench: Bench, catalog: Server) -> dict:

@@ -1,7 +1,14 @@
-//! `agora-bench-bare`: the physical limit that `make bench` measures the
-//! catalog against. A tonic server with no middleware, no health, no
-//! reflection and no database on the request path: `GetProduct` answers
-//! from a `HashMap` filled once at start from the catalog's SQLite file.
+//! `agora-bench-bare`: the physical limits that `make bench` measures the
+//! catalog against. A tonic server with no middleware, no health and no
+//! reflection:
+//!
+//! - `GetProduct` answers from a `HashMap` filled once at start from the
+//!   catalog's SQLite file: no database on the request path.
+//! - `StreamProducts` is the least work the catalog's stream can do on
+//!   sqlx: one statement over every product in creation order, read as
+//!   sqlx streams its rows, 128 products a message (as the catalog sends
+//!   them), no filter, no page, no limit on stalled readers.
+//!
 //! Every other RPC is UNIMPLEMENTED.
 //!
 //! Configured like the services: `AGORA_GRPC_ADDR` (default
@@ -18,10 +25,10 @@ use agora_contracts::agora::{
     common::v1::Money,
 };
 use anyhow::Context as _;
-use futures_util::{Stream, TryStreamExt as _};
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use sqlx::{
-    Connection as _, Row as _,
-    sqlite::{SqliteConnectOptions, SqliteConnection},
+    Row as _,
+    sqlite::{SqliteConnectOptions, SqlitePool, SqliteRow},
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
@@ -35,49 +42,51 @@ fn timestamp(micros: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Every product of the catalog file, as the wire tells it.
-async fn load(url: &str) -> anyhow::Result<HashMap<String, pb::Product>> {
-    let options =
-        SqliteConnectOptions::from_str(url).with_context(|| format!("parsing {url}"))?.read_only(true);
-    let mut conn =
-        SqliteConnection::connect_with(&options).await.with_context(|| format!("opening {url}"))?;
+/// Every product, in creation order, in the columns `product` reads.
+const PRODUCTS: &str = "SELECT product_id, display_name, description, family_id, currency_code, amount_minor, \
+                        state, revision, create_time, update_time FROM products ORDER BY seq";
+
+/// Products a StreamProducts message: the catalog's batch.
+const STREAM_BATCH: usize = 128;
+
+/// A product row as the wire tells it.
+fn product(row: &SqliteRow) -> Result<pb::Product, sqlx::Error> {
+    let state: &str = row.try_get(6)?;
+    let revision: i64 = row.try_get(7)?;
+    Ok(pb::Product {
+        product_id: row.try_get(0)?,
+        display_name: row.try_get(1)?,
+        description: row.try_get(2)?,
+        family_id: row.try_get(3)?,
+        price: Some(Money { currency_code: row.try_get(4)?, amount_minor: row.try_get(5)? }),
+        state: if state == "ACTIVE" { pb::ProductState::Active } else { pb::ProductState::Discontinued }
+            .into(),
+        etag: format!("r{revision}"),
+        create_time: Some(timestamp(row.try_get(8)?)),
+        update_time: Some(timestamp(row.try_get(9)?)),
+    })
+}
+
+/// Every product of the catalog file, by id.
+async fn load(pool: &SqlitePool) -> anyhow::Result<HashMap<String, pb::Product>> {
     let mut products = HashMap::new();
-    let mut rows = sqlx::query(
-        "SELECT product_id, display_name, description, family_id, currency_code, amount_minor, state, \
-         revision, create_time, update_time FROM products",
-    )
-    .fetch(&mut conn);
+    let mut rows = sqlx::query(PRODUCTS).fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        let state: String = row.try_get("state")?;
-        let revision: i64 = row.try_get("revision")?;
-        let product = pb::Product {
-            product_id: row.try_get("product_id")?,
-            display_name: row.try_get("display_name")?,
-            description: row.try_get("description")?,
-            family_id: row.try_get("family_id")?,
-            price: Some(Money {
-                currency_code: row.try_get("currency_code")?,
-                amount_minor: row.try_get("amount_minor")?,
-            }),
-            state: if state == "ACTIVE" { pb::ProductState::Active } else { pb::ProductState::Discontinued }
-                .into(),
-            etag: format!("r{revision}"),
-            create_time: Some(timestamp(row.try_get("create_time")?)),
-            update_time: Some(timestamp(row.try_get("update_time")?)),
-        };
+        let product = product(&row)?;
         products.insert(product.product_id.clone(), product);
     }
-    drop(rows);
-    conn.close().await?;
     Ok(products)
 }
 
 struct Bare {
     products: Arc<HashMap<String, pb::Product>>,
+    /// Read-only connections to the catalog file, for StreamProducts; a
+    /// static borrow, so a stream of rows can outlive the call that began it.
+    pool: &'static SqlitePool,
 }
 
 fn unimplemented<T>() -> Result<T, Status> {
-    Err(Status::unimplemented("the bare benchmark server answers GetProduct only"))
+    Err(Status::unimplemented("the bare benchmark server answers GetProduct and StreamProducts only"))
 }
 
 #[tonic::async_trait]
@@ -155,7 +164,14 @@ impl CatalogService for Bare {
         &self,
         _: Request<pb::StreamProductsRequest>,
     ) -> Result<Response<Self::StreamProductsStream>, Status> {
-        unimplemented()
+        let messages = sqlx::query(PRODUCTS).fetch(self.pool).try_chunks(STREAM_BATCH).map(|rows| {
+            let rows = rows.map_err(|e| Status::internal(e.1.to_string()))?;
+            let products = rows.iter().map(product).collect::<Result<_, _>>();
+            Ok(pb::StreamProductsResponse {
+                products: products.map_err(|e| Status::internal(e.to_string()))?,
+            })
+        });
+        Ok(Response::new(Box::pin(messages)))
     }
 
     type WatchCatalogEventsStream = ResponseStream<pb::WatchCatalogEventsResponse>;
@@ -173,7 +189,13 @@ async fn main() -> anyhow::Result<()> {
     let addr = std::env::var("AGORA_GRPC_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
     let url =
         std::env::var("AGORA_DATABASE_URL").context("AGORA_DATABASE_URL (sqlite:<path>) is required")?;
-    let products = Arc::new(load(&url).await?);
+    let options = SqliteConnectOptions::from_str(&url)
+        .with_context(|| format!("parsing {url}"))?
+        .read_only(true)
+        // Rows cross from the connection's thread in channels as large as the catalog's.
+        .row_buffer_size(512);
+    let pool: &'static SqlitePool = Box::leak(Box::new(SqlitePool::connect_with(options).await?));
+    let products = Arc::new(load(pool).await.with_context(|| format!("reading {url}"))?);
     let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     println!("agora-bench-bare listening grpc={} products={}", listener.local_addr()?, products.len());
     std::io::stdout().flush()?;
@@ -193,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
         server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     server
-        .add_service(CatalogServiceServer::new(Bare { products }))
+        .add_service(CatalogServiceServer::new(Bare { products, pool }))
         // TCP_NODELAY as tonic's own `serve` sets it: a response is not held back by Nagle's algorithm.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await?;
