@@ -22,7 +22,7 @@ BENCHMARKS.md between its markers with the machine it came from.
 
 BENCH_QUICK=1: smaller counts and 1,000 products instead of a million for
 the streaming and scale parts; a smoke run, BENCHMARKS.md is left alone.
-BENCH_BUILD=0: use the binaries already in target/release instead of building.
+BENCH_BUILD=0: use the binaries already in target/dist instead of building.
 Figures are reported, never asserted: only ratios of one run count.
 
 This file is the entry point; the harness is the package beside it,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make image`: an OCI image per service, built without a container engine
-# daemon and without pulling anything. The release binary is stripped and
+# daemon and without pulling anything. The binary (cargo profile dist:
+# whole-program optimised) is stripped and
 # put on a root assembled here with exactly the shared libraries it links
 # (ldd), the public CA bundle, a numeric user and nsswitch.conf; buildah
 # builds deploy/image/Dockerfile (FROM scratch) on it and writes an OCI
@@ -8,12 +9,12 @@
 # `docker load` and `kind load image-archive` take.
 #
 # ONLY="catalog offers" limits the services; TAG (default dev) tags
-# them; PROFILE (default release) picks the cargo profile.
+# them; PROFILE (default dist) picks the cargo profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/lib.sh
 
-PROFILE=${PROFILE:-release}
+PROFILE=${PROFILE:-dist}
 TAG=${TAG:-dev}
 target_dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 out=target/image

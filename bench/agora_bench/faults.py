@@ -1,7 +1,7 @@
 """Faults: what a caller gets while the database is down, and what a well-behaved client gets while
 thousands of connections that never call are held open.
 
-- database down: offers on PostgreSQL through a fault proxy (target/release/agora-fault-proxy) that
+- database down: offers on PostgreSQL through a fault proxy (target/dist/agora-fault-proxy) that
   resets and refuses its connections. Once offers' health says NOT_SERVING, a client on one channel
   calls ListAvailableOffers (answered from the fallback set) and ListOffers (UNAVAILABLE) with
   deadlines of 200 ms, 1 s and 2 s: the median and p99 time to the answer, and what the answers were.

@@ -3,7 +3,7 @@
 - the settings of a run: paths, sizes, durations, h2load's concurrency, the two cores
   (SERVER_CPU for the servers, LOAD_CPU for h2load and the harness) and `pin()`, which
   decides whether they are used
-- `build()`: the release binaries
+- `build()`: the binaries (cargo profile dist, as the images ship them)
 - `Procs` and `Server`: every process the benchmark starts, its address, health, metrics
   and /proc figures; `start_service` starts one Agora service with `service_env`
 - /proc readings: CPU seconds of a process or a core, memory, context switches
@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "clients" / "python"))
 from agora_local import Credentials, generate_client  # noqa: E402
 QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 SERVICES = ["catalog", "customers", "offers", "shopping"]
-RELEASE = ROOT / "target" / "release"
+# The binaries measured: cargo profile dist, the one the images ship.
+RELEASE = ROOT / "target" / "dist"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
@@ -74,10 +75,10 @@ def pin() -> None:
 
 def build() -> None:
     if os.environ.get("BENCH_BUILD", "1") == "0":
-        log("BENCH_BUILD=0: using the binaries already in target/release")
+        log("BENCH_BUILD=0: using the binaries already in target/dist")
         return
-    log("building release binaries (profile release)")
-    cmd = ["cargo", "build", "--release", "-q"] + [
+    log("building the binaries (profile dist, as the images ship them)")
+    cmd = ["cargo", "build", "--profile", "dist", "-q"] + [
         arg for p in [f"agora-{s}" for s in SERVICES] + ["agora-dev", "agora-bench-bare"] for arg in ("-p", p)
     ] + ["-p", "agora-testing", "--bins"]  # agora-testing's: agora-fault-proxy
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=3600)
@@ -218,7 +219,7 @@ def service_env(db_url: str, **extra) -> dict:
 
 
 def start_service(procs: Procs, name: str, service: str, db_url: str, core: int = SERVER_CPU, **env) -> Server:
-    """Starts target/release/agora-<service> as `name` (not waited for) on `core`; `env` goes to
+    """Starts target/dist/agora-<service> as `name` (not waited for) on `core`; `env` goes to
     service_env."""
     return procs.start(name, [str(RELEASE / f"agora-{service}")], service_env(db_url, **env), core=core)
 
@@ -335,7 +336,7 @@ class Client:
 
 
 class DevCredentials(Credentials):
-    """Development credentials made by agora-dev (release) under `work`/dev: the environment that runs a
+    """Development credentials made by agora-dev (profile dist) under `work`/dev: the environment that runs a
     service with TLS (and tokens), tokens, and the channel of a client."""
 
     def __init__(self, work: Path):
