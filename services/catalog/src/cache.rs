@@ -17,15 +17,9 @@
 //! (and by the TTL if the follower stalls), and one replica never answers
 //! older than what it wrote.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
-use agora_platform::{Error, outbox::Outbox, server::Task};
+use agora_platform::{Error, outbox::Outbox, read_cache::ReadCache, server::Task};
 use futures_util::StreamExt as _;
 
 use crate::domain::{CatalogEvent, Product};
@@ -35,46 +29,14 @@ pub const CAPACITY: usize = 50_000;
 /// The oldest an entry may be when it answers.
 pub const TTL: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
-struct Entry {
-    product: Arc<Product>,
-    read_at: Instant,
-}
-
 /// See the module.
 #[derive(Debug)]
-pub struct ProductCache {
-    entries: quick_cache::sync::Cache<String, Entry, quick_cache::UnitWeighter>,
-    /// Counts the changes recorded: a read keeps its product only if this
-    /// did not move while it read.
-    changes: AtomicU64,
-    /// Whether the feed is followed, up to date: only then are reads kept.
-    following: AtomicBool,
-    /// `agora_catalog_cache_reads_total` by outcome, looked up once.
-    hits: metrics::Counter,
-    misses: metrics::Counter,
-}
+pub struct ProductCache(ReadCache<Product>);
 
 impl ProductCache {
     pub fn new() -> Arc<Self> {
-        let reads = |outcome: &'static str| metrics::counter!("agora_catalog_cache_reads_total", "outcome" => outcome);
-        let (hits, misses) = (reads("hit"), reads("miss"));
-        // At zero from the start.
-        hits.increment(0);
-        misses.increment(0);
-        Arc::new(Self {
-            hits,
-            misses,
-            // Sized for a few thousand products at first, so an idle
-            // catalog does not pay for the most it may keep.
-            entries: quick_cache::sync::Cache::with_weighter(
-                4096,
-                CAPACITY as u64,
-                quick_cache::UnitWeighter,
-            ),
-            changes: AtomicU64::new(0),
-            following: AtomicBool::new(false),
-        })
+        // Sized for a few thousand products at first.
+        Arc::new(Self(ReadCache::new("agora_catalog_cache_reads_total", 4096, CAPACITY, TTL)))
     }
 
     /// The product `id`: from the cache when it holds it, fresh, else from
@@ -84,34 +46,13 @@ impl ProductCache {
         id: &str,
         load: impl Future<Output = Result<Product, Error>>,
     ) -> Result<Arc<Product>, Error> {
-        if let Some(entry) = self.entries.get(id)
-            && entry.read_at.elapsed() < TTL
-        {
-            self.hits.increment(1);
-            return Ok(entry.product);
-        }
-        self.misses.increment(1);
-        let before = self.changes.load(Ordering::Acquire);
-        let read_at = Instant::now();
-        let product = Arc::new(load.await?);
-        if self.following.load(Ordering::Acquire) && self.changes.load(Ordering::Acquire) == before {
-            self.entries.insert(id.to_owned(), Entry { product: product.clone(), read_at });
-        }
-        Ok(product)
+        // A product holds until it changes: no clock.
+        self.0.get(id, 0, async { Ok((load.await?, i64::MAX)) }).await
     }
 
     /// Drops `id`: it changed (here, or on another replica).
     pub fn changed(&self, id: &str) {
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        self.entries.remove(id);
-    }
-
-    /// Drops everything and keeps nothing more until the feed is followed
-    /// again.
-    fn lost_track(&self) {
-        self.following.store(false, Ordering::Release);
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        self.entries.clear();
+        self.0.changed(id);
     }
 
     /// The task that follows the catalog's own change feed from its head
@@ -136,7 +77,7 @@ impl ProductCache {
                 };
                 // Keeping starts once the head is known: every change after
                 // it will be seen.
-                cache.following.store(true, Ordering::Release);
+                cache.0.following();
                 let mut events = std::pin::pin!(outbox.changes::<CatalogEvent>(head, shutdown.clone()));
                 while let Some(event) = events.next().await {
                     match event {
@@ -152,7 +93,7 @@ impl ProductCache {
                         }
                     }
                 }
-                cache.lost_track();
+                cache.0.lost_track();
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown.wait() => return,

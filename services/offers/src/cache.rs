@@ -24,15 +24,9 @@
 //! [`available_until`]: crate::domain::available_until
 //! [`OfferEvent`]: crate::domain::OfferEvent
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
-use agora_platform::{Error, outbox::Outbox, server::Task};
+use agora_platform::{Error, outbox::Outbox, read_cache::ReadCache, server::Task};
 use futures_util::StreamExt as _;
 
 use crate::domain::Offer;
@@ -42,41 +36,13 @@ pub const CAPACITY: usize = 10_000;
 /// The oldest an answer may be when it is given.
 pub const TTL: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
-struct Entry {
-    offers: Arc<Vec<Offer>>,
-    /// Until when the answer holds (microseconds since the epoch).
-    until: i64,
-    read_at: Instant,
-}
-
 /// See the module.
 #[derive(Debug)]
-pub struct AvailableCache {
-    entries: quick_cache::sync::Cache<String, Entry, quick_cache::UnitWeighter>,
-    /// Counts the changes seen: a read keeps its answer only if this did
-    /// not move while it read.
-    changes: AtomicU64,
-    /// Whether the outbox's head is followed: only then are answers kept.
-    following: AtomicBool,
-    hits: metrics::Counter,
-    misses: metrics::Counter,
-}
+pub struct AvailableCache(ReadCache<Vec<Offer>>);
 
 impl AvailableCache {
     pub fn new() -> Arc<Self> {
-        let reads =
-            |outcome: &'static str| metrics::counter!("agora_offers_cache_reads_total", "outcome" => outcome);
-        let (hits, misses) = (reads("hit"), reads("miss"));
-        hits.increment(0);
-        misses.increment(0);
-        Arc::new(Self {
-            entries: quick_cache::sync::Cache::with_weighter(256, CAPACITY as u64, quick_cache::UnitWeighter),
-            changes: AtomicU64::new(0),
-            following: AtomicBool::new(false),
-            hits,
-            misses,
-        })
+        Arc::new(Self(ReadCache::new("agora_offers_cache_reads_total", 256, CAPACITY, TTL)))
     }
 
     /// The offers available at `now` to `customer_id` on `product_id`
@@ -94,35 +60,12 @@ impl AvailableCache {
         Fut: Future<Output = Result<(Vec<Offer>, i64), Error>>,
     {
         let key = format!("{}\u{1f}{}", customer_id.unwrap_or(""), product_id.unwrap_or(""));
-        if let Some(entry) = self.entries.get(&key)
-            && now < entry.until
-            && entry.read_at.elapsed() < TTL
-        {
-            self.hits.increment(1);
-            return Ok(entry.offers);
-        }
-        self.misses.increment(1);
-        let before = self.changes.load(Ordering::Acquire);
-        let read_at = Instant::now();
-        let (offers, until) = load().await?;
-        let offers = Arc::new(offers);
-        if self.following.load(Ordering::Acquire) && self.changes.load(Ordering::Acquire) == before {
-            self.entries.insert(key, Entry { offers: offers.clone(), until, read_at });
-        }
-        Ok(offers)
+        self.0.get(&key, now, async { load().await }).await
     }
 
     /// Drops every answer: offers changed (here, or on another replica).
     pub fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        self.entries.clear();
-    }
-
-    /// Drops everything and keeps nothing more until the outbox's head is
-    /// followed again.
-    fn lost_track(&self) {
-        self.following.store(false, Ordering::Release);
-        self.changed();
+        self.0.changed_all();
     }
 
     /// The task that follows the head of offers' own outbox: every move
@@ -140,11 +83,11 @@ impl AvailableCache {
                         if !std::mem::take(&mut first) {
                             cache.changed();
                         }
-                        cache.following.store(true, Ordering::Release);
+                        cache.0.following();
                     }
                     Err(err) => {
                         tracing::debug!(error = %err, "the offers cache cannot read the outbox's head; keeping nothing");
-                        cache.lost_track();
+                        cache.0.lost_track();
                         first = true;
                     }
                 }

@@ -35,6 +35,7 @@ pub mod health;
 pub mod metrics;
 pub mod middleware;
 pub mod outbox;
+pub mod read_cache;
 pub mod security;
 pub mod server;
 pub mod telemetry;
