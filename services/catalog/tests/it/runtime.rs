@@ -122,15 +122,7 @@ async fn over_the_concurrency_limit_calls_are_shed_and_health_still_answers() {
         }));
     }
     let admin = c.server.admin_addr;
-    let both_in_flight = wait_until(Duration::from_secs(4), || async move {
-        let metrics = http_get(admin, "/metrics").await;
-        metrics.lines().any(|l| {
-            l.starts_with("grpc_server_in_flight{")
-                && l.contains(r#"grpc_method="UpdateProduct""#)
-                && l.ends_with(" 2")
-        })
-    })
-    .await;
+    let both_in_flight = updates_in_flight(admin, 2).await;
     assert!(both_in_flight, "the two updates were not admitted");
 
     let mut probe = c.client.clone();
@@ -177,15 +169,7 @@ async fn a_call_over_the_limit_waits_briefly_for_a_place() {
     let gauge = |name: &'static str, value: &'static str| async move {
         http_get(admin, "/metrics").await.lines().any(|l| l.starts_with(name) && l.ends_with(value))
     };
-    let in_flight = wait_until(Duration::from_secs(4), || async move {
-        let metrics = http_get(admin, "/metrics").await;
-        metrics.lines().any(|l| {
-            l.starts_with("grpc_server_in_flight{")
-                && l.contains(r#"grpc_method="UpdateProduct""#)
-                && l.ends_with(" 1")
-        })
-    })
-    .await;
+    let in_flight = updates_in_flight(admin, 1).await;
     assert!(in_flight, "the update was not admitted");
     // The next call waits for the place.
     let waiting = {
@@ -415,4 +399,22 @@ async fn acknowledged_writes_survive_a_sigkill() {
     }
     let _ = p.child.kill();
     let _ = p.child.wait();
+}
+
+/// Waits (at most 4 s) until `count` UpdateProduct calls are in flight, as
+/// the server's metrics say.
+async fn updates_in_flight(admin: std::net::SocketAddr, count: u32) -> bool {
+    let value = format!(" {count}");
+    wait_until(Duration::from_secs(4), || {
+        let value = value.clone();
+        async move {
+            let metrics = http_get(admin, "/metrics").await;
+            metrics.lines().any(|l| {
+                l.starts_with("grpc_server_in_flight{")
+                    && l.contains(r#"grpc_method="UpdateProduct""#)
+                    && l.ends_with(&value)
+            })
+        }
+    })
+    .await
 }
