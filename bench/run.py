@@ -6,8 +6,9 @@ binaries once, prepares the data (catalog SQLite files with 1,000 and
 file), then measures with h2load (nghttp2-client) speaking gRPC:
 
   references  the bare tonic server (bench/bare: GetProduct from memory, no
-              middleware) and the Python grpc.aio peer (bench/python_peer.py:
-              GetProduct from the same SQLite file)
+              middleware; and behind the runtime contract's crates, the
+              bound of the catalog's GetProduct) and the Python grpc.aio
+              peer (bench/python_peer.py: GetProduct from the same SQLite file)
   Agora       GetProduct on SQLite (plaintext, TLS, TLS and a token) and
               PostgreSQL, ListAvailableOffers, CreateProduct and CreateOffer
               (eight writers, both SQLite durability settings), offers on PostgreSQL with one and two replicas,

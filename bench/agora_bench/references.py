@@ -2,7 +2,9 @@
 
 - `start_bare`: the bare tonic server (bench/bare, binary agora-bench-bare): GetProduct from
   a map filled once at start, no middleware, health or database on the request path; the
-  physical limit
+  physical limit. With `contract`, the same server behind the least stack that keeps the
+  services' runtime contract, each piece from its crate (bench/bare/src/contract.rs): the
+  bound of the catalog's GetProduct
 - `start_python_peer`: the Python grpc.aio peer (bench/python_peer.py): GetProduct from the
   SQLite file with the standard sqlite3 module; what a user might pick instead
 
@@ -18,13 +20,19 @@ from .runner import RELEASE, ROOT, Procs, Server
 PYTHON = sys.executable
 
 
-def start_bare(procs: Procs, db: Path, tls: dict | None = None) -> Server:
+def start_bare(procs: Procs, db: Path, tls: dict | None = None, contract: bool = False) -> Server:
     """The bare tonic server; over TLS with the certificate and key of `tls` (AGORA_TLS_CERT_FILE and
-    AGORA_TLS_KEY_FILE, as DevCredentials.env gives them) when given."""
+    AGORA_TLS_KEY_FILE, as DevCredentials.env gives them) when given. With `contract`, behind the
+    contract's stack, checking tokens against the issuer's keys when `tls` names them too."""
     env = {"AGORA_GRPC_ADDR": "127.0.0.1:0", "AGORA_DATABASE_URL": f"sqlite:{db}", "PATH": os.environ.get("PATH", "")}
-    if tls:
-        env.update({k: tls[k] for k in ("AGORA_TLS_CERT_FILE", "AGORA_TLS_KEY_FILE")})
-    return procs.start("bare-tls" if tls else "bare", [str(RELEASE / "agora-bench-bare")], env).wait_listening()
+    tls = tls or {}
+    env.update({k: v for k, v in tls.items() if k in ("AGORA_TLS_CERT_FILE", "AGORA_TLS_KEY_FILE")})
+    name = "bare-tls" if tls else "bare"
+    if contract:
+        env["AGORA_BARE_STACK"] = "contract"
+        env.update({k: v for k, v in tls.items() if k.startswith(("AGORA_JWKS", "AGORA_JWT"))})
+        name += "-contract"
+    return procs.start(name, [str(RELEASE / "agora-bench-bare")], env).wait_listening()
 
 
 def start_python_peer(procs: Procs, db: Path, gen: Path) -> Server:

@@ -110,6 +110,17 @@ def goal(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
+def against_bound(rate: float, reference: float, bound: float, want: float) -> str:
+    """A goal of `want`× the reference, and the bound: the least program that does the unavoidable
+    work. Out of that program's reach too, the goal is bounded by it."""
+    if rate >= want * reference:
+        return goal(True)
+    # A bound the catalog outruns is not the least program: it proves nothing.
+    if bound < want * reference and rate <= bound:
+        return f"bounded: the contract's bound serves {bound / reference:.2f}×, the catalog {rate / bound:.2f}× of it"
+    return f"{goal(False)} (the contract's bound {bound / reference:.2f}×, the catalog {rate / bound:.2f}× of it)"
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -158,21 +169,30 @@ def getproduct_rows(rows: Rows, pg_skip) -> None:
     rows.request("bare", vs="1.00 (reference)", goals=f"p99 < 2 ms at 80 %: {goal(r['bare']['p99_80'] < 2)}")
     rows.request("python", vs=f"{py / bare:.3f}× bare",
                  goals=f"p99 < 2 ms at 80 %: {goal(r['python']['p99_80'] < 2)}")
+    bound = r["bare_contract"]["rps"]
+    rows.request("bare_contract", vs=f"{bound / bare:.2f}× bare (the bound of the row below)",
+                 goals=f"p99 < 2 ms at 80 %: {goal(r['bare_contract']['p99_80'] < 2)}")
     g = r["get_sqlite"]
-    rows.request("get_sqlite", vs=f"{g['rps'] / bare:.2f}× bare, {g['rps'] / py:.1f}× Python",
-                 goals=f"≥ 0.6× bare: {goal(g['rps'] >= 0.6 * bare)}; ≥ 10× Python: {goal(g['rps'] >= 10 * py)}; "
-                       f"p99 < 2 ms at 80 %: {goal(g['p99_80'] < 2)}")
+    rows.request("get_sqlite", vs=f"{g['rps'] / bare:.2f}× bare, {g['rps'] / bound:.2f}× the contract's bound, "
+                                  f"{g['rps'] / py:.1f}× Python",
+                 goals=f"≥ 0.75× bare: {against_bound(g['rps'], bare, bound, 0.75)}; "
+                       f"≥ 10× Python: {goal(g['rps'] >= 10 * py)}; p99 < 2 ms at 80 %: {goal(g['p99_80'] < 2)}")
     g_cpu = sum(g["cpu_us"].values())
     bare_tls = r["bare_tls"]["rps"]
-    rows.request("bare_tls", vs=f"{bare_tls / bare:.2f}× plaintext bare (reference of the two rows below)",
+    rows.request("bare_tls", vs=f"{bare_tls / bare:.2f}× plaintext bare (reference of the rows below)",
                  goals=f"p99 < 2 ms at 80 %: {goal(r['bare_tls']['p99_80'] < 2)}")
-    for key, what in (("get_tls", "TLS"), ("get_secure", "TLS and token checks")):
+    bound_secure = r["bare_contract_secure"]["rps"]
+    rows.request("bare_contract_secure", vs=f"{bound_secure / bare_tls:.2f}× bare with TLS (the bound of the "
+                                            f"catalog with TLS and a token)",
+                 goals=f"p99 < 2 ms at 80 %: {goal(r['bare_contract_secure']['p99_80'] < 2)}")
+    for key, what, want in (("get_tls", "TLS", 0.6), ("get_secure", "TLS and token checks", 0.7)):
         x = r[key]
         x_cpu = sum(x["cpu_us"].values())
+        met = (against_bound(x["rps"], bare_tls, bound_secure, want) if key == "get_secure"
+               else goal(x["rps"] >= want * bare_tls))
         rows.request(key, vs=f"{x['rps'] / bare_tls:.2f}× bare with TLS; {x['rps'] / g['rps']:.2f}× plaintext; "
                              f"{what} cost {x_cpu - g_cpu:+.1f} µs CPU a call",
-                     goals=f"≥ 0.6× bare with TLS: {goal(x['rps'] >= 0.6 * bare_tls)}; "
-                           f"p99 < 2 ms at 80 %: {goal(x['p99_80'] < 2)}")
+                     goals=f"≥ {want}× bare with TLS: {met}; p99 < 2 ms at 80 %: {goal(x['p99_80'] < 2)}")
     for key, what in (("get_traced", "traces of every call"), ("get_traced_1", "traces of 1 % of calls")):
         x = r[key]
         x_cpu = sum(x["cpu_us"].values())
@@ -182,7 +202,7 @@ def getproduct_rows(rows: Rows, pg_skip) -> None:
         p = r["get_postgres"]
         rows.request("get_postgres", vs=f"{p['rps'] / bare:.2f}× bare, {p['rps'] / py:.1f}× Python",
                      cpu=f"{sum(p['cpu_us'].values()):.1f} + {p['extra_cpu_us']:.1f} in PostgreSQL",
-                     goals=f"≥ 0.6× bare: {goal(p['rps'] >= 0.6 * bare)}; "
+                     goals=f"≥ 0.4× bare: {goal(p['rps'] >= 0.4 * bare)}; "
                            f"p99 < 2 ms at 80 %: {goal(p['p99_80'] < 2)}")
     else:
         rows.add("Agora catalog, GetProduct, PostgreSQL", f"skipped: {pg_skip}", "–")

@@ -4,10 +4,12 @@ Each scenario starts the servers it needs, measures through `Bench` (which keeps
 results under fixed keys, the ones report.render reads) and stops its servers, whatever
 happens:
 
-  getproduct_side_by_side  bare tonic, Python grpc.aio and the Agora catalog on SQLite (plain, TLS,
+  getproduct_side_by_side  bare tonic (alone, and behind the runtime contract's crates: the
+                           bound), Python grpc.aio and the Agora catalog on SQLite (plain, TLS,
                            TLS and token, traces of 100 % and 1 % of calls) and PostgreSQL,
-                           measured in turns (bare, python, get_sqlite, get_tls, get_secure,
-                           get_traced, get_traced_1, get_postgres)
+                           measured in turns (bare, bare_contract, python, get_sqlite, bare_tls,
+                           bare_contract_secure, get_tls, get_secure, get_traced, get_traced_1,
+                           get_postgres)
   list_available_offers    offers on SQLite (available)
   writes                   CreateProduct and CreateOffer, eight writers, SQLite synchronous=normal and full
                            (create_product_normal, create_offer_normal, create_product_full, create_offer_full)
@@ -94,12 +96,17 @@ def getproduct_side_by_side(bench: Bench, data: Data) -> None:
     try:
         bare = start_bare(procs, data.small_db)
         started.append(bare)
+        bare_contract = start_bare(procs, data.small_db, contract=True)
+        started.append(bare_contract)
         peer = start_python_peer(procs, data.small_db, bench.client.dir)
         started.append(peer)
         catalog = start_service(procs, "catalog", "catalog", f"sqlite:{data.small_db}")
         started.append(catalog.wait_serving())
         contenders = [
             dict(key="bare", label="bare tonic, GetProduct from memory", addr=bare.grpc, servers=[bare]),
+            dict(key="bare_contract", label="bare tonic behind the runtime contract's crates (request id, span, "
+                 "metrics, panic, deadline, shedding), GetProduct from memory", addr=bare_contract.grpc,
+                 servers=[bare_contract]),
             dict(key="python", label="Python grpc.aio, GetProduct, SQLite", addr=peer.grpc, servers=[peer]),
             dict(key="get_sqlite", label=f"Agora catalog, GetProduct, SQLite ({SMALL:,} products)",
                  addr=catalog.grpc, servers=[catalog], method=GET_PATH),
@@ -114,9 +121,13 @@ def getproduct_side_by_side(bench: Bench, data: Data) -> None:
         token = bench.dev.token("customer", "cus_bench")
         bare_tls = start_bare(procs, data.small_db, tls=bench.dev.env("catalog"))
         started.append(bare_tls)
+        bare_secure = start_bare(procs, data.small_db, tls=bench.dev.env("catalog"), contract=True)
+        started.append(bare_secure)
         contenders += [
             dict(key="bare_tls", label="bare tonic, GetProduct from memory, TLS 1.3", addr=bare_tls.grpc,
                  servers=[bare_tls], tls=True),
+            dict(key="bare_contract_secure", label="bare tonic behind the runtime contract's crates, TLS 1.3 and "
+                 "a customer's token", addr=bare_secure.grpc, servers=[bare_secure], tls=True, token=token),
             dict(key="get_tls", label="Agora catalog, GetProduct, SQLite, TLS 1.3", addr=catalog_tls.grpc,
                  servers=[catalog_tls], method=GET_PATH, tls=True),
             dict(key="get_secure", label="Agora catalog, GetProduct, SQLite, TLS 1.3 and a customer's token",

@@ -11,6 +11,10 @@
 //!
 //! Every other RPC is UNIMPLEMENTED.
 //!
+//! With `AGORA_BARE_STACK=contract` the same server runs behind the least
+//! stack that keeps the services' runtime contract (see `contract`): the
+//! bound of the catalog's GetProduct.
+//!
 //! Configured like the services: `AGORA_GRPC_ADDR` (default
 //! `127.0.0.1:0`) and `AGORA_DATABASE_URL` (`sqlite:<path>`, required).
 //! The first stdout line is `agora-bench-bare listening grpc=<addr>`.
@@ -32,6 +36,14 @@ use sqlx::{
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+mod contract;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -214,10 +226,44 @@ async fn main() -> anyhow::Result<()> {
         let identity = tonic::transport::Identity::from_pem(std::fs::read(&cert)?, std::fs::read(&key)?);
         server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
-    server
-        .add_service(CatalogServiceServer::new(Bare { products, pool }))
-        // TCP_NODELAY as tonic's own `serve` sets it: a response is not held back by Nagle's algorithm.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
-        .await?;
+    let service = CatalogServiceServer::new(Bare { products, pool });
+    // TCP_NODELAY as tonic's own `serve` sets it: a response is not held back by Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    if std::env::var("AGORA_BARE_STACK").as_deref() == Ok("contract") {
+        contract::init_logs();
+        contract::init_metrics();
+        let paths = [
+            "/agora.catalog.v1.CatalogService/GetProduct",
+            "/agora.catalog.v1.CatalogService/StreamProducts",
+        ];
+        let stack = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(contract::CountedId::default()))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(contract::call_span)
+                    .on_failure(contract::warn_on_failure),
+            )
+            .layer(contract::MeteredLayer::new(&paths))
+            .layer(CatchPanicLayer::custom(contract::internal_on_panic))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::new(contract::CONCURRENCY_LIMIT))
+            // With the issuer's keys (the TLS and token row), every call's token checked.
+            .option_layer(contract::Tokens::from_env()?.map(|tokens| {
+                ServiceBuilder::new()
+                    .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
+                    .layer(tonic::service::InterceptorLayer::new(tokens))
+                    .into_inner()
+            }))
+            .into_inner();
+        server
+            .timeout(contract::REQUEST_TIMEOUT)
+            .layer(stack)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await?;
+    } else {
+        server.add_service(service).serve_with_incoming_shutdown(incoming, stop).await?;
+    }
     Ok(())
 }

@@ -39,6 +39,8 @@ use tower_http::catch_panic::ResponseForPanic;
 /// and a counter, as 32 hex digits shaped like a UUID. tower-http's
 /// `MakeRequestUuid` asks the kernel for randomness on every call, which
 /// showed in the profile of a busy server; ids only need to be unique.
+/// The digits are written into a buffer rather than through `format!`,
+/// which cost a second allocation and the formatting machinery per call.
 #[derive(Debug, Clone, Default)]
 pub struct FastRequestId;
 
@@ -55,16 +57,36 @@ impl tower_http::request_id::MakeRequestId for FastRequestId {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let id = format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            prefix >> 32,
-            (prefix >> 16) & 0xffff,
-            prefix & 0xffff,
-            (n >> 48) & 0xffff,
-            n & 0xffff_ffff_ffff
-        );
-        http::HeaderValue::from_str(&id).ok().map(tower_http::request_id::RequestId::new)
+        let value = http::HeaderValue::from_bytes(&uuid_shaped(prefix, n)).ok()?;
+        Some(tower_http::request_id::RequestId::new(unindexed(value)))
     }
+}
+
+/// `prefix` then `n` as 32 lowercase hex digits in UUID groups (8-4-4-4-12):
+/// the high 16 bits of `n` in the fourth group, the low 48 in the fifth.
+fn uuid_shaped(prefix: u64, n: u64) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let digits = (u128::from(prefix) << 64) | u128::from(n);
+    let mut shift = 128;
+    for (i, byte) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        shift -= 4;
+        *byte = HEX[((digits >> shift) & 0xf) as usize];
+    }
+    out
+}
+
+/// A header value HTTP/2 sends without adding it to its header table
+/// (HPACK's "never indexed"): a request id is unique to its call, so
+/// indexing it only evicts entries that repeat, on both ends. `h2` offers
+/// this only through the value's sensitive flag; a request id is no secret
+/// and nothing here treats it as one.
+pub(crate) fn unindexed(mut value: http::HeaderValue) -> http::HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// Marks an answer the server gave on purpose without serving the call (it
@@ -103,6 +125,14 @@ impl ResponseForPanic for PanicToInternal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The id's digits: the prefix, then the counter across the last two groups.
+    #[test]
+    fn request_ids_are_shaped_like_uuids() {
+        let id = uuid_shaped(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+        assert_eq!(&id, b"01234567-89ab-cdef-fedc-ba9876543210");
+        assert_eq!(&uuid_shaped(0, 1), b"00000000-0000-0000-0000-000000000001");
+    }
     use tower::{Layer as _, ServiceExt as _};
     use tower_http::catch_panic::CatchPanicLayer;
 
