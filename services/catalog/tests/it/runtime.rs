@@ -131,6 +131,12 @@ async fn over_the_concurrency_limit_calls_are_shed_and_health_still_answers() {
     // Shed, not oversized: RetryInfo says when to try again.
     let retry = tonic_types::StatusExt::get_details_retry_info(&err).expect("a shed call carries RetryInfo");
     assert!(retry.retry_delay.is_some_and(|d| d > Duration::ZERO), "{retry:?}");
+    let metrics = http_get(admin, "/metrics").await;
+    let shed = metrics.lines().find_map(|l| l.strip_prefix("agora_grpc_server_shed_total "));
+    assert!(
+        shed.and_then(|v| v.parse::<f64>().ok()).is_some_and(|n| n >= 1.0),
+        "the refusal is counted: {shed:?}"
+    );
     assert_eq!(health_status(&c.server.channel, "").await, Some(ServingStatus::Serving));
 
     lock.execute("ROLLBACK").await.unwrap();
@@ -210,7 +216,9 @@ async fn reflection_lists_the_services_of_this_server() {
     assert!(files > 0, "the service's methods are described");
 }
 
-/// The caller's x-request-id comes back; without one, the server makes one.
+/// The caller's x-request-id comes back; without one, the server makes one,
+/// a new one for every call (on one connection, so HTTP/2's header table
+/// is shared between them).
 #[tokio::test]
 async fn request_ids_are_echoed_or_made() {
     let mut c = start(TestDatabase::sqlite()).await;
@@ -218,8 +226,14 @@ async fn request_ids_are_echoed_or_made() {
     request.metadata_mut().insert("x-request-id", "test-123".parse().unwrap());
     let resp = c.client.list_families(request).await.unwrap();
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "test-123");
-    let resp = c.client.list_families(pb::ListFamiliesRequest::default()).await.unwrap();
-    assert_eq!(resp.metadata().get("x-request-id").unwrap().len(), 36, "a UUID");
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let resp = c.client.list_families(pb::ListFamiliesRequest::default()).await.unwrap();
+        let id = resp.metadata().get("x-request-id").unwrap().to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36, "a UUID: {id}");
+        assert!(!made.contains(&id), "{id} was made twice");
+        made.push(id);
+    }
 }
 
 /// /metrics counts calls by method and gRPC code.
