@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 
 use super::{Application, Shutdown, grpc};
 use crate::{
-    db::{Database, Migrations},
+    db::{Backend, Database, Migrations},
     health::Health,
     metrics,
 };
@@ -170,6 +170,15 @@ async fn start(
     // Health stays NOT_SERVING whatever the probe finds until start-up is
     // done; the probe runs from the first, so that a breaker opened by the
     // migrations' failures closes when the database answers.
+    //
+    // A new SQLite file is switched to WAL by the first connection that
+    // opens it, which takes the file's lock for a moment; connections that
+    // open beside it (the probe's, the migrations') could then fail with
+    // "database is locked" without waiting. So on SQLite one connection
+    // opens first, alone: the file is local, this takes a millisecond.
+    if database.backend() == Backend::Sqlite {
+        let _ = tokio::time::timeout(probe_interval, database.ping()).await;
+    }
     let probe = tokio::spawn(probe(database.clone(), health.clone(), probe_interval, shutdown.clone()));
     let mut running = Running { tasks: Vec::new(), probe: Some(probe) };
     let mut backoff = Duration::from_millis(100);
