@@ -178,6 +178,10 @@ def getproduct_rows(rows: Rows, pg_skip) -> None:
                  goals=f"≥ 0.75× bare: {against_bound(g['rps'], bare, bound, 0.75)}; "
                        f"≥ 10× Python: {goal(g['rps'] >= 10 * py)}; p99 < 2 ms at 80 %: {goal(g['p99_80'] < 2)}")
     g_cpu = sum(g["cpu_us"].values())
+    w = r["get_web"]
+    rows.request("get_web", vs=f"{w['rps'] / g['rps']:.2f}× the same catalog over gRPC; gRPC-Web costs "
+                               f"{sum(w['cpu_us'].values()) - g_cpu:+.1f} µs CPU a call",
+                 goals=f"p99 < 2 ms at 80 %: {goal(w['p99_80'] < 2)}")
     bare_tls = r["bare_tls"]["rps"]
     rows.request("bare_tls", vs=f"{bare_tls / bare:.2f}× plaintext bare (reference of the rows below)",
                  goals=f"p99 < 2 ms at 80 %: {goal(r['bare_tls']['p99_80'] < 2)}")

@@ -398,18 +398,23 @@ class H2load:
 
     def run(self, addr: str, path: str, body: bytes, *, n: int | None = None, duration: float | None = None,
             clients: int = CLIENTS, streams: int = STREAMS, rps_per_client: float | None = None,
-            tls: bool = False, token: str | None = None) -> dict:
+            tls: bool = False, token: str | None = None, web: bool = False) -> dict:
         """One h2load run (one thread); returns req/s, counts and per-request latencies (ms) from its log.
         `tls`: over TLS (h2load negotiates h2 by ALPN and does not verify the certificate); `token`: sent
-        as a bearer token with every call."""
+        as a bearer token with every call; `web`: as gRPC-Web calls (the same framed body, the status
+        in a trailer frame of the answer's body)."""
         self.count += 1
         data = self.work / f"h2load-{self.count:03d}.bin"
         data.write_bytes(body)
         logfile = self.work / f"h2load-{self.count:03d}.log"
         cmd = (["taskset", "-c", str(LOAD_CPU)] if PINNED else []) + [
             "h2load", "-t", "1", "-c", str(clients), "-m", str(streams), "-d", str(data),
-            "-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(logfile),
+            "--log-file", str(logfile),
         ]
+        if web:
+            cmd += ["-H", "content-type: application/grpc-web+proto", "-H", "x-grpc-web: 1"]
+        else:
+            cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
         if duration is not None:
             cmd += ["-D", f"{duration}"]
             bound = duration + 30
@@ -509,11 +514,11 @@ class Bench:
 
     def capacity(self, label: str, addr: str, path: str, body: bytes, check, *, servers: list,
                  extra_cpu=None, method: str | None = None, clients: int = CLIENTS, streams: int = STREAMS,
-                 expected: tuple = (), tls: bool = False, token: str | None = None) -> dict:
+                 expected: tuple = (), tls: bool = False, token: str | None = None, web: bool = False) -> dict:
         """A check, a calibration run, the measured run (req/s, latency, CPU and context switches per call,
         gRPC codes from the server's metrics), a check."""
         ok_before = self.check(f"{label} (before)", check)
-        wire = dict(tls=tls, token=token)
+        wire = dict(tls=tls, token=token, web=web)
         calibration = self.h2.run(addr, path, body, duration=CALIBRATE_SECONDS, clients=clients, streams=streams,
                                   **wire)
         n = int(min(2_000_000, max(500, calibration["rps"] * RUN_SECONDS)))
@@ -611,7 +616,7 @@ class Bench:
             result = runs[len(runs) // 2]
             result["rounds"] = [r["rps"] for r in rounds[c["key"]]]
             result["checked"] = all(r["checked"] for r in runs)
-            wire = {k: c[k] for k in ("tls", "token") if k in c}
+            wire = {k: c[k] for k in ("tls", "token", "web") if k in c}
             self.paced(result, c["addr"], c["path"], c["body"], **wire)
             self.light(result, c["addr"], c["path"], c["body"], **wire)
             result["checked"] &= self.check(f"{c['label']} (after the paced runs)", c["check"])

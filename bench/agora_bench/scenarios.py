@@ -5,11 +5,11 @@ results under fixed keys, the ones report.render reads) and stops its servers, w
 happens:
 
   getproduct_side_by_side  bare tonic (alone, and behind the runtime contract's crates: the
-                           bound), Python grpc.aio and the Agora catalog on SQLite (plain, TLS,
-                           TLS and token, traces of 100 % and 1 % of calls) and PostgreSQL,
-                           measured in turns (bare, bare_contract, python, get_sqlite, bare_tls,
-                           bare_contract_secure, get_tls, get_secure, get_traced, get_traced_1,
-                           get_postgres)
+                           bound), Python grpc.aio and the Agora catalog on SQLite (plain, over
+                           gRPC-Web, TLS, TLS and token, traces of 100 % and 1 % of calls) and
+                           PostgreSQL, measured in turns (bare, bare_contract, python, get_sqlite,
+                           get_web, bare_tls, bare_contract_secure, get_tls, get_secure,
+                           get_traced, get_traced_1, get_postgres)
   list_available_offers    offers on SQLite (available)
   writes                   CreateProduct and CreateOffer, eight writers, SQLite synchronous=normal and full
                            (create_product_normal, create_offer_normal, create_product_full, create_offer_full)
@@ -110,6 +110,9 @@ def getproduct_side_by_side(bench: Bench, data: Data) -> None:
             dict(key="python", label="Python grpc.aio, GetProduct, SQLite", addr=peer.grpc, servers=[peer]),
             dict(key="get_sqlite", label=f"Agora catalog, GetProduct, SQLite ({SMALL:,} products)",
                  addr=catalog.grpc, servers=[catalog], method=GET_PATH),
+            # The same catalog called as a browser calls it: gRPC-Web on the same port.
+            dict(key="get_web", label="Agora catalog, GetProduct over gRPC-Web, SQLite", addr=catalog.grpc,
+                 servers=[catalog], method=GET_PATH, web=True),
         ]
         # The cost of security: the same catalog with TLS, then with TLS and a token on every call.
         catalog_tls = start_service(procs, "catalog-tls", "catalog", f"sqlite:{data.small_db}",

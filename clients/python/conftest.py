@@ -22,10 +22,15 @@ def pb():
     return generated_client()
 
 
+# The origin of a web page the services let call them (CORS, gRPC-Web).
+WEB_ORIGIN = "http://127.0.0.1:5173"
+
+
 @pytest.fixture(scope="session")
 def running():
     """The four services' processes; stopped with SIGTERM at the end."""
-    with Running(Path(tempfile.mkdtemp(prefix="agora-python-data-"))) as running:
+    data = Path(tempfile.mkdtemp(prefix="agora-python-data-"))
+    with Running(data, extra_env={"AGORA_CORS_ORIGINS": WEB_ORIGIN}) as running:
         yield running
 
 

@@ -1,8 +1,10 @@
 """The TypeScript client (clients/typescript: generated from proto/ with
 protobuf-es, compiled with tsc by tools/test-clients.sh) tells its story
 against the same four running services, over native gRPC with TLS and
-tokens, and reads the catalog's change feed: `node --test` on the compiled
-tests, given where the services are and the credentials to call them."""
+tokens, reads the catalog's change feed, and calls the catalog over
+gRPC-Web with CORS for the page origin the services allow: `node --test`
+on the compiled tests, given where the services are and the credentials to
+call them."""
 
 import os
 import shutil
@@ -10,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from conftest import WEB_ORIGIN
 
 TYPESCRIPT = Path(__file__).resolve().parents[1] / "typescript"
 BOUND_SECONDS = 120
@@ -24,6 +28,8 @@ def test_the_typescript_client_tells_the_story(system):
         **os.environ,
         "AGORA_CA_FILE": str(system.credentials / "ca.pem"),
         "AGORA_STAFF_TOKEN": system.token("staff"),
+        "AGORA_CUSTOMER_TOKEN": system.token("customer", "cus_typescript"),
+        "AGORA_WEB_ORIGIN": WEB_ORIGIN,
         "AGORA_FEED_CERT_FILE": feed["AGORA_TLS_CERT_FILE"],
         "AGORA_FEED_KEY_FILE": feed["AGORA_TLS_KEY_FILE"],
         "AGORA_DEV": str(system.bin_dir / "agora-dev"),
@@ -33,3 +39,5 @@ def test_the_typescript_client_tells_the_story(system):
     done = subprocess.run(["node", "--test", str(tests)], cwd=TYPESCRIPT, env=env, capture_output=True,
                           text=True, timeout=BOUND_SECONDS)
     assert done.returncode == 0, done.stdout + done.stderr
+    # Every test file ran: the story, the change feed, gRPC-Web and CORS.
+    assert "# pass 4" in done.stdout and "# fail 0" in done.stdout, done.stdout

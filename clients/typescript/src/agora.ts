@@ -1,7 +1,9 @@
 /**
  * Agora's four services as TypeScript clients: the messages and service
  * descriptors protobuf-es generates from proto/ (src/gen/), called over
- * Connect's native gRPC transport for Node (HTTP/2, TLS).
+ * Connect's native gRPC transport for Node (HTTP/2, TLS), or over gRPC-Web,
+ * the protocol a browser can speak, which every service's gRPC port serves
+ * beside native gRPC.
  *
  * A caller brings the CA that signed the services' certificates and, for
  * every call but health, a bearer token from the issuer the services trust;
@@ -9,7 +11,7 @@
  * too (mTLS), since feeds are for the services the context map names.
  */
 import { type Client, type Interceptor, type Transport, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 
 import { CatalogService } from "./gen/agora/catalog/v1/catalog_service_pb.js";
 import { CustomerService } from "./gen/agora/customers/v1/customers_service_pb.js";
@@ -46,6 +48,17 @@ function bearer(token: string): Interceptor {
 export function grpcTransport(target: Target): Transport {
   return createGrpcTransport({
     baseUrl: target.baseUrl,
+    interceptors: target.token ? [bearer(target.token)] : [],
+    nodeOptions: { ca: target.ca, cert: target.cert, key: target.key },
+  });
+}
+
+/** A gRPC-Web transport (over HTTP/2 and TLS) to `target`: what a page
+ * in a browser uses, through `@connectrpc/connect-web` there. */
+export function grpcWebTransport(target: Target): Transport {
+  return createGrpcWebTransport({
+    baseUrl: target.baseUrl,
+    httpVersion: "2",
     interceptors: target.token ? [bearer(target.token)] : [],
     nodeOptions: { ca: target.ca, cert: target.cert, key: target.key },
   });

@@ -146,6 +146,38 @@ pub struct Settings {
     pub security: crate::security::SecuritySettings,
     /// Connections and long-lived streams: their limits and timeouts.
     pub connections: ConnectionSettings,
+    /// The web origins whose pages may call this service from a browser
+    /// (gRPC-Web), each `scheme://host[:port]` (`AGORA_CORS_ORIGINS`,
+    /// comma-separated). None by default: a page of any other origin gets
+    /// no CORS answer, and its browser refuses it the call.
+    pub cors_origins: Vec<http::HeaderValue>,
+}
+
+/// `AGORA_CORS_ORIGINS`, each origin checked: a scheme (http or https) and
+/// a host, an optional port, nothing else. `*` is refused: with tokens on
+/// every call there is no reason to let every site's pages use them.
+fn cors_origins<F: Fn(&str) -> Option<String>>(env: &mut EnvReader<F>) -> Vec<http::HeaderValue> {
+    let Some(raw) = env.optional("AGORA_CORS_ORIGINS") else { return Vec::new() };
+    let mut origins = Vec::new();
+    for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let origin = origin.trim_end_matches('/');
+        let well_formed = origin.parse::<http::Uri>().is_ok_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some_and(|h| !h.is_empty())
+                && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+        });
+        match http::HeaderValue::from_str(origin) {
+            Ok(value) if well_formed => origins.push(value),
+            _ => {
+                let shown: String = origin.chars().take(80).collect();
+                env.problem(format!(
+                    "AGORA_CORS_ORIGINS: {shown:?} is not an origin; expected scheme://host[:port], such as \
+                     https://shop.example.com, several separated by commas ('*' is not accepted: name them)"
+                ));
+            }
+        }
+    }
+    origins
 }
 
 /// How the gRPC server bounds what clients hold open: connections (their
@@ -420,6 +452,7 @@ impl Settings {
             log_filter,
             security: crate::security::SecuritySettings::read(env),
             connections: ConnectionSettings::read(env),
+            cors_origins: cors_origins(env),
         }
     }
 
@@ -447,6 +480,7 @@ impl Settings {
             log_filter: "warn".into(),
             security: crate::security::SecuritySettings::insecure(),
             connections: ConnectionSettings::defaults(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -553,6 +587,22 @@ mod tests {
             assert!(text.contains(expected), "{expected:?} missing from {text}");
         }
         assert_eq!(err.0.len(), 4);
+    }
+
+    /// Origins are listed, checked one by one, and `*` is refused.
+    #[test]
+    fn cors_origins_are_named_one_by_one() {
+        let settings = read(&[
+            ("AGORA_INSECURE", "1"),
+            ("AGORA_CORS_ORIGINS", "https://shop.example.com, http://127.0.0.1:5173/"),
+        ])
+        .unwrap();
+        assert_eq!(settings.cors_origins, ["https://shop.example.com", "http://127.0.0.1:5173"]);
+        assert!(read(&[("AGORA_INSECURE", "1")]).unwrap().cors_origins.is_empty(), "none by default");
+        for bad in ["*", "shop.example.com", "ftp://shop.example.com", "https://shop.example.com/page"] {
+            let err = read(&[("AGORA_INSECURE", "1"), ("AGORA_CORS_ORIGINS", bad)]).unwrap_err().to_string();
+            assert!(err.contains("expected scheme://host[:port]"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The gRPC server of one service: its own services behind the house
 //! middleware stack, with health and reflection beside them.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::{body::Body, service::Routes};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
     request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
 };
 
@@ -23,6 +26,36 @@ use crate::{
         tls::ServerTls,
     },
 };
+
+/// The CORS policy for `origins`, if any: what a browser needs to make
+/// gRPC-Web calls from their pages, with a token in `authorization` (no
+/// cookies: credentials are not allowed).
+fn cors(origins: &[http::HeaderValue]) -> Option<CorsLayer> {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed = [
+        CONTENT_TYPE,
+        AUTHORIZATION,
+        HeaderName::from_static("x-grpc-web"),
+        HeaderName::from_static("x-user-agent"),
+        HeaderName::from_static("grpc-timeout"),
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("traceparent"),
+        HeaderName::from_static("tracestate"),
+    ];
+    let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"]
+        .map(HeaderName::from_static);
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([http::Method::POST])
+            .allow_headers(allowed)
+            .expose_headers(exposed)
+            .max_age(Duration::from_secs(2 * 3600)),
+    )
+}
 
 /// Health and reflection, on every server.
 const ALWAYS: [&str; 3] = [
@@ -84,6 +117,14 @@ pub(super) async fn serve(
     let service = ServiceBuilder::new()
         // One body type for every answer, as hyper serves it.
         .map_response(|response: http::Response<_>| response.map(Body::new))
+        // Pages of the origins configured may call from a browser: CORS
+        // preflights answered, the headers gRPC-Web needs allowed and
+        // exposed. Without origins, no CORS answer: browsers refuse.
+        .option_layer(cors(&settings.cors_origins))
+        // gRPC-Web calls become gRPC calls here, their answers gRPC-Web
+        // again (trailers in the body), so everything below sees one
+        // protocol: the same admission, authorization, metrics and traces.
+        .layer(tonic_web::GrpcWebLayer::new())
         // Take the caller's x-request-id or make one, so every log line
         // of a call can be found from the id the client sees.
         .layer(SetRequestIdLayer::x_request_id(FastRequestId))
