@@ -12,28 +12,14 @@ import { readFileSync } from "node:fs";
 import http2 from "node:http2";
 import { test } from "node:test";
 
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 
 import { catalogClient, grpcWebTransport } from "../src/agora.js";
-
-function env(name: string): string {
-  const value = process.env[name];
-  assert.ok(value, `${name} is not set`);
-  return value;
-}
+import { codeOf, env } from "./support.js";
 
 const ca = readFileSync(env("AGORA_CA_FILE"));
 const catalogUrl = env("AGORA_CATALOG_URL");
 const web = (token?: string) => catalogClient(grpcWebTransport({ baseUrl: catalogUrl, ca, token }));
-
-async function codeOf(call: () => Promise<unknown>): Promise<Code> {
-  try {
-    await call();
-  } catch (err) {
-    return ConnectError.from(err).code;
-  }
-  assert.fail("the call was answered");
-}
 
 test("unary and streaming calls over gRPC-Web, with the same checks as gRPC", async () => {
   const staff = web(env("AGORA_STAFF_TOKEN"));

@@ -19,7 +19,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 
 import {
   catalog,
@@ -30,12 +30,7 @@ import {
   offersClient,
   shoppingClient,
 } from "../src/agora.js";
-
-function env(name: string): string {
-  const value = process.env[name];
-  assert.ok(value, `${name} is not set`);
-  return value;
-}
+import { codeOf, env } from "./support.js";
 
 const ca = readFileSync(env("AGORA_CA_FILE"));
 const url = (service: string) => env(`AGORA_${service.toUpperCase()}_URL`);
@@ -46,16 +41,6 @@ function customerToken(customerId: string): string {
   return execFileSync(env("AGORA_DEV"), ["token", "customer", customerId, "--dir", env("AGORA_DEV_DIR")], {
     encoding: "utf8",
   }).trim();
-}
-
-/** The code of the error `call` fails with. */
-async function codeOf(call: () => Promise<unknown>): Promise<Code> {
-  try {
-    await call();
-  } catch (err) {
-    return ConnectError.from(err).code;
-  }
-  assert.fail("the call was answered");
 }
 
 test("a shopper's story over native gRPC with TLS and tokens", async () => {
