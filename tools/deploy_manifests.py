@@ -121,6 +121,8 @@ NOT_SET = {
     "AGORA_INSECURE": "secure by default: never in a deployment",
     "AGORA_SERVICE_TOKEN_FILE": "services prove who they are with their certificates (mTLS is on everywhere)",
     "AGORA_OFFERS_FALLBACK": "offers reads its fallback from a file instead (ConfigMap offers-fallback)",
+    "AGORA_CORS_ORIGINS": "no web page calls the services by default; a deployment whose storefront is "
+                          "served from another origin names it in an overlay (docs/DEPLOYMENT.md)",
     "AGORA_BUILD_COMMIT": "read when the binary is built (make image names the commit), not when it runs",
     "AGORA_SQLITE_SYNCHRONOUS": "SQLite's default (normal) keeps every acknowledged write through a crash of the "
                                 "pod, which is what the dev overlay needs; production runs on PostgreSQL "
