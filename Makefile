@@ -10,7 +10,7 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run stop story seed token observe observe-check postgres-tls test test-system test-chaos image test-image deploy-manifests deploy-check readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
+.PHONY: help run stop story seed token web observe observe-check postgres-tls test test-system test-chaos image test-image deploy-manifests deploy-check readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ token: ## Print a development token: ROLE=staff, or ROLE=customer SUBJECT=<custo
 
 test: ## Every test: the workspace's (nextest), then the Python client and grpcurl against the binaries
 	@tools/test.sh
+
+web: ## Serve the storefront page (clients/web, gRPC-Web) on http://127.0.0.1:5173 and print staff and customer URLs with tokens (needs make run)
+	@tools/web.sh
 
 observe: ## A real Prometheus scraping the running system (make run) with the alert rules: http://127.0.0.1:9090/alerts
 	@tools/install-prometheus.sh >/dev/null

@@ -101,6 +101,7 @@ for s in "${SERVICES[@]}"; do
       AGORA_DATABASE_URL="$url_prefix$1$url_suffix" \
       AGORA_CATALOG_ADDRS="$(replicas_of 50051)" AGORA_CUSTOMERS_ADDRS="$(replicas_of 50052)" \
       AGORA_DRAIN_DELAY_MS="${AGORA_DRAIN_DELAY_MS:-500}" \
+      AGORA_CORS_ORIGINS="${AGORA_CORS_ORIGINS:-http://127.0.0.1:5173}" \
         exec "$target_dir/agora-$1"
     ) >>"$log" 2>&1 &
     pids+=($!)
@@ -137,6 +138,7 @@ Agora is running (logs in data/logs/, databases $([ "$DB" = sqlite ] && echo "in
   shopping   gRPC (TLS) 127.0.0.1:50054   admin (health, metrics) http://127.0.0.1:9104
 Every call needs a token: make -s token ROLE=staff, or ROLE=customer SUBJECT=<customer_id>.
 Clients trust the development CA: $DEV_DIR/ca.pem.
+The storefront page (make web) may call them from http://127.0.0.1:5173 (gRPC-Web).
 
 Try it: make story (in a second terminal) walks through the story with real ids,
 or call it yourself with grpcurl ($GRPCURL), as the README shows.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agora_local import Running, generated_client
+from agora_local import Running, free_port, generated_client
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +22,10 @@ def pb():
     return generated_client()
 
 
-# The origin of a web page the services let call them (CORS, gRPC-Web).
-WEB_ORIGIN = "http://127.0.0.1:5173"
+# The origin of a web page the services let call them (CORS, gRPC-Web):
+# the storefront's, when test_web_page.py serves it.
+WEB_PORT = free_port()
+WEB_ORIGIN = f"http://127.0.0.1:{WEB_PORT}"
 
 
 @pytest.fixture(scope="session")

@@ -40,5 +40,6 @@ def test_the_typescript_client_tells_the_story(system):
     done = subprocess.run(["node", "--test", *files], cwd=TYPESCRIPT, env=env, capture_output=True,
                           text=True, timeout=BOUND_SECONDS)
     assert done.returncode == 0, done.stdout + done.stderr
-    # Every test file ran: the story, the change feed, gRPC-Web and CORS.
-    assert "# pass 4" in done.stdout and "# fail 0" in done.stdout, done.stdout
+    # Every test file ran: the story, the change feed, gRPC-Web on HTTP/2
+    # and on HTTP/1.1, and CORS.
+    assert "# pass 5" in done.stdout and "# fail 0" in done.stdout, done.stdout

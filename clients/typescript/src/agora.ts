@@ -53,12 +53,13 @@ export function grpcTransport(target: Target): Transport {
   });
 }
 
-/** A gRPC-Web transport (over HTTP/2 and TLS) to `target`: what a page
- * in a browser uses, through `@connectrpc/connect-web` there. */
-export function grpcWebTransport(target: Target): Transport {
+/** A gRPC-Web transport (over TLS, HTTP/2 unless `httpVersion` says
+ * 1.1) to `target`: what a page in a browser uses, through
+ * `@connectrpc/connect-web` there. */
+export function grpcWebTransport(target: Target, httpVersion: "1.1" | "2" = "2"): Transport {
   return createGrpcWebTransport({
     baseUrl: target.baseUrl,
-    httpVersion: "2",
+    httpVersion,
     interceptors: target.token ? [bearer(target.token)] : [],
     nodeOptions: { ca: target.ca, cert: target.cert, key: target.key },
   });

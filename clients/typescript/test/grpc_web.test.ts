@@ -4,6 +4,9 @@
  * authentication and policy, and CORS answered for the origins the
  * service was configured with (AGORA_WEB_ORIGIN is one) and no other.
  *
+ * Node's HTTP/1.1 client offers no ALPN, and the catalog serves it HTTP/1.1:
+ * the protocol of gRPC-Web clients and proxies that cannot do HTTP/2.
+ *
  * Started by clients/python/test_typescript_client.py, as story.test.ts.
  */
 import assert from "node:assert/strict";
@@ -19,9 +22,14 @@ import { codeOf, env } from "./support.js";
 
 const ca = readFileSync(env("AGORA_CA_FILE"));
 const catalogUrl = env("AGORA_CATALOG_URL");
-const web = (token?: string) => catalogClient(grpcWebTransport({ baseUrl: catalogUrl, ca, token }));
+type HttpVersion = "1.1" | "2";
+for (const version of ["2", "1.1"] as const) {
+  test(`unary and streaming calls over gRPC-Web on HTTP/${version}, with the same checks as gRPC`, () =>
+    story(version));
+}
 
-test("unary and streaming calls over gRPC-Web, with the same checks as gRPC", async () => {
+async function story(version: HttpVersion) {
+  const web = (token?: string) => catalogClient(grpcWebTransport({ baseUrl: catalogUrl, ca, token }, version));
   const staff = web(env("AGORA_STAFF_TOKEN"));
   const family = (await staff.createFamily({ family: { displayName: "Web" } })).family!;
   const product = (
@@ -45,7 +53,7 @@ test("unary and streaming calls over gRPC-Web, with the same checks as gRPC", as
   assert.equal(await codeOf(() => customer.discontinueProduct({ productId: product.productId })), Code.PermissionDenied);
   assert.equal(await codeOf(() => web().listFamilies({})), Code.Unauthenticated);
   assert.equal(await codeOf(() => customer.getProduct({ productId: "prd_nothing" })), Code.NotFound);
-});
+}
 
 /** The CORS headers the catalog answers a preflight from `origin` with. */
 function preflight(origin: string): Promise<http2.IncomingHttpHeaders> {

@@ -1,9 +1,10 @@
 //! What the server does with the connections and streams clients hold
 //! open: a cap on connections, a handshake and an idle timeout, a maximum
 //! age, limits on long-lived streams, a stalled reader, an oversized
-//! header list, and streams at shutdown. Seen from a raw HTTP/2 client
-//! (the h2 crate), which does only what a test tells it, against a
-//! plaintext server (the opt-out) so that the frames are the test's own.
+//! header list, streams at shutdown, and gRPC-Web over HTTP/1.1. Seen from
+//! a raw HTTP/2 client (the h2 crate) or HTTP/1.1 client (hyper's), which
+//! does only what a test tells it, against a plaintext server (the
+//! opt-out) so that the frames are the test's own.
 
 use std::{
     net::SocketAddr,
@@ -526,4 +527,138 @@ async fn at_shutdown_a_health_watch_ends_with_unavailable() {
     assert_eq!(statuses, [ServingStatus::NotServing as i32]);
     stopping.await.unwrap().expect("a clean stop");
     assert!(started.elapsed() < Duration::from_secs(10), "the stop took {:?}", started.elapsed());
+}
+
+/// An HTTP/1.1 connection made by hand (hyper's client), the protocol of
+/// gRPC-Web clients that cannot do HTTP/2.
+struct Http1 {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    driver: JoinHandle<Result<(), hyper::Error>>,
+}
+
+async fn http1(addr: SocketAddr) -> Http1 {
+    let tcp = TcpStream::connect(addr).await.expect("the server accepts");
+    let (send, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("an HTTP/1.1 connection");
+    Http1 { send, driver: tokio::spawn(connection) }
+}
+
+impl Http1 {
+    /// One call of `content_type`: the answer's head, and its body read
+    /// to the end.
+    async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        message: &impl prost::Message,
+    ) -> (http::response::Parts, Bytes) {
+        use http_body_util::BodyExt;
+        self.send.ready().await.expect("the connection is open");
+        let request = http::Request::post(path)
+            .header("host", "catalog")
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1")
+            .body(http_body_util::Full::new(framed(message)))
+            .expect("a valid request");
+        let (head, body) = self.send.send_request(request).await.expect("an answer").into_parts();
+        (head, body.collect().await.expect("the body").to_bytes())
+    }
+
+    /// Whether the server closed the connection within `bound`.
+    async fn closed_within(self, bound: Duration) -> bool {
+        let Http1 { send, driver } = self;
+        let closed = tokio::time::timeout(bound, driver).await.is_ok();
+        drop(send);
+        closed
+    }
+}
+
+/// The frames of a gRPC-Web body: (flags, payload); flags 0x80 marks the
+/// trailers.
+fn web_frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while body.len() >= 5 {
+        let length = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        frames.push((body[0], body[5..5 + length].to_vec()));
+        body = &body[5 + length..];
+    }
+    assert!(body.is_empty(), "a truncated gRPC-Web frame");
+    frames
+}
+
+/// gRPC-Web is served over HTTP/1.1, several calls on one connection, a
+/// refusal among them; native gRPC, which needs HTTP/2's trailers, is
+/// refused there.
+#[tokio::test]
+async fn grpc_web_is_served_over_http1_and_native_grpc_is_not() {
+    use prost::Message as _;
+    let c = plaintext(|_| {}).await;
+    let mut web = http1(c.server.grpc_addr).await;
+    for _ in 0..2 {
+        let check = HealthCheckRequest::default();
+        let (head, body) =
+            web.post("/grpc.health.v1.Health/Check", "application/grpc-web+proto", &check).await;
+        assert_eq!((head.status, head.version), (http::StatusCode::OK, http::Version::HTTP_11));
+        assert_eq!(head.headers["content-type"], "application/grpc-web+proto");
+        assert!(!head.headers.contains_key("connection"), "kept alive");
+        let frames = web_frames(&body);
+        assert_eq!(frames.len(), 2, "a message, then the trailers: {frames:?}");
+        let answer = tonic_health::pb::HealthCheckResponse::decode(frames[0].1.as_slice()).unwrap();
+        assert_eq!(answer.status, ServingStatus::Serving as i32);
+        assert_eq!(frames[1].0, 0x80);
+        let trailers = String::from_utf8(frames[1].1.clone()).unwrap();
+        assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    }
+    // A refusal (no such method) leaves the connection usable: the request
+    // was read whole before it was answered.
+    let (head, body) = web
+        .post("/grpc.health.v1.Health/Nothing", "application/grpc-web", &HealthCheckRequest::default())
+        .await;
+    assert_eq!(head.headers["grpc-status"], "12", "{head:?} {body:?}");
+    let (head, _) = web
+        .post("/grpc.health.v1.Health/Check", "application/grpc-web", &HealthCheckRequest::default())
+        .await;
+    assert_eq!(head.status, http::StatusCode::OK);
+
+    let (head, _) =
+        web.post("/grpc.health.v1.Health/Check", "application/grpc", &HealthCheckRequest::default()).await;
+    assert_eq!(head.status, http::StatusCode::BAD_REQUEST, "native gRPC over HTTP/1.1");
+}
+
+/// An HTTP/1.1 request over the bound of one message is refused with
+/// RESOURCE_EXHAUSTED, before it reaches the service.
+#[tokio::test]
+async fn an_http1_request_over_one_message_is_refused() {
+    let c = plaintext(|s| s.max_message_bytes = 64).await;
+    let mut web = http1(c.server.grpc_addr).await;
+    let large = HealthCheckRequest { service: "x".repeat(200) };
+    let (head, _) = web.post("/grpc.health.v1.Health/Check", "application/grpc-web", &large).await;
+    assert_eq!(head.headers["grpc-status"], "8", "{head:?}");
+    assert!(head.headers["grpc-message"].to_str().unwrap().contains("at%20most%2092%20bytes"), "{head:?}");
+}
+
+/// HTTP/1.1 connections meet the limits of HTTP/2 ones: one that sends
+/// half a request head is closed after the handshake timeout, an idle one
+/// after the idle timeout.
+#[tokio::test]
+async fn http1_connections_have_the_handshake_and_idle_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let c = plaintext(|s| {
+        s.connections.handshake_timeout = Duration::from_millis(300);
+        s.connections.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut silent = TcpStream::connect(c.server.grpc_addr).await.unwrap();
+    silent.write_all(b"POST /grpc.health.v1.Health/Check HTTP/1.1\r\nhost: catalog\r\n").await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(10)).await, "half a head, still open after 10 s");
+    assert_eq!(closed(&c, "handshake").await, 1.0);
+
+    let mut idle = http1(c.server.grpc_addr).await;
+    let (head, _) = idle
+        .post("/grpc.health.v1.Health/Check", "application/grpc-web", &HealthCheckRequest::default())
+        .await;
+    assert_eq!(head.status, http::StatusCode::OK);
+    assert!(idle.closed_within(Duration::from_secs(10)).await, "idle and still open after 10 s");
+    assert_eq!(closed(&c, "idle").await, 1.0);
 }

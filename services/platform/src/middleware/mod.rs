@@ -6,6 +6,7 @@
 
 mod admission;
 mod deadline;
+mod http1;
 mod observe;
 mod trailers;
 
@@ -29,6 +30,7 @@ pub(crate) use delegate_to_inner;
 
 pub use admission::{AdmissionLayer, Waiting};
 pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
+pub use http1::{OverHttp1, ReadWholeLayer, http1_request_bytes};
 pub use observe::{CallNotes, ObserveLayer};
 pub use trailers::{ExtraTrailers, with_extra_trailers};
 

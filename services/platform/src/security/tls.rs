@@ -63,7 +63,8 @@ fn roots(pem: &[u8]) -> anyhow::Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-/// A TLS 1.3 server configuration for gRPC (ALPN h2). With `client_ca`,
+/// A TLS 1.3 server configuration for gRPC (ALPN h2, and http/1.1 for
+/// gRPC-Web clients that cannot do HTTP/2). With `client_ca`,
 /// client certificates are asked for, optional, and verified when sent.
 pub fn server_config(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> anyhow::Result<ServerConfig> {
     let builder =
@@ -80,7 +81,9 @@ pub fn server_config(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> anyho
     let mut config = builder
         .with_single_cert(certificates(cert)?, private_key(key)?)
         .context("the certificate does not match its key")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // rustls takes the first of these the client offers: HTTP/2 whenever
+    // the client can.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

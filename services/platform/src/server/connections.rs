@@ -1,7 +1,7 @@
 //! The gRPC server's connections: accepted, handshaken, served over HTTP/2
-//! and closed on the server's terms.
+//! (or HTTP/1.1, for gRPC-Web) and closed on the server's terms.
 //!
-//! Written here, on hyper's HTTP/2 connection, because tonic's `Server`
+//! Written here, on hyper's connections, because tonic's `Server`
 //! has no hook per connection: no cap on their number, no timeout for a
 //! client that connects and never calls, no idle timeout, no maximum age
 //! (GOAWAY, so that clients re-balance across replicas) and no way to close
@@ -13,12 +13,23 @@
 //!   connection has, it is closed at accept ([`Admission`]): connections
 //!   that never call cannot lock out a client that does;
 //! - the TLS handshake has `handshake_timeout`, and so has the first call;
-//! - with no call or stream open for `idle_timeout`, it gets GOAWAY;
+//! - with no call or stream open for `idle_timeout`, it gets GOAWAY (and
+//!   is cut if still nothing is open `handshake_timeout` later);
 //! - at `max_age` (±10%) it gets GOAWAY, and `age_grace` later it is cut;
 //! - a stream whose reader took nothing for `stream_stall_timeout` gets
 //!   its connection closed the same way (HTTP/2 flow control already keeps
 //!   what such a stream holds to the send buffer);
 //! - at shutdown it gets GOAWAY, and its calls end within the shutdown bound.
+//!
+//! The protocol is the client's: hyper-util's automatic builder reads the
+//! HTTP/2 preface, or serves HTTP/1.1 (what TLS clients ask for by ALPN
+//! when they cannot do HTTP/2), with every limit above. HTTP/1.1 carries
+//! one call at a time and only gRPC-Web: a native gRPC call over it gets
+//! 400 from tonic-web, as gRPC needs HTTP/2's trailers. Its calls are
+//! marked ([`OverHttp1`]) so that their requests are read whole before
+//! anything answers them (`middleware::ReadWholeLayer`). On HTTP/1.1,
+//! "GOAWAY" is the end of keep-alive: the call in flight ends, then the
+//! connection closes.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -34,9 +45,10 @@ use std::{
 };
 
 use http::{Request, Response};
-use hyper::{body::Incoming, server::conn::http2};
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
     service::TowerToHyperService,
 };
 use tokio::{
@@ -50,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{body::Body, transport::server::Connected};
 use tower::Service;
 
-use crate::{config::ConnectionSettings, security::tls::ServerTls};
+use crate::{config::ConnectionSettings, middleware::OverHttp1, security::tls::ServerTls};
 
 /// Bytes HTTP/2 buffers for one stream beyond what its reader's window
 /// lets through: what a stalled reader costs the server (hyper's default,
@@ -61,6 +73,11 @@ const SEND_BUFFER_BYTES: usize = 32 << 10;
 /// accepts: between the two, the call gets a gRPC status that names the
 /// limit; past this, HTTP/2 answers 431, which clients report as UNKNOWN.
 const HEADER_HEADROOM: usize = 8;
+
+/// The least read buffer hyper's HTTP/1.1 accepts (it asserts this): the
+/// longest request head HTTP/1.1 reads is the larger of this and the
+/// HTTP/2 header list bound.
+const HTTP1_MIN_BUFFER: usize = 8192;
 
 /// Milliseconds since the first connection: the clock of [`Connection`].
 fn now_ms() -> u64 {
@@ -256,9 +273,13 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < http::Version::HTTP_2;
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(self.info.clone());
         req.extensions_mut().insert(self.connection.clone());
+        if http1 {
+            req.extensions_mut().insert(OverHttp1);
+        }
         let open = Open::begin(self.connection.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -305,15 +326,22 @@ pub(super) async fn serve<S>(
             .increment(0);
     }
     metrics::gauge!("agora_grpc_server_connections").set(0.0);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size((limits.max_header_bytes * HEADER_HEADROOM) as u32)
         .max_send_buf_size(SEND_BUFFER_BYTES);
-    let shared = Arc::new(Shared { http2, limits: limits.clone(), tls, closing: CancellationToken::new() });
+    http.http1()
+        .timer(TokioTimer::new())
+        // Not hyper's own timer for a request head: a connection with no
+        // call open is closed by the handshake or idle timeout below, and
+        // counted as such.
+        .header_read_timeout(None)
+        .max_buf_size((limits.max_header_bytes * HEADER_HEADROOM).max(HTTP1_MIN_BUFFER));
+    let shared = Arc::new(Shared { http, limits: limits.clone(), tls, closing: CancellationToken::new() });
     let admission = Admission::new(limits.max_connections, limits.max_connections_per_peer);
     let mut connections = JoinSet::new();
     let mut stop = pin!(stop);
@@ -363,7 +391,7 @@ pub(super) async fn serve<S>(
 
 /// What every connection task shares.
 struct Shared {
-    http2: http2::Builder<TokioExecutor>,
+    http: auto::Builder<TokioExecutor>,
     limits: ConnectionSettings,
     tls: Option<ServerTls>,
     /// Cancelled once the server stops: every connection gets GOAWAY.
@@ -412,7 +440,7 @@ impl Shared {
         });
         let service =
             PerConnection { inner: service, info: io.connect_info(), connection: connection.clone() };
-        let mut conn = pin!(self.http2.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)));
+        let mut conn = pin!(self.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)));
         let limits = &self.limits;
         // ±10%, so that connections opened together do not all close together.
         let age = limits.max_age.mul_f64(0.9 + fastrand::f64() * 0.2);
@@ -439,8 +467,23 @@ impl Shared {
         // the calls get the grace, then the connection is cut.
         if reason == Closed::Shutdown {
             let _ = conn.await;
-        } else {
-            let _ = tokio::time::timeout(limits.age_grace, conn).await;
+            return;
+        }
+        let grace = async {
+            if matches!(reason, Closed::Handshake | Closed::Idle) {
+                // Nothing was open. What may be left is a call that crossed
+                // the GOAWAY, or half a request head, which HTTP/1.1 waits
+                // for: without a call open by the handshake timeout, cut.
+                tokio::time::sleep(limits.handshake_timeout).await;
+                if connection.open.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+            }
+            tokio::time::sleep(limits.age_grace).await;
+        };
+        tokio::select! {
+            _ = conn => {}
+            () = grace => {}
         }
     }
 

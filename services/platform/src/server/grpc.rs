@@ -18,8 +18,8 @@ use crate::{
     config::Settings,
     health::Health,
     middleware::{
-        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, Waiting,
-        with_extra_trailers,
+        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, ReadWholeLayer, Waiting,
+        http1_request_bytes, with_extra_trailers,
     },
     security::{
         policy::{AuthorizeLayer, Authorizer},
@@ -132,6 +132,12 @@ pub(super) async fn serve(
         .layer(PropagateRequestIdLayer::x_request_id())
         // A span and the Prometheus metrics for every call, by gRPC code.
         .layer(ObserveLayer::new(paths, shutdown))
+        // A call over HTTP/1.1 (gRPC-Web) is read whole before anything
+        // answers it, so that a refusal keeps its connection usable.
+        .layer(ReadWholeLayer {
+            max_bytes: http1_request_bytes(settings.max_message_bytes),
+            within: settings.request_timeout,
+        })
         // Shed load when saturated, after a short bounded wait for a place;
         // wait for start-up; long-lived streams under limits of their own;
         // headers bounded. Early in the stack, so a refusal costs little of
