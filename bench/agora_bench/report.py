@@ -317,9 +317,10 @@ def overload_row(rows: Rows) -> None:
     re_ = o["grpc_codes"].get("RESOURCE_EXHAUSTED", 0)
     ok_s = o["grpc_codes"].get("OK", 0) / max(1e-9, o["seconds"])
     served = ok_s / o["capacity"] if o["capacity"] else 0
+    rounds = " / ".join(f"{r:.2f}" for r in o.get("served_rounds", []))
     rows.add(o["label"],
              f"{num(o['rps'])} answers/s, {ok_s:,.0f} OK/s: {served:.2f}× the {num(o['capacity'])} req/s "
-             f"at the limit",
+             f"at the limit" + (f" (median round of {rounds})" if len(o.get("served_rounds", [])) > 1 else ""),
              f"{re_ / max(1, total):.0%} shed RESOURCE_EXHAUSTED (shed counter {o['shed']:,.0f}), "
              f"other errors {total - re_ - o['grpc_codes'].get('OK', 0):,.0f}",
              fmt_ms(o["p50"]), fmt_ms(o["p99"]), "–", f"{sum(o['cpu_us'].values()):.1f}",

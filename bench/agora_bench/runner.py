@@ -48,7 +48,7 @@ STARTS = 5 if QUICK else 21  # starts per service for the start-up median
 STREAM_REPEATS = 1 if QUICK else 3
 CLIENTS, STREAMS = 4, 48  # h2load -c/-m: 192 calls in flight, below the services' limit of 256
 LIGHT_RPS = 400  # the light load of the side-by-side comparison: 4 calls every 10 ms
-ROUNDS = 1 if QUICK else 3  # turns of the side-by-side GetProduct comparison
+ROUNDS = 1 if QUICK else 3  # turns of the side-by-side GetProduct comparison, and of capacity and overload
 OVERLOAD_LIMIT, OVERLOAD_CLIENTS, OVERLOAD_STREAMS = 32, 10, 32  # 320 streams = 10x the limit
 BOUND = 60  # seconds: the longest any single wait may take
 FLAT_BOUND = 32 * MIB  # streaming memory is flat when its growth stays below this, whatever the catalog's size

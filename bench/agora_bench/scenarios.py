@@ -38,7 +38,7 @@ from .data import Data, expected_available, offers_postgres, postgres_backends_c
 from .references import start_bare, start_otlp_sink, start_python_peer
 from .report import publish
 from .runner import (BOUND, CLIENTS, LARGE, LOAD_CPU, OFFERS, OVERLOAD_CLIENTS, OVERLOAD_LIMIT, OVERLOAD_STREAMS,
-                     QUICK, RUN_SECONDS, SERVICES, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, H2load, Procs, Server, call,
+                     QUICK, ROUNDS, RUN_SECONDS, SERVICES, SMALL, STARTS, STREAM_REPEATS, STREAMS, Bench, H2load, Procs, Server, call,
                      cpu_seconds, fmt_ms, frame, log, metric_delta, percentile, start_service, stream_count)
 
 GET_PATH = "/agora.catalog.v1.CatalogService/GetProduct"
@@ -636,7 +636,8 @@ def idle_memory(procs: Procs, work: Path, small_db: Path, startup: dict) -> None
 
 def overload(bench: Bench, data: Data) -> None:
     """Overload: ListProducts (a page of 50, read from the database: GetProduct answers from memory too
-    fast to queue) at the admitted concurrency for its capacity, then at ten times it, health polled."""
+    fast to queue) at the admitted concurrency for its capacity, then at ten times it, health polled;
+    ROUNDS turns of the two, the median round kept."""
     catalog = start_service(bench.procs, "catalog-overload", "catalog", f"sqlite:{data.small_db}",
                             AGORA_CONCURRENCY_LIMIT=OVERLOAD_LIMIT).wait_serving()
     cat = bench.client.catalog
@@ -650,26 +651,36 @@ def overload(bench: Bench, data: Data) -> None:
         return None if len(resp.products) == 50 else f"{len(resp.products)} products, not 50"
 
     try:
-        capacity = bench.load("overload_capacity", f"overload: ListProducts at the limit ({OVERLOAD_LIMIT} calls)",
-                              catalog.grpc, LIST_PATH, body, check, servers=[catalog], method=LIST_PATH,
-                              at80=False, clients=1, streams=OVERLOAD_LIMIT)
-        polls, stop_polling = [], threading.Event()
-        poller = threading.Thread(target=poll_health, args=(catalog.grpc, polls, stop_polling), daemon=True)
-        poller.start()
-        try:
-            res = bench.load("overload", f"overload: ListProducts, {OVERLOAD_CLIENTS * OVERLOAD_STREAMS} streams, "
-                             f"limit {OVERLOAD_LIMIT}", catalog.grpc, LIST_PATH, body, check, servers=[catalog],
-                             method=LIST_PATH, at80=False, clients=OVERLOAD_CLIENTS, streams=OVERLOAD_STREAMS,
-                             expected=("RESOURCE_EXHAUSTED",))
-        finally:
-            stop_polling.set()
-            poller.join(timeout=10)
-        m0, m1 = res["metrics"][0][catalog.name], res["metrics"][1][catalog.name]
-        res["shed"] = metric_delta(m0, m1, "agora_grpc_server_shed_total")
+        # Capacity and overload in turns, ROUNDS times: the median round by the share served, so that
+        # a burst of outside load falling on one of the two runs does not decide the ratio. Health is
+        # polled through every overload run.
+        rounds, polls = [], []
+        for i in range(ROUNDS):
+            capacity = bench.load("overload_capacity", f"overload: ListProducts at the limit ({OVERLOAD_LIMIT} "
+                                  f"calls), round {i + 1} of {ROUNDS}", catalog.grpc, LIST_PATH, body, check,
+                                  servers=[catalog], method=LIST_PATH, at80=False, clients=1, streams=OVERLOAD_LIMIT)
+            stop_polling = threading.Event()
+            poller = threading.Thread(target=poll_health, args=(catalog.grpc, polls, stop_polling), daemon=True)
+            poller.start()
+            try:
+                res = bench.load("overload", f"overload: ListProducts, {OVERLOAD_CLIENTS * OVERLOAD_STREAMS} "
+                                 f"streams, limit {OVERLOAD_LIMIT}", catalog.grpc, LIST_PATH, body, check,
+                                 servers=[catalog], method=LIST_PATH, at80=False, clients=OVERLOAD_CLIENTS,
+                                 streams=OVERLOAD_STREAMS, expected=("RESOURCE_EXHAUSTED",))
+            finally:
+                stop_polling.set()
+                poller.join(timeout=10)
+            m0, m1 = res["metrics"][0][catalog.name], res["metrics"][1][catalog.name]
+            res["shed"] = metric_delta(m0, m1, "agora_grpc_server_shed_total")
+            res["capacity"] = capacity["rps"]
+            res["served"] = res["grpc_codes"].get("OK", 0) / max(1e-9, res["seconds"]) / max(1e-9, capacity["rps"])
+            rounds.append((res, capacity))
+        res, capacity = sorted(rounds, key=lambda r: r[0]["served"])[len(rounds) // 2]
+        res["served_rounds"] = [r[0]["served"] for r in rounds]
         res["polls"] = len(polls)
         res["polls_serving"] = sum(1 for p in polls if p[0])
         res["poll_max_ms"] = max((p[1] for p in polls), default=0) * 1000
-        res["capacity"] = capacity["rps"]
+        bench.results["overload"], bench.results["overload_capacity"] = res, capacity
     finally:
         catalog.stop()
 
