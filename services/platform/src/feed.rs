@@ -28,7 +28,7 @@
 //! every second that its lock session is alive and stops following when
 //! it is not (a PostgreSQL restart, a failover, a cut network, a session
 //! ended by an operator); until it notices, the cursor row fences its
-//! writes ([`apply_one`]). `agora_feed_leader{feed}` is 1 on the replica
+//! writes ([`apply`]). `agora_feed_leader{feed}` is 1 on the replica
 //! that leads. SQLite is one process's file, so there is nobody to share
 //! with.
 
@@ -38,7 +38,7 @@ use std::{
 };
 
 use agora_contracts::feed::{ChangeFeedMessage, Envelope};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tonic::{Status, Streaming};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -249,19 +249,80 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     metrics::gauge!("agora_feed_connected", "feed" => feed).set(1.0);
     tracing::info!(feed, after, "following the feed");
     while let Some(message) = stream.next().await {
-        let Some(envelope) = message?.envelope() else {
-            return Err(Interrupted::Stream(format!("{feed} sent a message without an event")));
-        };
-        if envelope.sequence <= after {
-            continue; // delivered twice: already applied
+        // The events that have arrived already are applied together, in
+        // one unit of work (one commit): a consumer that fell behind
+        // catches up at a fraction of the cost of an event a commit.
+        let mut events = Vec::new();
+        let mut next = Some(message);
+        while let Some(message) = next {
+            let Some(envelope) = message?.envelope() else {
+                return Err(Interrupted::Stream(format!("{feed} sent a message without an event")));
+            };
+            if envelope.sequence > events.last().map_or(after, |e: &Envelope<_>| e.sequence) {
+                events.push(envelope);
+            } // else delivered twice: already applied
+            next = if events.len() < APPLY_BATCH { stream.next().now_or_never().flatten() } else { None };
         }
-        let Envelope { sequence, head_sequence, .. } = envelope;
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { continue };
+        let (first, last, head) = (first.sequence, last.sequence, last.head_sequence);
+        if !apply(feed, effects, db, events).await? {
+            return Err(Interrupted::Lead(format!("event {first} was applied by another replica")));
+        }
+        after = last;
+        metrics::gauge!("agora_feed_lag_events", "feed" => feed).set((head - last).max(0) as f64);
+    }
+    Ok(())
+}
+
+/// The most events one unit of work applies.
+const APPLY_BATCH: usize = 128;
+
+/// Applies `events` (in sequence order, after the cursor) and moves the
+/// cursor to the last, in one unit of work; false when the cursor was
+/// already at the first or past it, and nothing was applied.
+///
+/// The cursor moves first, only ever forward, and the effects follow in
+/// the same transaction. That row is the fence between leaders: a replica
+/// that lost its lock and has not noticed yet waits on the row the new
+/// leader holds, then finds the cursor moved and rolls back, so no event
+/// is applied twice, whatever the timing.
+async fn apply<K, A: Translate<K>>(
+    feed: &'static str,
+    effects: &A,
+    db: &Database,
+    events: Vec<Envelope<K>>,
+) -> Result<bool, Error> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(true) };
+    let (first, last) = (first.sequence, last.sequence);
+    let mut uow = db.begin().await?;
+    let moved = uow
+        .query(
+            "INSERT INTO feed_cursors (feed, sequence) VALUES ($1, $2) \
+             ON CONFLICT (feed) DO UPDATE SET sequence = $2 \
+             WHERE feed_cursors.sequence < $3",
+        )
+        .bind(feed)
+        .bind(last)
+        .bind(first)
+        .execute()
+        .await?;
+    if moved == 0 {
+        return Ok(false); // dropping the unit of work rolls it back
+    }
+    let mut applied = Vec::with_capacity(events.len());
+    for envelope in events {
+        let Envelope { sequence, kind, .. } = envelope;
         let occur_time = envelope.occur_time.as_ref().and_then(micros_from_timestamp).unwrap_or(0);
-        let applied = apply_one(feed, effects, db, sequence, envelope.kind);
         let origin = crate::telemetry::exporting()
             .then(|| crate::telemetry::span_context_of(&envelope.trace_context))
             .flatten();
-        let applied = if let Some(origin) = origin {
+        let effect = async {
+            match kind.and_then(|kind| effects.translate(kind)) {
+                Some(change) => effects.apply(&mut uow, change).await,
+                None => Ok(()),
+            }
+        };
+        if let Some(origin) = origin {
             // A consumer span of its own trace, linked to the call that
             // made the change: one call may fan out to many consumers, late.
             // Traced when that call was (an event of a call that was not
@@ -277,60 +338,21 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
             );
             let _ = span.set_parent(opentelemetry::Context::new());
             span.add_link(origin);
-            applied.instrument(span).await?
+            effect.instrument(span).await?;
         } else {
-            applied.await?
-        };
-        if !applied {
-            return Err(Interrupted::Lead(format!("event {sequence} was applied by another replica")));
+            effect.await?;
         }
+        applied.push((sequence, occur_time));
+    }
+    uow.commit().await?;
+    for (sequence, occur_time) in applied {
         // One line an event, after its commit: the chaos run checks from
         // them that no event was applied twice, by any replica.
         tracing::debug!(feed, sequence, "feed event applied");
-        after = sequence;
         metrics::counter!("agora_feed_applied_total", "feed" => feed).increment(1);
-        metrics::gauge!("agora_feed_lag_events", "feed" => feed)
-            .set((head_sequence - sequence).max(0) as f64);
         metrics::gauge!("agora_feed_lag_seconds", "feed" => feed)
             .set(((now_micros() - occur_time).max(0) as f64) / 1e6);
     }
-    Ok(())
-}
-
-/// Applies one event and moves the cursor to it, in one unit of work;
-/// false when the cursor was already there or past it, and nothing was
-/// applied.
-///
-/// The cursor moves first, only ever forward, and the effects follow in
-/// the same transaction. That row is the fence between leaders: a replica
-/// that lost its lock and has not noticed yet waits on the row the new
-/// leader holds, then finds the cursor moved and rolls back, so no event
-/// is applied twice, whatever the timing.
-async fn apply_one<K, A: Translate<K>>(
-    feed: &str,
-    effects: &A,
-    db: &Database,
-    sequence: i64,
-    kind: Option<K>,
-) -> Result<bool, Error> {
-    let mut uow = db.begin().await?;
-    let moved = uow
-        .query(
-            "INSERT INTO feed_cursors (feed, sequence) VALUES ($1, $2) \
-             ON CONFLICT (feed) DO UPDATE SET sequence = excluded.sequence \
-             WHERE feed_cursors.sequence < excluded.sequence",
-        )
-        .bind(feed)
-        .bind(sequence)
-        .execute()
-        .await?;
-    if moved == 0 {
-        return Ok(false); // dropping the unit of work rolls it back
-    }
-    if let Some(change) = kind.and_then(|kind| effects.translate(kind)) {
-        effects.apply(&mut uow, change).await?;
-    }
-    uow.commit().await?;
     Ok(true)
 }
 
