@@ -45,7 +45,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     Database, Error,
-    db::{Executor, Leadership, UnitOfWork},
+    db::{Backend, Executor, Leadership, UnitOfWork},
     server::Task,
     wire::{micros_from_timestamp, now_micros},
 };
@@ -248,10 +248,19 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     *failing_since = None;
     metrics::gauge!("agora_feed_connected", "feed" => feed).set(1.0);
     tracing::info!(feed, after, "following the feed");
+    // The events that have arrived already are applied together, in one
+    // unit of work (one commit): a consumer that fell behind catches up at
+    // a fraction of the cost of an event a commit. On SQLite only: on
+    // PostgreSQL the effects of a second event would lock its product's
+    // rows after the first took the outbox's lock (`UnitOfWork::record`),
+    // the opposite order of a call that writes there (CreateOffer locks
+    // the product's row, then records its event), and the two deadlock.
+    // PostgreSQL groups concurrent commits itself.
+    let batch = match db.backend() {
+        Backend::Sqlite => APPLY_BATCH,
+        Backend::Postgres => 1,
+    };
     while let Some(message) = stream.next().await {
-        // The events that have arrived already are applied together, in
-        // one unit of work (one commit): a consumer that fell behind
-        // catches up at a fraction of the cost of an event a commit.
         let mut events = Vec::new();
         let mut next = Some(message);
         while let Some(message) = next {
@@ -261,7 +270,7 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
             if envelope.sequence > events.last().map_or(after, |e: &Envelope<_>| e.sequence) {
                 events.push(envelope);
             } // else delivered twice: already applied
-            next = if events.len() < APPLY_BATCH { stream.next().now_or_never().flatten() } else { None };
+            next = if events.len() < batch { stream.next().now_or_never().flatten() } else { None };
         }
         let (Some(first), Some(last)) = (events.first(), events.last()) else { continue };
         let (first, last, head) = (first.sequence, last.sequence, last.head_sequence);
@@ -274,7 +283,7 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     Ok(())
 }
 
-/// The most events one unit of work applies.
+/// The most events one unit of work applies (SQLite).
 const APPLY_BATCH: usize = 128;
 
 /// Applies `events` (in sequence order, after the cursor) and moves the
