@@ -608,6 +608,8 @@ impl UnitOfWork {
 mod tests {
     use std::{sync::atomic::Ordering, time::Duration};
 
+    use tokio::task::JoinHandle;
+
     use super::{IdempotencyKey, UnitOfWork};
     use crate::{Database, Settings, config::DatabaseUrl};
 
@@ -633,6 +635,17 @@ mod tests {
         panic!("{n} units of work never waited for the turn");
     }
 
+    /// Runs `work` on a task of its own, once it waits for the turn.
+    async fn waiting_behind<T, F>(db: &Database, work: impl FnOnce(Database) -> F) -> JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let task = tokio::spawn(work(db.clone()));
+        until_waiting(db, 1).await;
+        task
+    }
+
     fn commits(db: &Database) -> (usize, usize) {
         let writer = db.writer.as_ref().unwrap();
         (writer.commits.load(Ordering::Relaxed), writer.committed_units.load(Ordering::Relaxed))
@@ -653,15 +666,12 @@ mod tests {
         let (db, dir) = scratch_database("uow-batch").await;
         let before = commits(&db);
         let mut first = db.begin().await.unwrap();
-        let second = tokio::spawn({
-            let db = db.clone();
-            async move {
-                let mut uow = db.begin().await.unwrap();
-                insert(&mut uow, 2).await;
-                uow.commit().await.unwrap();
-            }
-        });
-        until_waiting(&db, 1).await;
+        let second = waiting_behind(&db, |db| async move {
+            let mut uow = db.begin().await.unwrap();
+            insert(&mut uow, 2).await;
+            uow.commit().await.unwrap();
+        })
+        .await;
         insert(&mut first, 1).await;
         first.commit().await.unwrap();
         second.await.unwrap();
@@ -678,16 +688,13 @@ mod tests {
     async fn a_unit_of_work_dropped_in_a_batch_takes_only_its_own_changes_back() {
         let (db, dir) = scratch_database("uow-batch-drop").await;
         let mut first = db.begin().await.unwrap();
-        let second = tokio::spawn({
-            let db = db.clone();
-            async move {
-                let mut uow = db.begin().await.unwrap();
-                insert(&mut uow, 20).await;
-                insert(&mut uow, 30).await;
-                drop(uow);
-            }
-        });
-        until_waiting(&db, 1).await;
+        let second = waiting_behind(&db, |db| async move {
+            let mut uow = db.begin().await.unwrap();
+            insert(&mut uow, 20).await;
+            insert(&mut uow, 30).await;
+            drop(uow);
+        })
+        .await;
         insert(&mut first, 1).await;
         first.commit().await.unwrap();
         second.await.unwrap();
@@ -712,16 +719,13 @@ mod tests {
         uow.commit().await.unwrap();
         let key = || IdempotencyKey::of(Some("k-1".into()), "thing", || "7".into());
         let mut first = db.begin().await.unwrap();
-        let retry = tokio::spawn({
-            let db = db.clone();
-            async move {
-                let mut uow = db.begin().await.unwrap();
-                let earlier = uow.claim(key().as_ref(), "thing-2").await.unwrap();
-                drop(uow);
-                (earlier, sum(&db).await)
-            }
-        });
-        until_waiting(&db, 1).await;
+        let retry = waiting_behind(&db, |db| async move {
+            let mut uow = db.begin().await.unwrap();
+            let earlier = uow.claim(key().as_ref(), "thing-2").await.unwrap();
+            drop(uow);
+            (earlier, sum(&db).await)
+        })
+        .await;
         assert_eq!(first.claim(key().as_ref(), "thing-1").await.unwrap(), None);
         insert(&mut first, 7).await;
         let first = tokio::spawn(first.commit());
