@@ -185,7 +185,7 @@ impl Writer {
     /// Waits for the turn (at most the acquire timeout, and never past the
     /// call's deadline), then begins the transaction, or a savepoint in the
     /// batch's.
-    async fn begin(&self) -> Result<Writing, Error> {
+    async fn begin(self: &Arc<Self>) -> Result<Writing, Error> {
         let bound = breaker::wait_bound(self.wait)?;
         let turn = {
             let _waiting = Waiting::new(&self.waiting);
@@ -214,7 +214,7 @@ impl Writer {
             Some(batch) => batch.units += 1,
             None => turn.batch = Some(Batch::new()),
         }
-        Ok(Writing { turn: Some(turn), first })
+        Ok(Writing { turn: Some(turn), writer: Arc::clone(self), first, open: true })
     }
 
     /// Closes the connection, unless a writer holds it: the last step of
@@ -303,10 +303,11 @@ async fn commit_batch(
 /// unit of work ends; dropped before, it rolls back its own changes
 /// (queued on the connection before the next statement).
 struct Writing {
-    /// Held until the unit of work ends (then taken, by its commit).
     turn: Option<OwnedMutexGuard<Slot>>,
+    writer: Arc<Writer>,
     /// Whether this unit of work began the transaction (no savepoint).
     first: bool,
+    open: bool,
 }
 
 impl Writing {
@@ -322,15 +323,15 @@ impl Writing {
     /// which commits now, or after the units of work waiting for the turn
     /// have had theirs; returns once it is committed.
     async fn commit(mut self, events: Vec<OutboxEvent>, db: Database) -> Result<(), Error> {
+        self.open = false;
         let mut turn = self.turn.take().expect("a unit of work holds the turn until it ends");
         let batch = turn.batch.as_mut().expect("a unit of work runs in a batch");
         batch.events.extend(events);
         batch.ended += 1;
         let which = Arc::clone(&batch.outcome);
         let mut outcome = which.subscribe();
-        let writer = db.writer.as_ref().expect("a SQLite database has a write connection");
-        let later = writer.waiting.load(Ordering::Relaxed) > 0 && batch.units < MAX_BATCH;
-        let slot = Arc::clone(&writer.slot);
+        let later = self.writer.waiting.load(Ordering::Relaxed) > 0 && batch.units < MAX_BATCH;
+        let slot = Arc::clone(&self.writer.slot);
         tokio::spawn(async move {
             // Waiting behind the others lets them join the batch; the
             // first of them to end commits it, or this task does.
@@ -383,9 +384,12 @@ impl Writing {
 
 impl Drop for Writing {
     fn drop(&mut self) {
-        // Still holding the turn: the unit of work did not end.
+        if !self.open {
+            return;
+        }
+        let first = self.first;
         let Some(mut turn) = self.turn.take() else { return };
-        if self.first {
+        if first {
             // Alone in the transaction: no other unit of work began or
             // ended in it while this one held the turn.
             turn.undo = Some(Undo::Transaction);
