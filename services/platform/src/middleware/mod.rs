@@ -37,31 +37,23 @@ pub use trailers::{ExtraTrailers, with_extra_trailers};
 use http::Response;
 use tower_http::catch_panic::ResponseForPanic;
 
-/// Makes request ids without a system call: a random 64-bit process prefix
-/// and a counter, as 32 hex digits shaped like a UUID. tower-http's
+/// A new request id, made without a system call: a random 64-bit process
+/// prefix and a counter, as 32 hex digits shaped like a UUID. tower-http's
 /// `MakeRequestUuid` asks the kernel for randomness on every call, which
 /// showed in the profile of a busy server; ids only need to be unique.
 /// The digits are written into a buffer rather than through `format!`,
 /// which cost a second allocation and the formatting machinery per call.
-#[derive(Debug, Clone, Default)]
-pub struct FastRequestId;
-
-impl tower_http::request_id::MakeRequestId for FastRequestId {
-    fn make_request_id<B>(
-        &mut self,
-        _request: &http::Request<B>,
-    ) -> Option<tower_http::request_id::RequestId> {
-        use std::sync::{
-            OnceLock,
-            atomic::{AtomicU64, Ordering},
-        };
-        static PREFIX: OnceLock<u64> = OnceLock::new();
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let value = http::HeaderValue::from_bytes(&uuid_shaped(prefix, n)).ok()?;
-        Some(tower_http::request_id::RequestId::new(unindexed(value)))
-    }
+pub(crate) fn new_request_id() -> http::HeaderValue {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let value = http::HeaderValue::from_bytes(&uuid_shaped(prefix, n)).expect("hex digits and dashes");
+    unindexed(value)
 }
 
 /// `prefix` then `n` as 32 lowercase hex digits in UUID groups (8-4-4-4-12):

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tonic::{body::Body, service::Routes};
+use tonic::body::Body;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
-    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
 };
 
 use super::Services;
@@ -18,7 +17,7 @@ use crate::{
     config::Settings,
     health::Health,
     middleware::{
-        AdmissionLayer, DeadlineLayer, FastRequestId, ObserveLayer, PanicToInternal, ReadWholeLayer, Waiting,
+        AdmissionLayer, DeadlineLayer, ObserveLayer, PanicToInternal, ReadWholeLayer, Waiting,
         http1_request_bytes, with_extra_trailers,
     },
     security::{
@@ -108,12 +107,10 @@ pub(super) async fn serve(
 
     let (paths, stream_paths) = services.paths(&ALWAYS.map(String::from))?;
     let shutdown = services.shutdown();
-    let routes: Routes = services
-        .routes
-        .routes()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let mut routes = services.routes;
+    routes.add(health_service);
+    routes.add(reflection_v1);
+    routes.add(reflection_v1alpha);
     let service = ServiceBuilder::new()
         // One body type for every answer, as hyper serves it.
         .map_response(|response: http::Response<_>| response.map(Body::new))
@@ -125,12 +122,8 @@ pub(super) async fn serve(
         // again (trailers in the body), so everything below sees one
         // protocol: the same admission, authorization, metrics and traces.
         .layer(tonic_web::GrpcWebLayer::new())
-        // Take the caller's x-request-id or make one, so every log line
-        // of a call can be found from the id the client sees.
-        .layer(SetRequestIdLayer::x_request_id(FastRequestId))
-        // Send the request id back in the response headers.
-        .layer(PropagateRequestIdLayer::x_request_id())
-        // A span and the Prometheus metrics for every call, by gRPC code.
+        // A span and the Prometheus metrics for every call, by gRPC code;
+        // the caller's x-request-id (or a new one) in the span and sent back.
         .layer(ObserveLayer::new(paths, shutdown))
         // A call over HTTP/1.1 (gRPC-Web) is read whole before anything
         // answers it, so that a refusal keeps its connection usable.

@@ -25,6 +25,7 @@
 mod connections;
 mod grpc;
 mod lifecycle;
+mod router;
 
 pub(crate) use connections::{Connection, StreamOnConnection};
 
@@ -33,7 +34,7 @@ use std::{convert::Infallible, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use http::Request;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{body::Body, server::NamedService, service::RoutesBuilder};
+use tonic::{body::Body, server::NamedService};
 use tower::Service;
 
 pub use lifecycle::Task;
@@ -78,7 +79,7 @@ impl Shutdown {
 /// What one server runs: its gRPC services, their names for health and
 /// reflection, their policies, and its background tasks.
 pub struct Services {
-    routes: RoutesBuilder,
+    routes: router::Router,
     names: Vec<String>,
     policies: Vec<Policy>,
     descriptor_sets: Vec<&'static [u8]>,
@@ -91,7 +92,7 @@ impl Services {
     /// services added here, for reflection.
     pub fn new(descriptor_set: &'static [u8]) -> Self {
         Self {
-            routes: RoutesBuilder::default(),
+            routes: router::Router::default(),
             names: Vec::new(),
             policies: Vec::new(),
             descriptor_sets: vec![descriptor_set],
@@ -109,13 +110,17 @@ impl Services {
     /// Adds a generated tonic server and the policy of its RPCs.
     pub fn with<S>(mut self, service: S, policy: Policy) -> Self
     where
-        S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
-        S::Response: axum::response::IntoResponse,
+        S: Service<Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
     {
         self.names.push(S::NAME.to_owned());
         self.policies.push(policy);
-        self.routes.add_service(service);
+        self.routes.add(service);
         self
     }
 
