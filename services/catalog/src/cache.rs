@@ -39,15 +39,15 @@ impl ProductCache {
         Arc::new(Self(ReadCache::new("agora_catalog_cache_reads_total", 4096, CAPACITY, TTL)))
     }
 
-    /// The product `id`: from the cache when it holds it, fresh, else from
-    /// `load` (kept when nothing changed meanwhile).
-    pub async fn get(
-        &self,
-        id: &str,
-        load: impl Future<Output = Result<Product, Error>>,
-    ) -> Result<Arc<Product>, Error> {
+    /// The product `id`: from the cache when it holds it, fresh, else read
+    /// by `load` (kept when nothing changed meanwhile).
+    pub async fn get<F, Fut>(&self, id: &str, load: F) -> Result<Arc<Product>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Product, Error>>,
+    {
         // A product holds until it changes: no clock.
-        self.0.get(id, 0, async { Ok((load.await?, i64::MAX)) }).await
+        self.0.get(id, 0, || async { Ok((load().await?, i64::MAX)) }).await
     }
 
     /// Drops `id`: it changed (here, or on another replica).

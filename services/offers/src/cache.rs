@@ -60,7 +60,7 @@ impl AvailableCache {
         Fut: Future<Output = Result<(Vec<Offer>, i64), Error>>,
     {
         let key = format!("{}\u{1f}{}", customer_id.unwrap_or(""), product_id.unwrap_or(""));
-        self.0.get(&key, now, async { load().await }).await
+        self.0.get(&key, now, load).await
     }
 
     /// Drops every answer: offers changed (here, or on another replica).

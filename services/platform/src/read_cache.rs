@@ -81,14 +81,17 @@ impl<V> ReadCache<V> {
     }
 
     /// The answer for `key` at `now`: kept, while it holds and is fresh,
-    /// else from `load`, which says until when its answer holds (on the
+    /// else read by `load`, which says until when its answer holds (on the
     /// same clock as `now`), and kept when nothing changed meanwhile.
-    pub async fn get(
-        &self,
-        key: &str,
-        now: i64,
-        load: impl Future<Output = Result<(V, i64), Error>>,
-    ) -> Result<Arc<V>, Error> {
+    ///
+    /// The read is made, and boxed, on a miss only: inline, a database
+    /// read's future made every call's future large (the catalog's
+    /// GetProduct was 10 KiB, allocated and copied on every hit).
+    pub async fn get<F, Fut>(&self, key: &str, now: i64, load: F) -> Result<Arc<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(V, i64), Error>>,
+    {
         if let Some(entry) = self.entries.get(key)
             && now < entry.until
             && entry.read_at.elapsed() < self.ttl
@@ -99,7 +102,7 @@ impl<V> ReadCache<V> {
         self.misses.increment(1);
         let before = self.changes.load(Ordering::Acquire);
         let read_at = Instant::now();
-        let (value, until) = load.await?;
+        let (value, until) = Box::pin(load()).await?;
         let value = Arc::new(value);
         if self.following.load(Ordering::Acquire) && self.changes.load(Ordering::Acquire) == before {
             self.entries.insert(key.to_owned(), Entry { value: value.clone(), until, read_at });

@@ -148,7 +148,7 @@ impl CatalogService for CatalogApi {
 
     async fn get_product(&self, req: Request<pb::GetProductRequest>) -> Answer<pb::GetProductResponse> {
         let id = required_id("product_id", &req.into_inner().product_id)?;
-        let product = self.cache.get(&id, store::product(&self.db, &id)).await?;
+        let product = self.cache.get(&id, || store::product(&self.db, &id)).await?;
         reply(pb::GetProductResponse { product: Some(product.as_ref().clone().into()) })
     }
 
