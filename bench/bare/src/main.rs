@@ -58,7 +58,8 @@ fn timestamp(micros: i64) -> prost_types::Timestamp {
 const PRODUCTS: &str = "SELECT product_id, display_name, description, family_id, currency_code, amount_minor, \
                         state, revision, create_time, update_time FROM products ORDER BY seq";
 
-/// Products a StreamProducts message: the catalog's batch.
+/// Products a StreamProducts message: about as many as the catalog puts in
+/// each of its messages of at most 32 KiB.
 const STREAM_BATCH: usize = 128;
 
 /// A product row as the wire tells it.

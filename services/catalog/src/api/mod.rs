@@ -47,9 +47,12 @@ pub const POLICY: Policy = Policy {
     ],
 };
 
-/// Products per StreamProducts message: big enough to amortise a message,
-/// small enough that a slow reader holds little in flight.
-const STREAM_BATCH: u32 = 128;
+/// Products StreamProducts reads from the database at a time, sent as
+/// messages of at most 32 KiB (`chunks_by_bytes`: about 130 products of a
+/// usual size each). Each read is a query of its own on a pooled
+/// connection; 256 rows a read rather than 128 cut a row's CPU by 6 % and
+/// keep what a stalled reader holds to one read (`make bench`, abuse rows).
+const STREAM_BATCH: u32 = 256;
 
 /// What page tokens of ListFamilies are bound to: it has no filter, but a
 /// token of another list must still be refused.
