@@ -29,15 +29,13 @@ mod router;
 
 pub(crate) use connections::{Connection, StreamOnConnection};
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use http::Request;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{body::Body, server::NamedService};
-use tower::Service;
 
 pub use lifecycle::Task;
+pub use router::GeneratedServer;
 
 use crate::{
     config::{ServiceSpec, Settings},
@@ -108,16 +106,7 @@ impl Services {
     }
 
     /// Adds a generated tonic server and the policy of its RPCs.
-    pub fn with<S>(mut self, service: S, policy: Policy) -> Self
-    where
-        S: Service<Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn with<S: GeneratedServer>(mut self, service: S, policy: Policy) -> Self {
         self.names.push(S::NAME.to_owned());
         self.policies.push(policy);
         self.routes.add(service);

@@ -23,13 +23,31 @@ trait Route: Send + Sync {
     fn call(&self, req: Request<Body>) -> Answer;
 }
 
+/// A server tonic generated from a proto service (health's and
+/// reflection's too), as a server adds it.
+pub trait GeneratedServer:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+    + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GeneratedServer for S where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 struct Shared<S>(S);
 
-impl<S> Route for Shared<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: GeneratedServer> Route for Shared<S> {
     fn call(&self, req: Request<Body>) -> Answer {
         // Generated servers are always ready; oneshot asks anyway, as tower's
         // contract wants.
@@ -46,16 +64,7 @@ pub(crate) struct Router {
 
 impl Router {
     /// Adds `service` under its name. Built once, before the server serves.
-    pub(crate) fn add<S>(&mut self, service: S)
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub(crate) fn add<S: GeneratedServer>(&mut self, service: S) {
         let routes = Arc::get_mut(&mut self.routes).expect("routes are added before the router is shared");
         routes.push((S::NAME, Box::new(Shared(service))));
     }
