@@ -86,6 +86,18 @@ pub mod feed {
 
         /// The message that carries `envelope`.
         fn from_envelope(envelope: Envelope<Self::Kind>) -> Self;
+
+        /// The event alone (`CatalogEvent`), as a broker carries it: the
+        /// published language without the stream's own fields.
+        type Event: prost::Message + Default + 'static;
+
+        /// The event of `envelope`, to publish; its head and trace context
+        /// travel beside it (as message headers).
+        fn event_of(envelope: Envelope<Self::Kind>) -> Self::Event;
+
+        /// The envelope of a published `event`, with what travelled beside it.
+        fn envelope_of(event: Self::Event, head_sequence: i64, trace_context: String)
+        -> Envelope<Self::Kind>;
     }
 
     macro_rules! change_feed_message {
@@ -105,6 +117,18 @@ pub mod feed {
                             (parent, state) => format!("{parent};{state}"),
                         },
                     })
+                }
+
+                type Event = $event;
+
+                fn event_of(envelope: Envelope<$kind>) -> $event {
+                    let Envelope { sequence, occur_time, kind, .. } = envelope;
+                    $event { sequence, occur_time, kind }
+                }
+
+                fn envelope_of(event: $event, head_sequence: i64, trace_context: String) -> Envelope<$kind> {
+                    let $event { sequence, occur_time, kind } = event;
+                    Envelope { sequence, occur_time, head_sequence, kind, trace_context }
                 }
 
                 fn from_envelope(envelope: Envelope<$kind>) -> Self {

@@ -19,7 +19,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || {
   exit 1
 }
 
-# Tests that cannot run here (PostgreSQL out of reach) write a line here.
+# Tests that cannot run here (PostgreSQL out of reach, no nats-server)
+# write a line here.
 AGORA_SKIP_LOG=$(mktemp)
 export AGORA_SKIP_LOG
 trap 'rm -f "$AGORA_SKIP_LOG"' EXIT
@@ -33,6 +34,6 @@ if [ -s "$AGORA_SKIP_LOG" ]; then
   cut -f1 "$AGORA_SKIP_LOG" | sort | uniq -c | while read -r count reason; do
     echo "SKIP: $count tests did not run: $reason"
   done
-  echo "(they passed in name only; AGORA_REQUIRE_POSTGRES=1 makes an unreachable PostgreSQL a failure)"
+  echo "(they passed in name only; AGORA_REQUIRE_POSTGRES=1 makes an unreachable PostgreSQL a failure, AGORA_TEST_NATS=1 a missing nats-server)"
 fi
 exit "$status"

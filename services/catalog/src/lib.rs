@@ -15,7 +15,8 @@ pub mod domain;
 pub mod store;
 
 use agora_contracts::{
-    FILE_DESCRIPTOR_SET, agora::catalog::v1::catalog_service_server::CatalogServiceServer,
+    FILE_DESCRIPTOR_SET,
+    agora::catalog::v1::{WatchCatalogEventsResponse, catalog_service_server::CatalogServiceServer},
 };
 use agora_platform::{Application, Migrations, ServiceSpec, Settings, limited, server::OpenHost};
 
@@ -30,7 +31,10 @@ pub const MIGRATIONS: Migrations = agora_platform::migrations!(
 
 /// The catalog service, bound to its ports and ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let OpenHost { database, outbox, services } = OpenHost::new(&settings, FILE_DESCRIPTOR_SET)?;
+    let host = OpenHost::new(&settings, SPEC.name, FILE_DESCRIPTOR_SET)
+        .await?
+        .publishing::<domain::CatalogEvent, WatchCatalogEventsResponse>(api::convert::event_kind);
+    let OpenHost { database, outbox, services, .. } = host;
     let cache = cache::ProductCache::new();
     let services = services.task(cache.following(outbox.clone()));
     let api = api::CatalogApi::new(database.clone(), outbox, cache, services.shutdown());

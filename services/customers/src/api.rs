@@ -61,7 +61,7 @@ impl CustomersApi {
 }
 
 /// An event of the outbox as the change feed tells it.
-fn event_kind(event: CustomerEvent) -> pb::customer_event::Kind {
+pub fn event_kind(event: CustomerEvent) -> pb::customer_event::Kind {
     use pb::customer_event::Kind;
     match event {
         CustomerEvent::CustomerRegistered { customer_id } => {

@@ -14,7 +14,8 @@ pub mod domain;
 pub mod store;
 
 use agora_contracts::{
-    FILE_DESCRIPTOR_SET, agora::customers::v1::customer_service_server::CustomerServiceServer,
+    FILE_DESCRIPTOR_SET,
+    agora::customers::v1::{WatchCustomerEventsResponse, customer_service_server::CustomerServiceServer},
 };
 use agora_platform::{Application, Migrations, ServiceSpec, Settings, limited, server::OpenHost};
 
@@ -29,7 +30,10 @@ pub const MIGRATIONS: Migrations = agora_platform::migrations!(
 
 /// The customers service, bound to its ports and ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-    let OpenHost { database, outbox, services } = OpenHost::new(&settings, FILE_DESCRIPTOR_SET)?;
+    let host = OpenHost::new(&settings, SPEC.name, FILE_DESCRIPTOR_SET)
+        .await?
+        .publishing::<domain::CustomerEvent, WatchCustomerEventsResponse>(api::event_kind);
+    let OpenHost { database, outbox, services, .. } = host;
     let api = api::CustomersApi::new(database.clone(), outbox, services.shutdown());
     let services = services.with(limited!(CustomerServiceServer::new(api), settings), api::POLICY);
     Application::build(SPEC, settings, database, MIGRATIONS, services).await

@@ -26,6 +26,7 @@ use agora_contracts::{FILE_DESCRIPTOR_SET, agora::offers::v1::offer_service_serv
 use agora_platform::{
     Application, Database, Migrations, ServiceSpec, Services, Settings,
     config::{ConfigError, EnvReader},
+    events::Events,
     limited,
     outbox::Outbox,
     upstream::hosts::Addresses,
@@ -89,7 +90,8 @@ pub async fn build_with(settings: Settings, offers: OffersSettings) -> anyhow::R
     let database = Database::connect_lazy(&settings)?;
     let hosts = offers.upstreams.connect(&settings.security)?;
     // Follow the upstreams' change feeds in the background.
-    let feeds = hosts.follow(upstream::Offers, &database);
+    let events = Events::connect(&settings.events, SPEC.name).await?;
+    let feeds = hosts.follow(upstream::Offers, &database, &events);
     // Offers' own outbox, of its changes, for the cache of available
     // offers on every replica; not published to other contexts.
     let outbox = Outbox::new(database.clone(), settings.outbox_poll_interval);

@@ -151,6 +151,9 @@ pub struct Settings {
     /// comma-separated). None by default: a page of any other origin gets
     /// no CORS answer, and its browser refuses it the call.
     pub cors_origins: Vec<http::HeaderValue>,
+    /// How change feeds travel: the producers' Watch streams, or NATS
+    /// JetStream (`AGORA_EVENTS`, `AGORA_NATS_*`, `AGORA_EVENTS_*`).
+    pub events: crate::events::Transport,
 }
 
 /// `AGORA_CORS_ORIGINS`, each origin checked: a scheme (http or https) and
@@ -453,6 +456,7 @@ impl Settings {
             security: crate::security::SecuritySettings::read(env),
             connections: ConnectionSettings::read(env),
             cors_origins: cors_origins(env),
+            events: crate::events::Transport::read(env),
         }
     }
 
@@ -481,6 +485,7 @@ impl Settings {
             security: crate::security::SecuritySettings::insecure(),
             connections: ConnectionSettings::defaults(),
             cors_origins: Vec::new(),
+            events: crate::events::Transport::Watch,
         }
     }
 }

@@ -111,9 +111,20 @@ where
 
 /// The cursor of `feed`: the last sequence applied, 0 before the first.
 pub async fn cursor(on: impl Executor<'_>, feed: &str) -> Result<i64, Error> {
-    match on.query("SELECT sequence FROM feed_cursors WHERE feed = $1").bind(feed).fetch_optional().await? {
-        Some(row) => row.get("sequence"),
-        None => Ok(0),
+    Ok(position(on, feed).await?.0)
+}
+
+/// The cursor `key`: the last sequence applied and the stream sequence of
+/// its message on a broker (0 for a Watch stream's), 0 before the first.
+pub(crate) async fn position(on: impl Executor<'_>, key: &str) -> Result<(i64, i64), Error> {
+    let row = on
+        .query("SELECT sequence, stream_sequence FROM feed_cursors WHERE feed = $1")
+        .bind(key)
+        .fetch_optional()
+        .await?;
+    match row {
+        Some(row) => Ok((row.get("sequence")?, row.get("stream_sequence")?)),
+        None => Ok((0, 0)),
     }
 }
 
@@ -274,7 +285,7 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
         }
         let (Some(first), Some(last)) = (events.first(), events.last()) else { continue };
         let (first, last, head) = (first.sequence, last.sequence, last.head_sequence);
-        if !apply(feed, effects, db, events).await? {
+        if !apply(feed, feed, 0, effects, db, events).await? {
             return Err(Interrupted::Lead(format!("event {first} was applied by another replica")));
         }
         after = last;
@@ -287,16 +298,20 @@ async fn follow<M: ChangeFeedMessage, A: Translate<M::Kind>>(
 const APPLY_BATCH: usize = 128;
 
 /// Applies `events` (in sequence order, after the cursor) and moves the
-/// cursor to the last, in one unit of work; false when the cursor was
-/// already at the first or past it, and nothing was applied.
+/// cursor `key` to the last, in one unit of work; false when the cursor
+/// was already at the first or past it, and nothing was applied. `feed`
+/// names the upstream in metrics and spans; `stream_sequence` is where a
+/// broker's partition goes on from (0 for a Watch stream's cursor).
 ///
 /// The cursor moves first, only ever forward, and the effects follow in
 /// the same transaction. That row is the fence between leaders: a replica
 /// that lost its lock and has not noticed yet waits on the row the new
 /// leader holds, then finds the cursor moved and rolls back, so no event
 /// is applied twice, whatever the timing.
-async fn apply<K, A: Translate<K>>(
+pub(crate) async fn apply<K, A: Translate<K>>(
     feed: &'static str,
+    key: &str,
+    stream_sequence: i64,
     effects: &A,
     db: &Database,
     events: Vec<Envelope<K>>,
@@ -306,13 +321,14 @@ async fn apply<K, A: Translate<K>>(
     let mut uow = db.begin().await?;
     let moved = uow
         .query(
-            "INSERT INTO feed_cursors (feed, sequence) VALUES ($1, $2) \
-             ON CONFLICT (feed) DO UPDATE SET sequence = $2 \
+            "INSERT INTO feed_cursors (feed, sequence, stream_sequence) VALUES ($1, $2, $4) \
+             ON CONFLICT (feed) DO UPDATE SET sequence = $2, stream_sequence = $4 \
              WHERE feed_cursors.sequence < $3",
         )
-        .bind(feed)
+        .bind(key)
         .bind(last)
         .bind(first)
+        .bind(stream_sequence)
         .execute()
         .await?;
     if moved == 0 {
@@ -369,7 +385,7 @@ async fn apply<K, A: Translate<K>>(
 /// service's database, known to be out of reach, answers again: a consumer
 /// whose own database was the trouble follows again as soon as it is back.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -385,7 +401,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    async fn wait(&mut self, db: &Database) {
+    pub(crate) async fn wait(&mut self, db: &Database) {
         // Between half the step and the whole of it.
         let jittered = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
         tokio::select! {
@@ -395,7 +411,7 @@ impl Backoff {
         self.next = (self.next * 2).min(BACKOFF_MAX);
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = Self::default();
     }
 }

@@ -14,6 +14,7 @@
 //! - [`middleware`]: request id, observe (span + metrics), panic, deadline, admission.
 //! - [`outbox`]: the change feed a service publishes, served as a Watch stream.
 //! - [`feed`]: following an upstream's change feed, exactly once in effect.
+//! - [`events`]: change feeds on NATS JetStream: the outbox relayed, partitions shared.
 //! - [`upstream`]: the client stack and the one meaning of an upstream's answers.
 //! - [`metrics`]: the Prometheus recorder and the admin HTTP server
 //!   (`/metrics` and plaintext gRPC health for probes).
@@ -30,6 +31,7 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod feed;
 pub mod health;
 pub mod metrics;

@@ -35,6 +35,11 @@ use crate::{
 pub trait DomainEvent: Serialize + DeserializeOwned + Send + 'static {
     /// The event's name (`ProductDiscontinued`).
     fn kind(&self) -> &'static str;
+
+    /// The id of the aggregate the event is about (the product, the
+    /// customer): a broker keeps the order of the events of one key
+    /// ([`events`](crate::events)).
+    fn key(&self) -> &str;
 }
 
 /// An event as the feed delivers it.
@@ -52,7 +57,7 @@ pub struct Published<E> {
 }
 
 /// An event as stored.
-type Stored = crate::db::OutboxEvent;
+pub(crate) type Stored = crate::db::OutboxEvent;
 
 /// How long a stream woken by a commit waits for the commits right behind
 /// it before it reads: what it adds to a consumer's lag, at most.
@@ -71,11 +76,29 @@ pub struct Outbox {
     db: Database,
     /// How often a waiting stream looks for events of other replicas.
     poll_interval: Duration,
+    /// Its events are relayed to a broker ([`events::relay`]): pruning
+    /// keeps those not relayed yet, however old.
+    ///
+    /// [`events::relay`]: crate::events::relay
+    relayed: bool,
 }
 
 impl Outbox {
     pub fn new(db: Database, poll_interval: Duration) -> Self {
-        Self { db, poll_interval }
+        Self { db, poll_interval, relayed: false }
+    }
+
+    /// This outbox, with pruning held back by the relay's position.
+    pub fn relayed(self) -> Self {
+        Self { relayed: true, ..self }
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.poll_interval
     }
 
     /// A Watch RPC's answer: checks the cursor, then streams the events
@@ -106,7 +129,7 @@ impl Outbox {
     }
 
     /// Up to `limit` events after `after`, in order.
-    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<Stored>, Error> {
+    pub(crate) async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<Stored>, Error> {
         let rows = self
             .db
             .query(
@@ -130,7 +153,6 @@ impl Outbox {
     }
 
     /// The newest sequence in the outbox (0 when empty).
-    /// The newest sequence (0 without events).
     pub async fn head(&self) -> Result<i64, Error> {
         self.db
             .query("SELECT COALESCE(MAX(sequence), 0) AS head FROM outbox_events")
@@ -173,9 +195,24 @@ impl Outbox {
             .fetch_one()
             .await?
             .get("last")?;
-        let Some(last) = last else {
+        let Some(mut last) = last else {
             return Ok(0);
         };
+        if self.relayed {
+            // Never an event the relay has not published yet.
+            let relayed: i64 = match uow
+                .query("SELECT relayed_through FROM outbox_relay WHERE id = 1")
+                .fetch_optional()
+                .await?
+            {
+                Some(row) => row.get("relayed_through")?,
+                None => 0,
+            };
+            last = last.min(relayed);
+            if last <= 0 {
+                return Ok(0);
+            }
+        }
         let deleted =
             uow.query("DELETE FROM outbox_events WHERE sequence <= $1").bind(last).execute().await?;
         uow.query(

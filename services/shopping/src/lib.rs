@@ -24,7 +24,8 @@ use agora_contracts::{
     FILE_DESCRIPTOR_SET, agora::shopping::v1::shopping_list_service_server::ShoppingListServiceServer,
 };
 use agora_platform::{
-    Application, Database, Migrations, ServiceSpec, Services, Settings, limited, upstream::hosts::Addresses,
+    Application, Database, Migrations, ServiceSpec, Services, Settings, events::Events, limited,
+    upstream::hosts::Addresses,
 };
 
 /// Name and default ports of the shopping service.
@@ -55,7 +56,8 @@ pub async fn build_with(settings: Settings, shopping: ShoppingSettings) -> anyho
     let database = Database::connect_lazy(&settings)?;
     let hosts = shopping.connect(&settings.security)?;
     // Follow the upstreams' change feeds in the background.
-    let feeds = hosts.follow(upstream::Lists, &database);
+    let events = Events::connect(&settings.events, SPEC.name).await?;
+    let feeds = hosts.follow(upstream::Lists, &database, &events);
     let api = api::ShoppingApi { db: database.clone(), hosts };
     let services = Services::new(FILE_DESCRIPTOR_SET)
         .with(limited!(ShoppingListServiceServer::new(api), settings), api::POLICY);

@@ -38,6 +38,7 @@ use agora_platform::{
 pub mod faults;
 mod logs;
 pub mod matrix;
+pub mod nats;
 mod schema;
 mod security;
 pub use logs::Captured;

@@ -3,7 +3,7 @@
 //! work around the aggregate's own method), and converts the answer back.
 //! The rules live in `domain`, the SQL in `store`.
 
-mod convert;
+pub mod convert;
 
 use std::{collections::HashMap, sync::Arc};
 

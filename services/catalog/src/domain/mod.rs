@@ -219,6 +219,13 @@ impl DomainEvent for CatalogEvent {
             Self::ProductDiscontinued { .. } => "ProductDiscontinued",
         }
     }
+
+    fn key(&self) -> &str {
+        match self {
+            Self::ProductCreated(product) | Self::ProductUpdated(product) => &product.id,
+            Self::ProductDiscontinued { product_id } => product_id,
+        }
+    }
 }
 
 /// A display name: trimmed, 1 to 200 characters, no control characters.

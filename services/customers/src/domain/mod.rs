@@ -119,6 +119,12 @@ impl DomainEvent for CustomerEvent {
             Self::CustomerDeleted { .. } => "CustomerDeleted",
         }
     }
+
+    fn key(&self) -> &str {
+        match self {
+            Self::CustomerRegistered { customer_id } | Self::CustomerDeleted { customer_id } => customer_id,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -149,6 +149,15 @@ impl agora_platform::outbox::DomainEvent for OfferEvent {
             Self::OffersWithdrawn { .. } => "OffersWithdrawn",
         }
     }
+
+    /// The offer; none for offers withdrawn together. Offers' events stay
+    /// in offers (its caches) and are never relayed.
+    fn key(&self) -> &str {
+        match self {
+            Self::OfferCreated { offer_id, .. } | Self::OfferWithdrawn { offer_id } => offer_id,
+            Self::OffersWithdrawn { .. } => "",
+        }
+    }
 }
 
 /// The validated content of an offer to create.

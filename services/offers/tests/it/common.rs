@@ -11,6 +11,7 @@ pub use agora_contracts::agora::{
 use agora_offers::{OffersSettings, fallback::Fallback};
 use agora_platform::{
     Settings,
+    events::Transport,
     upstream::{UpstreamSettings, hosts::Addresses},
 };
 use agora_testing::Channel;
@@ -35,6 +36,8 @@ pub struct System {
     pub offers_db: TestDatabase,
     pub catalog_db: TestDatabase,
     pub customers_db: TestDatabase,
+    /// How the feeds travel, for every service of the system.
+    pub events: Transport,
 }
 
 pub async fn start(offers_db: TestDatabase) -> System {
@@ -45,7 +48,13 @@ pub async fn start_with(
     offers_db: TestDatabase,
     tweak: impl FnOnce(&mut Settings, &mut OffersSettings),
 ) -> System {
-    start_fed(offers_db, true, tweak).await
+    start_fed(offers_db, true, Transport::Watch, tweak).await
+}
+
+/// A system whose feeds travel on JetStream (`events`): the catalog and
+/// customers relay their outboxes, offers reads the streams.
+pub async fn start_on(offers_db: TestDatabase, events: Transport) -> System {
+    start_fed(offers_db, true, events, |_, _| {}).await
 }
 
 /// A system whose offers cannot follow the upstreams' change feeds (the
@@ -62,24 +71,26 @@ pub async fn start_with_unfed(
     offers_db: TestDatabase,
     tweak: impl FnOnce(&mut Settings, &mut OffersSettings),
 ) -> System {
-    start_fed(offers_db, false, tweak).await
+    start_fed(offers_db, false, Transport::Watch, tweak).await
 }
 
 async fn start_fed(
     offers_db: TestDatabase,
     fed: bool,
+    events: Transport,
     tweak: impl FnOnce(&mut Settings, &mut OffersSettings),
 ) -> System {
     let catalog_db = offers_db.another().await;
     let customers_db = offers_db.another().await;
-    let catalog_server = TestServer::start(
-        agora_catalog::build(agora_testing::settings("catalog", &catalog_db)).await.expect("catalog builds"),
-    )
-    .await;
+    let on = |service, db: &TestDatabase| Settings {
+        events: events.clone(),
+        ..agora_testing::settings(service, db)
+    };
+    let catalog_server =
+        TestServer::start(agora_catalog::build(on("catalog", &catalog_db)).await.expect("catalog builds"))
+            .await;
     let customers_server = TestServer::start(
-        agora_customers::build(agora_testing::settings("customers", &customers_db))
-            .await
-            .expect("customers builds"),
+        agora_customers::build(on("customers", &customers_db)).await.expect("customers builds"),
     )
     .await;
     let catalog_proxy = Proxy::start(catalog_server.grpc_addr, "offers").await;
@@ -89,7 +100,7 @@ async fn start_fed(
         customers_proxy.refuse("WatchCustomerEvents");
     }
 
-    let mut settings = agora_testing::settings("offers", &offers_db);
+    let mut settings = on("offers", &offers_db);
     let mut offers = offers_settings(catalog_proxy.addr, customers_proxy.addr);
     tweak(&mut settings, &mut offers);
     let offers_server =
@@ -106,6 +117,7 @@ async fn start_fed(
         offers_db,
         catalog_db,
         customers_db,
+        events,
     }
 }
 
@@ -122,7 +134,8 @@ impl System {
     /// Stops the offers service and starts a new one on the same database,
     /// as a crash and a restart would.
     pub async fn restart_offers(&mut self) {
-        let settings = agora_testing::settings("offers", &self.offers_db);
+        let settings =
+            Settings { events: self.events.clone(), ..agora_testing::settings("offers", &self.offers_db) };
         let offers = offers_settings(self.catalog_proxy.addr, self.customers_proxy.addr);
         let fresh = TestServer::start(agora_offers::build_with(settings, offers).await.unwrap()).await;
         let old = std::mem::replace(&mut self.offers_server, fresh);
@@ -138,6 +151,7 @@ impl System {
         old.stop().await.unwrap();
         let mut settings = agora_testing::settings("catalog", &self.catalog_db);
         settings.grpc_addr = addr;
+        settings.events = self.events.clone();
         let fresh = TestServer::start(agora_catalog::build(settings).await.unwrap()).await;
         self.catalog = CatalogServiceClient::new(fresh.channel.clone());
         self.catalog_server = Some(fresh);

@@ -9,6 +9,7 @@ mod common;
 mod deletions;
 mod failure;
 mod feed;
+mod jetstream;
 mod migrations;
 mod outage;
 mod projection;

@@ -102,7 +102,8 @@ const PLATFORM: Migrations = crate::migrations!([
     (1, "0001_idempotency_keys"),
     (2, "0002_outbox"),
     (3, "0003_feed_cursors"),
-    (4, "0004_outbox_trace_context")
+    (4, "0004_outbox_trace_context"),
+    (5, "0005_events_on_jetstream")
 ]);
 
 /// Where each history is recorded.

@@ -232,17 +232,9 @@ impl Database {
     /// sessions while it waits and takes over as soon as the lock is free.
     /// On SQLite, one process's file, the lock is always ours at once.
     pub(crate) async fn lead(&self, name: &str) -> Result<Leadership, Error> {
-        let Pool::Postgres(pool) = &self.pool else {
+        let Some(mut conn) = self.session().await? else {
             return Ok(Leadership(None));
         };
-        self.breaker.check()?;
-        // A session of its own, beside the pool, that does not log its
-        // waits: waiting for the lock is its job, not a slow statement.
-        // Its connection gets the acquire timeout: a database whose
-        // packets are dropped would hold it for minutes.
-        let options = sqlx::ConnectOptions::disable_statement_logging((*pool.connect_options()).clone());
-        let connecting = async { sqlx::ConnectOptions::connect(&options).await.map_err(failure) };
-        let mut conn = breaker::within(self.breaker.wait(), connecting).await?;
         // A wait ends after a second; a process that stopped waiting leaves
         // a session that gives up within that second.
         sqlx::query("SET lock_timeout = '1s'").execute(&mut conn).await.map_err(failure)?;
@@ -253,6 +245,21 @@ impl Database {
                 Err(other) => return Err(failure(other)),
             }
         }
+    }
+
+    /// A PostgreSQL session of its own, beside the pool, for locks held
+    /// as long as it lives; None on SQLite. It does not log its
+    /// statements: waiting for a lock is its job, not a slow statement.
+    /// Its connection gets the acquire timeout: a database whose packets
+    /// are dropped would hold it for minutes.
+    pub(crate) async fn session(&self) -> Result<Option<sqlx::PgConnection>, Error> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
+        self.breaker.check()?;
+        let options = sqlx::ConnectOptions::disable_statement_logging((*pool.connect_options()).clone());
+        let connecting = async { sqlx::ConnectOptions::connect(&options).await.map_err(failure) };
+        breaker::within(self.breaker.wait(), connecting).await.map(Some)
     }
 
     /// The newest outbox sequence committed by this process, to wait on.

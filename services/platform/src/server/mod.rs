@@ -31,6 +31,7 @@ pub(crate) use connections::{Connection, StreamOnConnection};
 
 use std::{net::SocketAddr, time::Duration};
 
+use agora_contracts::feed::ChangeFeedMessage;
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
 
@@ -40,7 +41,8 @@ pub use router::GeneratedServer;
 use crate::{
     config::{ServiceSpec, Settings},
     db::{Database, Migrations},
-    outbox::Outbox,
+    events::Events,
+    outbox::{DomainEvent, Outbox},
     security::{Policy, policy::Authorizer, tls::ServerTls, token::Verifier},
 };
 
@@ -207,21 +209,52 @@ macro_rules! limited {
 
 /// What an open host service (a context that publishes a change feed) is
 /// built from: its database, its outbox, and its services with the outbox's
-/// pruning already among their tasks.
+/// pruning already among their tasks, and its relay to JetStream when that
+/// carries the feeds ([`OpenHost::publishing`]).
 pub struct OpenHost {
     pub database: Database,
     pub outbox: Outbox,
     pub services: Services,
+    /// The context's name: its stream's.
+    context: &'static str,
+    events: Events,
+    retention: Duration,
 }
 
 impl OpenHost {
-    /// Connects (lazily) to the database of `settings`; `descriptor_set`
-    /// describes the services for reflection.
-    pub fn new(settings: &Settings, descriptor_set: &'static [u8]) -> anyhow::Result<Self> {
+    /// Connects (lazily) to the database of `settings`, and to NATS when
+    /// it carries the feeds (at once: a start fails when NATS does not
+    /// answer); `descriptor_set` describes the services for reflection.
+    pub async fn new(
+        settings: &Settings,
+        context: &'static str,
+        descriptor_set: &'static [u8],
+    ) -> anyhow::Result<Self> {
         let database = Database::connect_lazy(settings)?;
-        let outbox = Outbox::new(database.clone(), settings.outbox_poll_interval);
+        let events = Events::connect(&settings.events, context).await?;
+        let mut outbox = Outbox::new(database.clone(), settings.outbox_poll_interval);
+        if matches!(events, Events::JetStream(_)) {
+            outbox = outbox.relayed();
+        }
         let services = Services::new(descriptor_set).task(outbox.pruning(settings.outbox_retention));
-        Ok(Self { database, outbox, services })
+        Ok(Self { database, outbox, services, context, events, retention: settings.outbox_retention })
+    }
+
+    /// Its outbox's events told as the contract's `M` (their kind from
+    /// `kind`) on the Watch RPC and, when JetStream carries the feeds,
+    /// relayed to the context's stream too.
+    pub fn publishing<E: DomainEvent, M: ChangeFeedMessage>(mut self, kind: fn(E) -> M::Kind) -> Self {
+        if let Events::JetStream(broker) = &self.events {
+            let relay = crate::events::relay::relay::<E, M>(
+                broker.clone(),
+                self.outbox.clone(),
+                self.context,
+                self.retention,
+                kind,
+            );
+            self.services = self.services.task(relay);
+        }
+        self
     }
 }
 

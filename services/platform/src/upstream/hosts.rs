@@ -23,6 +23,7 @@ use super::{
 use crate::{
     Database, Error, Precondition, UnitOfWork,
     config::{ConfigError, EnvReader},
+    events::{Events, partitions},
     feed::{Effects, Feed, Translate, consumer},
     middleware::Deadline,
     security::SecuritySettings,
@@ -87,14 +88,35 @@ impl Hosts {
     /// `context` (its anti-corruption layer) and applied to `db`: one task a
     /// feed, each with its own cursor. What each event says of its product
     /// or customer is kept first ([`known`]), in the same unit of work.
-    pub fn follow<A>(&self, context: A, db: &Database) -> [Task; 2]
+    ///
+    /// With `events` on JetStream the feeds are read from the upstreams'
+    /// streams instead, this replica applying its share of their partitions
+    /// ([`partitions`](crate::events::partitions)); the translation and the
+    /// effects are the same.
+    pub fn follow<A>(&self, context: A, db: &Database, events: &Events) -> [Task; 2]
     where
         A: Translate<catalog_event::Kind> + Translate<customer_event::Kind> + Clone,
     {
-        [
-            consumer(self.catalog.watch_catalog_events(), Keeping(context.clone()), db.clone()),
-            consumer(self.customers.watch_customer_events(), Keeping(context), db.clone()),
-        ]
+        match events {
+            Events::Watch => [
+                consumer(self.catalog.watch_catalog_events(), Keeping(context.clone()), db.clone()),
+                consumer(self.customers.watch_customer_events(), Keeping(context), db.clone()),
+            ],
+            Events::JetStream(broker) => [
+                partitions::consumer::<catalog::WatchCatalogEventsResponse, _>(
+                    broker.clone(),
+                    self.catalog.name(),
+                    Keeping(context.clone()),
+                    db.clone(),
+                ),
+                partitions::consumer::<customers::WatchCustomerEventsResponse, _>(
+                    broker.clone(),
+                    self.customers.name(),
+                    Keeping(context),
+                    db.clone(),
+                ),
+            ],
+        }
     }
 
     /// Begins a unit of work in which what `needs` names is so, and stays
