@@ -15,7 +15,7 @@ BUF_AGAINST ?= proto/release/contracts.json
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-run: grpcurl ## Start every service (SQLite under data/; DB=postgres for PostgreSQL), wait for SERVING, load sample data
+run: grpcurl ## Start every service (SQLite under data/; DB=postgres for PostgreSQL; BROKER=nats: feeds on NATS JetStream), wait for SERVING, load sample data
 	@tools/run.sh
 
 stop: ## Stop what make run started
@@ -43,7 +43,7 @@ observe: ## A real Prometheus scraping the running system (make run) with the al
 observe-check: ## The monitoring: promtool on the rules and their tests, names against the real services, alerts through a real Prometheus
 	@tools/observe-check.sh
 
-test-system: ## The slow system suites: replicas on PostgreSQL killed, restarted and drained (root; AGORA_TEST_POSTGRES_URL)
+test-system: ## The slow system suites: replicas on PostgreSQL killed, restarted and drained, the feeds on JetStream under kills (root; AGORA_TEST_POSTGRES_URL)
 	@tools/test-system.sh
 
 test-chaos: ## The seeded chaos run: faults drawn from a seed under load, then the invariants (SEED=<n> replays one; AGORA_TEST_POSTGRES_URL)
@@ -97,6 +97,7 @@ clean: ## Remove local databases and logs (data/)
 bench: ## Measure beside a bare tonic server and a Python peer; table into BENCHMARKS.md (BENCH_QUICK=1: smoke run)
 	@command -v h2load >/dev/null || { echo "make bench needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
 	@command -v taskset >/dev/null || { echo "make bench needs taskset: apt-get install util-linux" >&2; exit 1; }
+	@command -v nats-server >/dev/null || { echo "make bench needs nats-server: apt-get install nats-server" >&2; exit 1; }
 	@python3 -c 'import venv, ensurepip' 2>/dev/null || { echo "make bench needs python3-venv: apt-get install python3-venv" >&2; exit 1; }
 	[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r clients/python/requirements.txt

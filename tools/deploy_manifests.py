@@ -11,9 +11,10 @@ NetworkPolicy that admits on the gRPC port only the callers the map
 declares plus the public entry, and on the admin port only the monitoring
 namespace (and the kubelet's probes, which NetworkPolicies do not stop).
 
-Two optional components: cert-manager Certificates for the services' TLS
-Secrets, and a Gateway API GRPCRoute for the public APIs (every RPC of the
-protos but the change feeds, which the map reserves for services)."""
+Optional components: cert-manager Certificates for the services' TLS
+Secrets, a Gateway API GRPCRoute for the public APIs (every RPC of the
+protos but the change feeds, which the map reserves for services), and the
+change feeds on NATS JetStream."""
 
 import copy
 import json
@@ -40,6 +41,10 @@ GRACE_SECONDS = 30
 # where they are named otherwise.
 GATEWAY_NAMESPACE = "agora-gateway"
 MONITORING_NAMESPACE = "monitoring"
+# NATS, as its own Helm chart installs it (components/jetstream): the
+# Service nats in the namespace nats, clients on 4222.
+NATS_NAMESPACE = "nats"
+NATS_URL = f"tls://nats.{NATS_NAMESPACE}.svc.cluster.local:4222"
 # The gRPC service each context serves, by its proto file.
 PROTOS = {"catalog": "catalog/v1/catalog_service.proto", "customers": "customers/v1/customers_service.proto",
           "offers": "offers/v1/offers_service.proto", "shopping": "shopping/v1/shopping_service.proto"}
@@ -127,7 +132,18 @@ NOT_SET = {
     "AGORA_SQLITE_SYNCHRONOUS": "SQLite's default (normal) keeps every acknowledged write through a crash of the "
                                 "pod, which is what the dev overlay needs; production runs on PostgreSQL "
                                 "(docs/OPERATIONS.md, durability of writes)",
+    "AGORA_EVENTS": "the feeds are the producers' Watch streams unless the component jetstream sets it",
+    "AGORA_NATS_URL": "set by the component jetstream",
+    "AGORA_NATS_CA_FILE": "set by the component jetstream",
+    "AGORA_NATS_CREDS_FILE": "set by the component jetstream",
+    "AGORA_EVENTS_PARTITIONS": "set by the component jetstream",
+    "AGORA_EVENTS_REPLICAS": "set by the component jetstream",
+    "AGORA_NATS_CERT_FILE": "the component jetstream names each service to NATS by a credentials file; a client "
+                            "certificate is for a NATS that maps certificates to users",
+    "AGORA_NATS_KEY_FILE": "see AGORA_NATS_CERT_FILE",
+    "AGORA_NATS_CONNECT_TIMEOUT_MS": "the default (5 s) suits a NATS in the cluster",
     "AGORA_REQUIRE_POSTGRES": "tests only",
+    "AGORA_TEST_NATS": "tests only",
     "AGORA_TEST_POSTGRES_URL": "tests only",
     "AGORA_TEST_LOG": "tests only",
     "AGORA_SKIP_LOG": "tests only",
@@ -302,6 +318,53 @@ def production_patch(name: str) -> list:
     ]
 
 
+def jetstream_patch(name: str) -> dict:
+    """components/jetstream: the service's feeds on NATS, its user's credentials and NATS's CA from the
+    Secret <service>-nats."""
+    env = [
+        {"name": "AGORA_EVENTS", "value": "jetstream"},
+        {"name": "AGORA_NATS_URL", "value": NATS_URL},
+        {"name": "AGORA_NATS_CA_FILE", "value": "/run/agora/nats/ca.crt"},
+        {"name": "AGORA_NATS_CREDS_FILE", "value": "/run/agora/nats/nats.creds"},
+        # A stream a producer creates: 8 partitions, 3 copies on NATS's cluster.
+        {"name": "AGORA_EVENTS_PARTITIONS", "value": "8"},
+        {"name": "AGORA_EVENTS_REPLICAS", "value": "3"},
+    ]
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"template": {"spec": {
+                "containers": [{"name": name, "env": env,
+                                "volumeMounts": [{"name": "nats", "mountPath": "/run/agora/nats", "readOnly": True}]}],
+                "volumes": [{"name": "nats", "secret": {"secretName": f"{name}-nats"}}]}}}}
+
+
+def jetstream_egress(relations: list) -> dict:
+    """components/jetstream: the pods' egress as an allow-list, NATS in it. Egress is open in the base; a
+    policy that lets the pods reach NATS makes every other destination closed unless listed, so the list
+    holds what they reach: DNS, the upstreams' gRPC ports in the namespace, PostgreSQL (5432) and an OTLP
+    collector (4317) wherever they are, and NATS's client port in its namespace."""
+    upstream_ports = sorted({SERVICES[r["upstream"]][0] for r in relations})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "agora-egress", "labels": PART_OF},
+        "spec": {
+            "podSelector": {"matchLabels": PART_OF},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                 "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                {"to": [{"podSelector": {"matchLabels": PART_OF}}],
+                 "ports": [{"port": p, "protocol": "TCP"} for p in upstream_ports]},
+                {"ports": [{"port": 5432, "protocol": "TCP"}, {"port": 4317, "protocol": "TCP"}]},
+                {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NATS_NAMESPACE}},
+                         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}],
+                 "ports": [{"port": 4222, "protocol": "TCP"}]},
+            ],
+        },
+    }
+
+
 def base_kustomization() -> dict:
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -418,6 +481,16 @@ NOTES = {
 # self-signed Issuer; replace the Issuer agora-ca to use your own CA). The
 # services re-read the files when the Secret changes: no restart.
 """,
+    "components/jetstream/kustomization.yaml": """\
+# Optional: the change feeds on NATS JetStream (AGORA_EVENTS=jetstream):
+# catalog and customers relay their outboxes to their streams, offers and
+# shopping share the streams' partitions. Expects NATS with JetStream, run
+# by its own Helm chart or operator (docs/DEPLOYMENT.md): the Service nats
+# in the namespace nats, TLS on 4222, and per service a Secret
+# <service>-nats in the namespace agora with ca.crt (NATS's CA) and
+# nats.creds (the service's NATS user). It also makes the pods' egress an
+# allow-list (agora-egress): DNS, the upstreams, PostgreSQL, OTLP and NATS.
+""",
     "components/grpc-route/kustomization.yaml": """\
 # Optional: the public APIs through a Gateway API gateway (GRPCRoute): the
 # gateway balances calls, where a Service balances connections. Expects a
@@ -458,10 +531,17 @@ def render() -> dict:
         doc for name, (grpc, _) in SERVICES.items() for doc in grpc_route(name, grpc, relations)]
     files["components/grpc-route/kustomization.yaml"] = [
         {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component", "resources": ["routes.yaml"]}]
+    for name in SERVICES:
+        files[f"components/jetstream/{name}-patch.yaml"] = [jetstream_patch(name)]
+    files["components/jetstream/egress.yaml"] = [jetstream_egress(relations)]
+    files["components/jetstream/kustomization.yaml"] = [
+        {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component", "resources": ["egress.yaml"],
+         "patches": [{"path": f"{name}-patch.yaml"} for name in SERVICES]}]
     # The base's kustomization puts what it holds in the namespace; what
     # overlays and components add says so itself.
     for path in ("overlays/dev/volumes.yaml", "overlays/production/availability.yaml",
-                 "components/cert-manager/certificates.yaml", "components/grpc-route/routes.yaml"):
+                 "components/cert-manager/certificates.yaml", "components/grpc-route/routes.yaml",
+                 "components/jetstream/egress.yaml"):
         for doc in files[path]:
             doc["metadata"] = {"name": doc["metadata"]["name"], "namespace": "agora",
                                **{k: v for k, v in doc["metadata"].items() if k != "name"}}

@@ -93,6 +93,20 @@ def operational_alerts() -> list:
               "{{ $labels.service }} is {{ $value }} events behind the {{ $labels.feed }} feed"),
         alert("AgoraFeedDisconnected", 'max by (service, feed) (agora_feed_connected{job="agora"}) == 0', "5m",
               "ticket", "no replica of {{ $labels.service }} follows the {{ $labels.feed }} feed"),
+        # The feeds on NATS JetStream (AGORA_EVENTS=jetstream).
+        alert("AgoraRelayLagging", 'max by (service, stream) (agora_events_relay_lag_events{job="agora"}) > 100',
+              "10m", "ticket",
+              "{{ $labels.service }} has {{ $value }} events not yet relayed to the stream {{ $labels.stream }}"),
+        alert("AgoraRelayStopped", 'max by (service, stream) (agora_events_relay_leader{job="agora"}) == 0', "5m",
+              "ticket", "no replica of {{ $labels.service }} relays its outbox to the stream {{ $labels.stream }}"),
+        alert("AgoraPartitionLagging",
+              'max by (service, feed, partition) (agora_events_lag_events{job="agora"}) > 100', "10m", "ticket",
+              "{{ $labels.service }} is {{ $value }} events behind partition {{ $labels.partition }} of the "
+              "{{ $labels.feed }} stream"),
+        alert("AgoraPartitionUnapplied",
+              'max by (service, feed, partition) (agora_events_partition_owned{job="agora"}) == 0', "5m", "ticket",
+              "no replica of {{ $labels.service }} applies partition {{ $labels.partition }} of the "
+              "{{ $labels.feed }} stream"),
     ]
 
 
@@ -186,11 +200,23 @@ def dashboard(service: str) -> dict:
          [(f"rate(process_cpu_seconds_total{{{sel}}}[5m])", "cpu {{pod}}"),
           (f"process_resident_memory_bytes{{{sel}}}", "rss {{pod}}")], "short"),
     ]
+    if service in ("catalog", "customers"):
+        panels += [
+            ("Relay to JetStream: events not yet relayed, leader (1), relayed per second",
+             [(f"max by (stream) (agora_events_relay_lag_events{{{sel}}})", "lag {{stream}}"),
+              (f"max by (stream) (agora_events_relay_leader{{{sel}}})", "leader {{stream}}"),
+              (f"sum by (stream) (rate(agora_events_relayed_total{{{sel}}}[5m]))", "relayed/s {{stream}}")],
+             "short"),
+        ]
     if service in ("offers", "shopping"):
         panels += [
             ("Feeds: lag in events, connected (1)",
              [(f"max by (feed) (agora_feed_lag_events{{{sel}}})", "lag {{feed}}"),
               (f"max by (feed) (agora_feed_connected{{{sel}}})", "connected {{feed}}")], "short"),
+            ("Feeds on JetStream: lag by partition, partitions applied by each replica",
+             [(f"max by (feed, partition) (agora_events_lag_events{{{sel}}})", "lag {{feed}}/{{partition}}"),
+              (f"sum by (feed, pod) (agora_events_partition_owned{{{sel}}})", "applied {{feed}} {{pod}}")],
+             "short"),
             ("Upstreams: breaker rejections and refused retries per second",
              [(f'sum by (circuitbreaker) (rate(circuitbreaker_calls_total{{{sel}, outcome="rejected"}}[5m]))',
                "rejected {{circuitbreaker}}"),

@@ -15,6 +15,10 @@ system nor its logs. npm is kept off the PATH: `make run` must not need
 it. At the end the background block must have exited cleanly, and the
 services' logs of this run must hold no WARN or ERROR line.
 
+Then the variant the README names, `make run BROKER=nats` (the change feeds
+on a nats-server of its own): it starts, `make story` walks through the
+story against it, `make stop` stops it, and its logs are as quiet.
+
 Standard library only: it runs on a fresh machine's python3.
 """
 
@@ -117,6 +121,31 @@ def quiet_logs() -> None:
     say("the services' logs of this run hold no WARN or ERROR")
 
 
+def on_jetstream(env: dict, scratch: Path) -> None:
+    """`make run BROKER=nats`: the story against it, then `make stop`; quiet logs."""
+    if shutil.which("nats-server") is None:
+        fail("make run BROKER=nats needs nats-server (Debian: apt-get install nats-server)")
+    output = scratch / "jetstream.log"
+    with output.open("w") as sink:
+        system = subprocess.Popen(["make", "run", "BROKER=nats"], cwd=ROOT, env=env, stdout=sink,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_running(system, output)
+        if "change feeds on NATS JetStream" not in output.read_text(errors="replace"):
+            fail("make run BROKER=nats did not say its feeds are on JetStream")
+        run_block("sh", "make story", env)
+        run_block("sh", "make stop", env)
+        status = system.wait(timeout=60)
+        if status != 0:
+            fail(f"make run BROKER=nats exited with {status}:\n" + output.read_text(errors="replace")[-3000:])
+        quiet_logs()
+        say("make run BROKER=nats runs the story on JetStream")
+    finally:
+        if system.poll() is None:
+            os.killpg(system.pid, signal.SIGTERM)
+            system.wait(timeout=60)
+
+
 def main() -> None:
     os.chdir(ROOT)
     if (ROOT / "data" / "run.pid").exists():
@@ -145,6 +174,7 @@ def main() -> None:
             fail(f"the background block exited with {status}:\n" + output.read_text(errors="replace")[-3000:])
         quiet_logs()
         say("the README's quick start works as written")
+        on_jetstream(env, output.parent)
     finally:
         if background is not None and background.poll() is None:
             os.killpg(background.pid, signal.SIGTERM)

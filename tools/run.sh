@@ -9,6 +9,10 @@
 # REPLICAS=N (with DB=postgres) runs N replicas of each service, replica r
 # on 127.0.0.r with the same ports, sharing its context's database; each
 # downstream balances over every replica of its upstreams.
+# BROKER=nats carries the change feeds on NATS JetStream: a nats-server of
+# its own on 127.0.0.1:$NATS_PORT (4223 by default; store under data/nats),
+# over TLS with a certificate of the development CA, verifying the services'
+# certificates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/lib.sh
@@ -17,6 +21,16 @@ PROFILE=${PROFILE:-dev}
 SEED=${SEED:-1}
 DB=${DB:-sqlite}
 REPLICAS=${REPLICAS:-1}
+BROKER=${BROKER:-}
+NATS_PORT=${NATS_PORT:-4223}
+case "$BROKER" in
+  ""|nats) ;;
+  *) echo "BROKER=$BROKER: expected nats, or nothing for the services' own Watch streams" >&2; exit 2 ;;
+esac
+if [ "$BROKER" = nats ] && ! command -v nats-server >/dev/null; then
+  echo "BROKER=nats needs nats-server (Debian: apt-get install nats-server)" >&2
+  exit 1
+fi
 case "$REPLICAS" in
   [1-9]) ;;
   *) echo "REPLICAS=$REPLICAS: expected 1 to 9" >&2; exit 2 ;;
@@ -44,6 +58,10 @@ for s in "${SERVICES[@]}"; do
     done
   done
 done
+if [ "$BROKER" = nats ] && (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
+  echo "port 127.0.0.1:$NATS_PORT (nats-server) is in use by another program; stop it first, or set NATS_PORT" >&2
+  exit 1
+fi
 
 # Every replica of a service, as its downstreams reach it.
 replicas_of() {
@@ -75,12 +93,33 @@ mkdir -p data/logs
 "$target_dir/agora-dev" init --dir "$DEV_DIR"
 
 pids=()
+# The broker first (stopped last: the services drain before it goes).
+broker_env=()
+if [ "$BROKER" = nats ]; then
+  "$target_dir/agora-dev" server nats --dir "$DEV_DIR" 2>/dev/null
+  mkdir -p data/nats
+  nats_log=data/logs/nats.log
+  echo "== make run, $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$nats_log"
+  ready_before=$(grep -c "Server is ready" "$nats_log" || true)
+  nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd data/nats \
+    --tls --tlscert "$DEV_DIR/nats.pem" --tlskey "$DEV_DIR/nats.key" \
+    --tlsverify --tlscacert "$DEV_DIR/ca.pem" >>data/logs/nats.log 2>&1 &
+  nats_pid=$!
+  # Ready when its log says so (a probe connection would be a TLS handshake cut short, in its log).
+  for _ in $(seq 1 100); do
+    [ "$(grep -c "Server is ready" "$nats_log" || true)" -gt "$ready_before" ] && break
+    kill -0 "$nats_pid" 2>/dev/null || { echo "nats-server did not start; $nats_log ends with:" >&2; tail -n 5 "$nats_log" >&2; exit 1; }
+    sleep 0.1
+  done
+  broker_env=(AGORA_EVENTS=jetstream AGORA_NATS_URL="tls://127.0.0.1:$NATS_PORT" AGORA_NATS_CA_FILE="$DEV_DIR/ca.pem")
+fi
 stop_all() {
   trap - INT TERM
   echo
   echo "stopping: SIGTERM to every service (they drain, then exit)"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "${nats_pid:-}" ]; then kill -TERM "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; fi
   rm -f "$PID_FILE"
   echo "all services stopped"
 }
@@ -97,6 +136,10 @@ for s in "${SERVICES[@]}"; do
     (
       # TLS, client CA, JWKS, issuer and audience of the development credentials.
       eval "$("$target_dir/agora-dev" env "$1" --dir "$DEV_DIR")"
+      # On the broker, each service presents its own certificate.
+      if [ "$BROKER" = nats ]; then
+        export "${broker_env[@]}" AGORA_NATS_CERT_FILE="$AGORA_TLS_CERT_FILE" AGORA_NATS_KEY_FILE="$AGORA_TLS_KEY_FILE"
+      fi
       AGORA_GRPC_ADDR="127.0.0.$r:$2" AGORA_ADMIN_ADDR="127.0.0.$r:$3" \
       AGORA_DATABASE_URL="$url_prefix$1$url_suffix" \
       AGORA_CATALOG_ADDRS="$(replicas_of 50051)" AGORA_CUSTOMERS_ADDRS="$(replicas_of 50052)" \
@@ -108,7 +151,7 @@ for s in "${SERVICES[@]}"; do
     started+=("$1 127.0.0.$r:$3 $log")
   done
 done
-echo "$$ ${pids[*]}" | tr ' ' '\n' >"$PID_FILE"
+echo "$$ ${pids[*]} ${nats_pid:-}" | tr ' ' '\n' | sed '/^$/d' >"$PID_FILE"
 
 # A service that stops before SERVING says why in its log: show it.
 failed() {
@@ -131,7 +174,7 @@ if [ "$SEED" = 1 ]; then tools/seed.sh; fi
 
 cat <<TXT
 
-Agora is running (logs in data/logs/, databases $([ "$DB" = sqlite ] && echo "in data/*.db" || echo "agora_* on $server")$([ "$REPLICAS" = 1 ] || echo "; $REPLICAS replicas of each, on 127.0.0.1 to 127.0.0.$REPLICAS")):
+Agora is running (logs in data/logs/, databases $([ "$DB" = sqlite ] && echo "in data/*.db" || echo "agora_* on $server")$([ "$REPLICAS" = 1 ] || echo "; $REPLICAS replicas of each, on 127.0.0.1 to 127.0.0.$REPLICAS")$([ "$BROKER" = nats ] && echo "; change feeds on NATS JetStream at tls://127.0.0.1:$NATS_PORT")):
   catalog    gRPC (TLS) 127.0.0.1:50051   admin (health, metrics) http://127.0.0.1:9101
   customers  gRPC (TLS) 127.0.0.1:50052   admin (health, metrics) http://127.0.0.1:9102
   offers     gRPC (TLS) 127.0.0.1:50053   admin (health, metrics) http://127.0.0.1:9103

@@ -157,6 +157,7 @@ def render(bench: Bench, info: dict, extra: dict, pg_skip) -> str:
     stream_rows(rows)
     startup_rows(rows)
     overload_row(rows)
+    events_rows(rows)
     abuse_rows(rows)
     fault_rows(rows)
     notes = [f"- {n}" for n in table_notes(bench)]
@@ -236,6 +237,42 @@ def offers_rows(rows: Rows, extra: dict) -> None:
                          cpu=f"{sum(f['cpu_us'].values()):.1f} (the catalog {f['cpu_us'].get('catalog-followed', 0):.1f})",
                          goals=f"≥ 4,000/s: {goal(f['rps'] >= 4000)}; lag 0 within 2 s: "
                                f"{goal(f['caught_up'] is not None and f['caught_up'] <= 2)}")
+
+
+def events_rows(rows: Rows) -> None:
+    """The feeds on JetStream against Watch streams: the producer's rate and CPU an event with 1, 4 and 16
+    consumers following; offers applying a backlog from JetStream's partitions with 1 and 3 replicas."""
+    r = rows.r
+    if "skipped" in r.get("events", {}):
+        rows.add("Agora catalog, CreateProduct with consumers following, Watch streams and JetStream",
+                 f"skipped: {r['events']['skipped']}", "–")
+        return
+    for n in (1, 4, 16):
+        watch, jet = r.get(f"followed_watch_{n}"), r.get(f"followed_jetstream_{n}")
+        if not (watch and jet):
+            continue
+        for x, other in ((watch, None), (jet, watch)):
+            lag = "never, within the bound" if x["caught_up"] is None else f"{x['caught_up'] * 1000:,.0f} ms"
+            nats = f"; nats-server {x['nats_us_event']:.1f} µs an event" if x["nats_us_event"] is not None else ""
+            vs = (f"{x['rps'] / other['rps']:.2f}× Watch streams; catalog CPU an event "
+                  f"{x['producer_us_event'] / other['producer_us_event']:.2f}× Watch streams" if other
+                  else "1.00 (reference of the row below)")
+            rows.request(f"followed_{'jetstream' if other else 'watch'}_{n}",
+                         vs=f"{vs}; consumers at the head {lag} after the load{nats}",
+                         cpu=f"{x['producer_us_event']:.1f} an event (the catalog, catch-up included)")
+    one, three = r.get("apply_1"), r.get("apply_3")
+    if one is None or three is None:
+        why = r.get("apply", {}).get("skipped", "not measured")
+        rows.add("Agora offers applying the catalog's events from JetStream, PostgreSQL, 1 and 3 replicas",
+                 f"skipped: {why}", "–")
+        return
+    for x in (one, three):
+        rate = "not caught up within the bound" if x["rate"] is None else f"{num(x['rate'])} events/s"
+        vs = ("1.00 (reference of the row below)" if x is one else
+              f"{x['rate'] / one['rate']:.2f}× one replica" if x["rate"] and one["rate"] else "–")
+        rows.add(f"Agora offers applying {x['events']:,} catalog events from JetStream (8 partitions), PostgreSQL, "
+                 f"{x['replicas']} replica{'s' if x['replicas'] > 1 else ''}", rate,
+                 f"{vs}; partitions per replica {x['shares']}")
 
 
 def replicas_rows(rows: Rows) -> None:

@@ -231,6 +231,82 @@ class System(Credentials):
 
 
 
+class Nats:
+    """A nats-server with JetStream on a free loopback port, with a store directory of its own, over
+    TLS with a certificate of the development CA, verifying its clients' certificates (each service
+    presents its own, as between services). It can be killed and started again with what it stored."""
+
+    def __init__(self, credentials: Credentials, work: Path):
+        self.credentials, self.work = credentials, work
+        self.port = free_port()
+        self.url = f"tls://127.0.0.1:{self.port}"
+        self.store = work / "nats-store"
+        # The server's certificate, and one the test presents as a client.
+        credentials.dev("server", "nats")
+        credentials.dev("server", "nats-reader")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Nats":
+        dev = self.credentials.credentials
+        command = [
+            "nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store),
+            "--tls", "--tlscert", str(dev / "nats.pem"), "--tlskey", str(dev / "nats.key"),
+            "--tlsverify", "--tlscacert", str(dev / "ca.pem"),
+        ]
+        log = open(self.work / "nats.log", "a")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + BOUND_SECONDS
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                assert self.process.poll() is None, f"nats-server exited: see {self.work / 'nats.log'}"
+                assert time.monotonic() < deadline, f"nats-server not listening after {BOUND_SECONDS} s"
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def env(self, service_env: dict) -> dict:
+        """The variables that put a service's feeds on this server, given its own (its certificate)."""
+        return {
+            "AGORA_EVENTS": "jetstream",
+            "AGORA_NATS_URL": self.url,
+            "AGORA_NATS_CA_FILE": str(self.credentials.credentials / "ca.pem"),
+            "AGORA_NATS_CERT_FILE": service_env["AGORA_TLS_CERT_FILE"],
+            "AGORA_NATS_KEY_FILE": service_env["AGORA_TLS_KEY_FILE"],
+        }
+
+    def stream(self, name: str) -> list:
+        """Every message of the stream `name`, in its order: (subject, headers) each."""
+        import asyncio
+        import ssl
+
+        import nats
+
+        async def read() -> list:
+            dev = self.credentials.credentials
+            context = ssl.create_default_context(cafile=str(dev / "ca.pem"))
+            context.load_cert_chain(str(dev / "nats-reader.pem"), str(dev / "nats-reader.key"))
+            client = await nats.connect(self.url, tls=context)
+            try:
+                js = client.jetstream()
+                info = await js.stream_info(name)
+                messages = []
+                for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                    message = await js.get_msg(name, seq)
+                    messages.append((message.subject, dict(message.headers or {})))
+                return messages
+            finally:
+                await client.close()
+
+        return asyncio.run(read())
+
+
 class Running:
     """The four services as processes, each with its own SQLite file under
     `data`, secured as `make run` secures them (TLS, mTLS between services,
@@ -238,19 +314,22 @@ class Running:
     database. A context manager: all start, SERVING, on entry; all stop
     with SIGTERM on exit."""
 
-    def __init__(self, data: Path, extra_env: dict | None = None, logs: Path | None = None):
-        """`extra_env` is added to every service's variables; with `logs`,
+    def __init__(self, data: Path, extra_env: dict | None = None, logs: Path | None = None, nats: "Nats | None" = None):
+        """`extra_env` is added to every service's variables; with `nats`, their feeds are on it; with `logs`,
         each service writes its log to `logs`/<service>.log."""
         self.data, self.logs = data, logs
         self.system = System(data)
         self.processes: dict[str, subprocess.Popen] = {}
         self.extra_env = extra_env or {}
+        self.nats = nats
 
     def env(self, name: str) -> dict:
         system = self.system
+        own = system.env(name)
         return {
             **os.environ,
-            **system.env(name),
+            **own,
+            **(self.nats.env(own) if self.nats else {}),
             "AGORA_GRPC_ADDR": system.addrs[name],
             "AGORA_ADMIN_ADDR": system.admins[name],
             "AGORA_DATABASE_URL": f"sqlite:{self.data / name}.db",

@@ -5,12 +5,18 @@ available offers and keeps a shopping list with an item; a discontinued
 product and its effects downstream; what another customer may not do; and
 the health of every service, which needs no token."""
 
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agora_local import Credentials, Nats, Running
 
 BOUND_SECONDS = 15
 
@@ -40,6 +46,29 @@ def eventually(condition, what: str):
 
 
 def test_the_story_of_a_shopper(system, pb):
+    tell_the_story(system, pb)
+
+
+@pytest.fixture(scope="module")
+def on_jetstream():
+    """The four services again, their change feeds on NATS JetStream (a nats-server of their own, over
+    TLS, each service presenting its certificate)."""
+    assert shutil.which("nats-server"), "the story on JetStream needs nats-server (Debian: apt-get install nats-server)"
+    data = Path(tempfile.mkdtemp(prefix="agora-python-jetstream-"))
+    nats = Nats(Credentials(data), data).start()
+    try:
+        with Running(data, nats=nats) as running:
+            yield running.system
+    finally:
+        nats.kill()
+
+
+def test_the_story_of_a_shopper_on_jetstream(on_jetstream, pb):
+    """The same story, the same effects, with the feeds on JetStream."""
+    tell_the_story(on_jetstream, pb)
+
+
+def tell_the_story(system, pb):
     catalog_pb2, _ = pb["catalog"]
     customers_pb2, _ = pb["customers"]
     offers_pb2, _ = pb["offers"]

@@ -1,6 +1,6 @@
 """The Kubernetes manifests under deploy/, checked offline: they are what
 tools/deploy_manifests.py writes from the context map; each overlay renders
-with kustomize (alone, and with both optional components) and its built-in
+with kustomize (alone, and with the optional components) and its built-in
 objects pass kubernetes-validate in strict mode, its custom resources the
 checks below; checkov finds nothing, or each skip says why; the
 NetworkPolicies admit exactly the callers proto/context_map.json declares;
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import deploy_manifests  # noqa: E402
 
 OVERLAYS = ["dev", "production"]
-COMPONENTS = ["cert-manager", "grpc-route", "prometheus-operator"]
+COMPONENTS = ["cert-manager", "grpc-route", "jetstream", "prometheus-operator"]
 # Custom resources: kubernetes-validate knows the built-in kinds only, and no
 # CRD schema can be fetched offline; these are checked by the tests below.
 CUSTOM = {"cert-manager.io/v1": {"Certificate", "Issuer"},
@@ -174,6 +174,39 @@ def test_network_policies_admit_exactly_the_callers_of_the_context_map(overlay):
         assert pods == declared, f"{name}: admits {sorted(pods)}, the context map declares {sorted(declared)}"
         admin_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == ports["admin"])
         assert all("namespaceSelector" in f for f in admin_rule["from"]), f"{name}: admin port open to pods"
+
+
+def test_the_jetstream_component_puts_every_service_on_nats(tmp_path):
+    """Every service's feeds on NATS over TLS, its NATS user and NATS's CA from its own Secret, every
+    variable one the services read and the docs explain; the pods' egress an allow-list that has NATS,
+    DNS and the upstreams' ports in it."""
+    documented = set(re.findall(r"`(AGORA_[A-Z0-9_]+)`", (ROOT / "docs" / "CONFIGURATION.md").read_text()))
+    read = read_by_services()
+    docs = with_components("production", tmp_path)
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == set(deploy_manifests.SERVICES)
+    for d in deployments:
+        name = d["metadata"]["name"]
+        pod = d["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["AGORA_EVENTS"] == "jetstream" and env["AGORA_NATS_URL"].startswith("tls://"), name
+        unknown = sorted(n for n in env if n not in documented or n not in read)
+        assert not unknown, f"{name}: {unknown}"
+        volume = next(v for v in pod["volumes"] if v["name"] == "nats")
+        assert volume["secret"]["secretName"] == f"{name}-nats"
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "nats")
+        assert mount["readOnly"]
+        for variable in ("AGORA_NATS_CA_FILE", "AGORA_NATS_CREDS_FILE"):
+            assert env[variable].startswith(mount["mountPath"] + "/"), (name, variable)
+        assert "AGORA_DATABASE_URL_FILE" in env and "AGORA_TLS_CERT_FILE" in env, "the overlay's settings stay"
+    egress = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "agora-egress")
+    assert egress["spec"]["podSelector"]["matchLabels"] == deploy_manifests.PART_OF
+    ports = {(p["port"], p["protocol"]) for rule in egress["spec"]["egress"] for p in rule["ports"]}
+    assert {(4222, "TCP"), (53, "UDP"), (5432, "TCP")} <= ports
+    relations = json.loads((ROOT / "proto" / "context_map.json").read_text())["relations"]
+    for upstream in {r["upstream"] for r in relations}:
+        assert (deploy_manifests.SERVICES[upstream][0], "TCP") in ports, f"{upstream}'s gRPC port"
 
 
 def read_by_services() -> set:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from agora_local import Running  # noqa: E402
+from agora_local import Credentials, Nats, Running  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +20,15 @@ def running():
     """The four services, started for this module's tests."""
     with Running(Path(tempfile.mkdtemp(prefix="agora-monitoring-"))) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def running_on_jetstream():
+    """The four services again, their change feeds on NATS JetStream (a nats-server of their own)."""
+    data = Path(tempfile.mkdtemp(prefix="agora-monitoring-jetstream-"))
+    nats = Nats(Credentials(data), data).start()
+    try:
+        with Running(data, nats=nats) as running:
+            yield running
+    finally:
+        nats.kill()

@@ -96,12 +96,19 @@ def call_every_service(running) -> None:
                 pass  # any code: the call is counted
 
 
-def test_every_metric_and_label_the_rules_and_dashboards_use_is_exported(running):
-    call_every_service(running)
+def test_every_metric_and_label_the_rules_and_dashboards_use_is_exported(running, running_on_jetstream):
+    """Both ways the feeds travel: the producers' Watch streams, and NATS JetStream."""
     exported = {}
-    for name in SERVICES:
-        for metric, labels in scrape(running.system.admins[name]).items():
-            exported.setdefault(metric, set()).update(labels)
+    admins = running_on_jetstream.system.admins
+    for consumer in ("offers", "shopping"):
+        # Each applies its partitions once it has found the producers' streams.
+        wait_for(f"{consumer} applying the streams' partitions",
+                 lambda: "agora_events_lag_events" in scrape(admins[consumer]))
+    for system in (running, running_on_jetstream):
+        call_every_service(system)
+        for name in SERVICES:
+            for metric, labels in scrape(system.system.admins[name]).items():
+                exported.setdefault(metric, set()).update(labels)
     records = {r["record"] for g in yaml.safe_load((MONITORING / "rules.yaml").read_text())["groups"]
                for r in g["rules"] if "record" in r}
     exported["up"] = set()  # Prometheus' own, for every target

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from agora_local import Running, free_port, generated_client
+from agora_local import Credentials, Nats, Running, free_port, generated_client
 
 BOUND_SECONDS = 30
 # The caller's own span: the trace starts in the test, sampled.
@@ -74,13 +74,58 @@ def timestamp(seconds_from_now: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=int(time.time()) + seconds_from_now)
 
 
-def test_a_call_across_services_is_one_trace_and_a_feed_event_links_to_its_write():
+def serve_collector() -> tuple:
+    """A collector on a free loopback port: (it, its server, the port)."""
     collector = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
+    return collector, server, port
+
+
+def linked_consumer(collector: Collector, service: str, write_trace: str) -> bool:
+    """Whether `service` applied an event in a consumer span linked to the write's trace."""
+    with collector.lock:
+        return any(s == service and span.kind == CONSUMER and any(link.trace_id.hex() == write_trace
+                                                                  for link in span.links)
+                   for s, span in collector.spans)
+
+
+def test_a_feed_event_on_jetstream_links_to_its_write():
+    """The trace context travels in the JetStream message's headers: the consumer's span links to the
+    write's as it does through a Watch stream."""
+    collector, server, port = serve_collector()
+    pb = generated_client()
+    catalog_pb2, catalog_grpc = pb["catalog"]
+    try:
+        data = Path(tempfile.mkdtemp(prefix="agora-traces-jetstream-"))
+        nats = Nats(Credentials(data), data).start()
+        try:
+            with Running(data, traced_env(f"http://127.0.0.1:{port}"), nats=nats) as run:
+                system = run.system
+                with system.channel("catalog", system.token("staff")) as c:
+                    catalog = catalog_grpc.CatalogServiceStub(c)
+                    family = catalog.CreateFamily(catalog_pb2.CreateFamilyRequest(
+                        family=catalog_pb2.Family(display_name="Lamps")), timeout=5).family
+                    write_trace = uuid.uuid4().hex
+                    catalog.CreateProduct(catalog_pb2.CreateProductRequest(
+                        request_id=str(uuid.uuid4()),
+                        product=catalog_pb2.Product(display_name="Desk lamp", family_id=family.family_id,
+                                                    price=pb["money"].Money(currency_code="EUR", amount_minor=3990))),
+                        timeout=5, metadata=[("traceparent", f"00-{write_trace}-{CALLER_SPAN}-01")])
+                for consumer in ("agora-offers", "agora-shopping"):
+                    collector.wait(f"{consumer} applies the event from JetStream, linked to the write",
+                                   lambda: linked_consumer(collector, consumer, write_trace))
+        finally:
+            nats.kill()
+    finally:
+        server.stop(0)
+
+
+def test_a_call_across_services_is_one_trace_and_a_feed_event_links_to_its_write():
+    collector, server, port = serve_collector()
     pb = generated_client()
     catalog_pb2, catalog_grpc = pb["catalog"]
     offers_pb2, offers_grpc = pb["offers"]
@@ -103,13 +148,8 @@ def test_a_call_across_services_is_one_trace_and_a_feed_event_links_to_its_write
                     timeout=5, metadata=[("traceparent", f"00-{write_trace}-{CALLER_SPAN}-01")]).product
             # Offers has the product from the catalog's feed (the consumer's
             # span linked to the write's): it will not ask the catalog.
-            def offers_consumed():
-                with collector.lock:
-                    return any(service == "agora-offers" and span.kind == CONSUMER
-                               and any(link.trace_id.hex() == write_trace for link in span.links)
-                               for service, span in collector.spans)
-
-            collector.wait("offers applies the catalog's event", offers_consumed)
+            collector.wait("offers applies the catalog's event",
+                           lambda: linked_consumer(collector, "agora-offers", write_trace))
             # One call that crosses services: a personal offer for a customer
             # offers has not heard of asks customers (offers keeps the
             # customers and products the feeds bring, so one that customers

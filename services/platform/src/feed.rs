@@ -373,7 +373,7 @@ pub(crate) async fn apply<K, A: Translate<K>>(
     for (sequence, occur_time) in applied {
         // One line an event, after its commit: the chaos run checks from
         // them that no event was applied twice, by any replica.
-        tracing::debug!(feed, sequence, "feed event applied");
+        tracing::debug!(feed, cursor = key, sequence, "feed event applied");
         metrics::counter!("agora_feed_applied_total", "feed" => feed).increment(1);
         metrics::gauge!("agora_feed_lag_seconds", "feed" => feed)
             .set(((now_micros() - occur_time).max(0) as f64) / 1e6);

@@ -155,6 +155,8 @@ pub struct Broker(std::sync::Arc<Connected>);
 struct Connected {
     js: jetstream::Context,
     settings: NatsSettings,
+    /// How many times the connection was made again after a loss.
+    reconnections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Broker {
@@ -164,6 +166,14 @@ impl Broker {
 
     pub(crate) fn partitions(&self) -> u32 {
         self.0.settings.partitions
+    }
+
+    /// Changes each time the connection is made again after a loss: a
+    /// restarted NATS has forgotten the consumers it had, and a reader
+    /// should make its own again at once rather than wait to miss their
+    /// heartbeats.
+    pub(crate) fn reconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.reconnections.clone()
     }
 }
 
@@ -193,8 +203,29 @@ impl Events {
 
 impl Broker {
     async fn connect(settings: &NatsSettings, service: &str) -> anyhow::Result<Self> {
+        let (reconnected, reconnections) = tokio::sync::watch::channel(0u64);
+        metrics::gauge!("agora_events_nats_connected").set(0.0);
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("agora-{service}"))
+            .event_callback(move |event| {
+                match &event {
+                    async_nats::Event::Connected => {
+                        metrics::gauge!("agora_events_nats_connected").set(1.0);
+                        reconnected.send_modify(|n| *n += 1);
+                        tracing::info!("NATS: connected");
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics::gauge!("agora_events_nats_connected").set(0.0);
+                        tracing::warn!("NATS: disconnected; reconnecting (the outbox keeps what is written)");
+                    }
+                    // This service closing its connection, at shutdown.
+                    async_nats::Event::Closed | async_nats::Event::Draining => {
+                        tracing::info!(event = %event, "NATS");
+                    }
+                    other => tracing::warn!(event = %other, "NATS"),
+                }
+                std::future::ready(())
+            })
             .connection_timeout(settings.connect_timeout)
             // Reconnect for ever, at most a second apart: the outbox keeps
             // what is written meanwhile.
@@ -239,7 +270,10 @@ impl Broker {
             anyhow::bail!("NATS at {urls}: JetStream refused this account: {error}");
         }
         let js = jetstream::new(client);
-        Ok(Self(std::sync::Arc::new(Connected { js, settings: settings.clone() })))
+        metrics::gauge!("agora_events_nats_connected").set(1.0);
+        let mut reconnections = reconnections;
+        reconnections.mark_unchanged();
+        Ok(Self(std::sync::Arc::new(Connected { js, settings: settings.clone(), reconnections })))
     }
 
     /// The stream of `context`'s events, created on first use with the

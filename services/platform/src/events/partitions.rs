@@ -284,9 +284,33 @@ async fn apply_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
 ) {
     let mut backoff = Backoff::default();
     loop {
-        let err = follow_partition::<M, A>(&shared, &stream, p, &mut backoff).await;
-        tracing::warn!(feed = shared.upstream, partition = p, error = %err, "partition interrupted; reading again");
-        backoff.wait(&shared.db).await;
+        match follow_partition::<M, A>(&shared, &stream, p, &mut backoff).await {
+            // Expected: read again at once, from the cursor.
+            Stopped::Reconnected => {
+                tracing::info!(
+                    feed = shared.upstream,
+                    partition = p,
+                    "NATS reconnected; reading the partition again"
+                );
+            }
+            Stopped::Failed(err) => {
+                tracing::warn!(feed = shared.upstream, partition = p, error = %err, "partition interrupted; reading again");
+                backoff.wait(&shared.db).await;
+            }
+        }
+    }
+}
+
+/// Why a partition stopped being read.
+enum Stopped {
+    /// The connection to NATS was made again: a restarted server forgot its consumers.
+    Reconnected,
+    Failed(Error),
+}
+
+impl From<Error> for Stopped {
+    fn from(err: Error) -> Self {
+        Self::Failed(err)
     }
 }
 
@@ -296,12 +320,12 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     stream: &Stream,
     p: u32,
     backoff: &mut Backoff,
-) -> Error {
+) -> Stopped {
     let (upstream, db) = (shared.upstream, &shared.db);
     let key = format!("{upstream}/{p}");
     let (mut after, stream_sequence) = match start_of(db, upstream, &key).await {
         Ok(start) => start,
-        Err(err) => return err,
+        Err(err) => return err.into(),
     };
     let deliver_policy = match u64::try_from(stream_sequence) {
         Ok(0) | Err(_) => consumer::DeliverPolicy::All,
@@ -312,20 +336,36 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
         deliver_policy,
         ..Default::default()
     };
+    let partition = p.to_string();
     let mut messages = match stream.create_consumer(config).await {
-        Ok(consumer) => match consumer.messages().await {
-            Ok(messages) => messages,
-            Err(err) => return unavailable("reading the partition", err),
-        },
-        Err(err) => return unavailable("creating the partition's consumer", err),
+        Ok(consumer) => {
+            // What waits in the partition, from the start.
+            metrics::gauge!("agora_events_lag_events", "feed" => upstream, "partition" => partition.clone())
+                .set(consumer.cached_info().num_pending as f64);
+            match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(err) => return unavailable("reading the partition", err).into(),
+            }
+        }
+        Err(err) => return unavailable("creating the partition's consumer", err).into(),
     };
     backoff.reset();
+    let mut reconnections = shared.broker.reconnections();
+    reconnections.mark_unchanged();
     let batch = match db.backend() {
         Backend::Sqlite => APPLY_BATCH,
         Backend::Postgres => 1,
     };
-    let partition = p.to_string();
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => message,
+                None => return Error::unavailable("the partition's messages ended").into(),
+            },
+            _ = reconnections.changed() => {
+                return Stopped::Reconnected;
+            }
+        };
         let mut events = Vec::new();
         let mut last_stream_sequence = 0;
         let mut pending = 0;
@@ -333,11 +373,13 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
         while let Some(message) = next {
             let message = match message {
                 Ok(message) => message,
-                Err(err) => return unavailable("reading the partition", err),
+                Err(err) => return unavailable("reading the partition", err).into(),
             };
             let info = match message.info() {
                 Ok(info) => (info.stream_sequence, info.pending),
-                Err(err) => return Error::Internal(anyhow::anyhow!("a message without its metadata: {err}")),
+                Err(err) => {
+                    return Error::Internal(anyhow::anyhow!("a message without its metadata: {err}")).into();
+                }
             };
             (last_stream_sequence, pending) = info;
             let event = match M::Event::decode(message.payload.clone()) {
@@ -345,7 +387,8 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
                 Err(err) => {
                     return Error::Internal(anyhow::anyhow!(
                         "{upstream} partition {p}: message {last_stream_sequence} is not an event: {err}"
-                    ));
+                    ))
+                    .into();
                 }
             };
             let trace =
@@ -369,13 +412,14 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
         let stream_sequence = i64::try_from(last_stream_sequence).unwrap_or(i64::MAX);
         match apply(upstream, &key, stream_sequence, &shared.effects, db, events).await {
             Ok(true) => after = last,
-            Ok(false) => return Error::unavailable("another replica applied this partition's event first"),
-            Err(err) => return err,
+            Ok(false) => {
+                return Error::unavailable("another replica applied this partition's event first").into();
+            }
+            Err(err) => return err.into(),
         }
         metrics::gauge!("agora_events_lag_events", "feed" => upstream, "partition" => partition.clone())
             .set(pending as f64);
     }
-    Error::unavailable("the partition's messages ended")
 }
 
 /// Where partition `key` starts: its cursor, else after the upstream's
