@@ -7,11 +7,13 @@
   the events: what serving the feed costs the producer, catch-up included. For JetStream the
   nats-server's CPU per event is reported beside it.
 - `apply_throughput`: how fast offers on PostgreSQL applies a backlog of the catalog's events from
-  JetStream's partitions with 1 and with 3 replicas (unpinned: both cores), from start to the last
-  event applied.
+  JetStream's partitions with 1 and with 3 replicas (unpinned: both cores): the rate between 10 % and
+  90 % of the backlog applied, so that neither the start (replicas agreeing on their shares) nor the
+  last partitions' tail counts; the time to the last event beside it.
 
 The nats-server is Debian's, plaintext on loopback like every benchmark service (AGORA_INSECURE=1)."""
 
+import json
 import shutil
 import socket
 import sqlite3
@@ -19,14 +21,17 @@ import time
 
 import grpc
 
-from .data import POSTGRES_URL, psql
+from .data import POSTGRES_URL, postgres_backends_cpu, psql
 from .runner import BOUND, LOAD_CPU, QUICK, RELEASE, Bench, call, frame, log, metric, service_env, start_service
+
+from agora_local import partition_of  # noqa: E402 (clients/python, on the path runner puts it on)
 
 WRITERS = 8
 CREATE_PRODUCT_PATH = "/agora.catalog.v1.CatalogService/CreateProduct"
 FAMILY_PATH = "/agora.catalog.v1.CatalogService/CreateFamily"
 FOLLOWERS = (1, 4) if QUICK else (1, 4, 16)
 BACKLOG = 2_000 if QUICK else 20_000  # events offers applies in apply_throughput
+REPLICAS = (1, 3)
 
 
 class Nats:
@@ -155,12 +160,21 @@ def apply_throughput(bench: Bench, nats: Nats, pg_url: str, created: list) -> No
     try:
         request = new_product(bench, catalog.grpc)
         bench.h2.run(catalog.grpc, CREATE_PRODUCT_PATH, frame(request), n=BACKLOG, clients=WRITERS, streams=1)
+        with sqlite3.connect(f"file:{w / 'backlog-catalog.db'}?mode=ro", uri=True, timeout=5) as conn:
+            events = conn.execute("SELECT count(*) FROM outbox_events").fetchone()[0]
         deadline = time.monotonic() + BOUND
-        while metric(catalog.metrics(), "agora_events_relay_lag_events") > 0 and time.monotonic() < deadline:
+        while metric(catalog.metrics(), "agora_events_relayed_total") < events and time.monotonic() < deadline:
             time.sleep(0.05)
-        events = int(metric(catalog.metrics(), "agora_events_relayed_total"))
+        # Where each partition's cursor ends: the stream sequence of its last event (the stream holds the
+        # outbox's events in order, from 1).
+        last = {}
+        with sqlite3.connect(f"file:{w / 'backlog-catalog.db'}?mode=ro", uri=True, timeout=5) as conn:
+            rows = conn.execute("SELECT payload FROM outbox_events ORDER BY sequence").fetchall()
+        for seq, (payload,) in enumerate(rows, 1):
+            data = json.loads(payload)["data"]
+            last[f"catalog/{partition_of(data.get('id') or data['product_id'])}"] = seq
         base, _, query = pg_url.partition("?")
-        for replicas in (1, 3):
+        for replicas in REPLICAS:
             db = base.rsplit("/", 1)[1] + f"_apply_{replicas}"
             created.append(db)
             psql(POSTGRES_URL, f"CREATE DATABASE {db}")
@@ -173,14 +187,23 @@ def apply_throughput(bench: Bench, nats: Nats, pg_url: str, created: list) -> No
             try:
                 for s in offers:
                     s.wait_serving()
-                done = wait_applied_total(offers, events)
-                seconds = time.monotonic() - started
+                samples = applied_over_time(offers, events, lambda: cursors_at(url) == last)
+                done = samples[-1][1] >= events
+                seconds = samples[-1][0] - started
                 shares = [int(metric(s.metrics(), "agora_events_partition_owned", feed="catalog")) for s in offers]
+                offers_cpu = sum(s.cpu_seconds() for s in offers)
+                postgres_cpu = postgres_backends_cpu(db)
+                t10 = next(t for t, n in samples if n >= 0.1 * events)
+                t90 = next((t for t, n in samples if n >= 0.9 * events), None)
+                rate = 0.8 * events / (t90 - t10) if done and t90 and t90 > t10 else None
                 bench.results[f"apply_{replicas}"] = {
                     "replicas": replicas, "events": events, "seconds": seconds if done else None,
-                    "rate": events / seconds if done else None, "shares": shares}
-                log(f"offers on PostgreSQL, {replicas} replica(s): {events} events applied in {seconds:.2f} s "
-                    f"({events / seconds:,.0f}/s), partitions {shares}" if done else
+                    "rate": rate, "shares": shares,
+                    "offers_us_event": offers_cpu * 1e6 / events, "postgres_us_event": postgres_cpu * 1e6 / events}
+                log(f"offers on PostgreSQL, {replicas} replica(s): {rate or 0:,.0f} events/s between 10 and 90 %, "
+                    f"all {events} applied {seconds:.2f} s after the start, partitions {shares}; CPU an event: "
+                    f"offers {offers_cpu * 1e6 / events:.0f} us, PostgreSQL {postgres_cpu * 1e6 / events:.0f} us"
+                    if done else
                     f"offers on PostgreSQL, {replicas} replica(s): not caught up within {BOUND} s")
             finally:
                 for s in offers:
@@ -190,11 +213,25 @@ def apply_throughput(bench: Bench, nats: Nats, pg_url: str, created: list) -> No
         catalog.stop()
 
 
-def wait_applied_total(consumers: list, events: int) -> bool:
-    """Waits (bounded) until the replicas together have applied `events` of the catalog's events."""
+def applied_over_time(consumers: list, events: int, all_applied) -> list[tuple[float, float]]:
+    """(time, events the replicas together have applied), every 10 ms until all `events` are (bounded).
+    The count is the replicas' metrics; a replica that hands a partition over may stop between a commit
+    and its count, so the end is the partitions' cursors at their last events (`all_applied`), checked
+    once the count stops growing."""
+    samples = []
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:
-        if sum(applied(consumers)) >= events:
-            return True
+        samples.append((time.monotonic(), sum(applied(consumers))))
+        if samples[-1][1] >= events:
+            break
+        if len(samples) > 10 and samples[-1][1] == samples[-10][1] and all_applied():
+            samples[-1] = (samples[-1][0], events)
+            break
         time.sleep(0.01)
-    return False
+    return samples
+
+
+def cursors_at(url: str) -> dict:
+    """Each catalog partition's cursor in offers' database: its stream sequence."""
+    rows = psql(url, "SELECT feed, stream_sequence FROM feed_cursors WHERE feed LIKE 'catalog/%'")
+    return {feed: int(seq) for feed, seq in (line.split("|") for line in rows.splitlines() if line)}

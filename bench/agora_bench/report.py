@@ -270,8 +270,10 @@ def events_rows(rows: Rows) -> None:
         rate = "not caught up within the bound" if x["rate"] is None else f"{num(x['rate'])} events/s"
         vs = ("1.00 (reference of the row below)" if x is one else
               f"{x['rate'] / one['rate']:.2f}× one replica" if x["rate"] and one["rate"] else "–")
+        if x["seconds"] is not None:
+            vs += f"; the last event applied {x['seconds']:.2f} s after the start"
         rows.add(f"Agora offers applying {x['events']:,} catalog events from JetStream (8 partitions), PostgreSQL, "
-                 f"{x['replicas']} replica{'s' if x['replicas'] > 1 else ''}", rate,
+                 f"{x['replicas']} replica{'s' if x['replicas'] > 1 else ''} (rate between 10 and 90 %)", rate,
                  f"{vs}; partitions per replica {x['shares']}")
 
 

@@ -29,6 +29,15 @@ BOUND_SECONDS = 30
 POSTGRES = os.environ.get("AGORA_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
 
 
+def partition_of(key: str, partitions: int = 8) -> int:
+    """The partition of an aggregate's events on JetStream, as the contract defines it: FNV-1a, 32 bits,
+    of the id's UTF-8 bytes, modulo the partitions."""
+    h = 0x811C9DC5
+    for byte in key.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -40,19 +40,12 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-from agora_local import Credentials, Nats, Replica, Workers, free_port, generated_client, psql, server_url  # noqa: E402,E501
+from agora_local import (Credentials, Nats, Replica, Workers, free_port, generated_client, partition_of,  # noqa: E402
+                         psql, server_url)
 
 PARTITIONS = 8
 TAKEOVER_BOUND = 2.0
 BOUND = 30.0
-
-
-def partition_of(key: str, partitions: int = PARTITIONS) -> int:
-    """The contract's partition of a key: FNV-1a, 32 bits, of its UTF-8 bytes, modulo the partitions."""
-    h = 0x811C9DC5
-    for byte in key.encode():
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h % partitions
 
 
 def eventually(condition, what: str, bound: float = BOUND):

@@ -74,8 +74,17 @@ impl NatsServer {
 
     /// Change feeds on this server with `partitions` to a new stream.
     pub fn transport_with(&self, partitions: u32) -> Transport {
+        Self::transport_on(self.addr.port(), partitions)
+    }
+
+    /// Change feeds on a NATS at `port` on loopback, which may be none.
+    pub fn transport_at(port: u16) -> Transport {
+        Self::transport_on(port, 8)
+    }
+
+    fn transport_on(port: u16, partitions: u32) -> Transport {
         Transport::JetStream(NatsSettings {
-            urls: vec![format!("nats://{}", self.addr)],
+            urls: vec![format!("nats://127.0.0.1:{port}")],
             ca_file: None,
             client_cert: None,
             creds_file: None,

@@ -295,3 +295,55 @@ async fn replicas_share_the_partitions_and_take_over_within_two_seconds() {
     }
     assert_withdrawn_once(&mut s, &products).await;
 }
+
+/// NATS out of reach at start: the service does not start, and says where
+/// it looked.
+#[tokio::test]
+async fn a_service_whose_nats_does_not_answer_stops_at_start_naming_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let db = TestDatabase::sqlite();
+    let mut settings = agora_testing::settings("catalog", &db);
+    let agora_platform::events::Transport::JetStream(mut nats) = NatsServer::transport_at(port) else {
+        unreachable!("a JetStream transport")
+    };
+    nats.connect_timeout = Duration::from_millis(500);
+    settings.events = agora_platform::events::Transport::JetStream(nats);
+    let started = Instant::now();
+    let err = match agora_catalog::build(settings).await {
+        Ok(_) => panic!("the catalog started without NATS"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains(&format!("connecting to NATS at nats://127.0.0.1:{port}")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "it took {:?}", started.elapsed());
+}
+
+/// Offers cannot apply the catalog's events for a while (the table they
+/// write is renamed away under it): the messages read then are read again
+/// once it can (redelivered, counted), and applied once.
+#[tokio::test]
+async fn messages_read_and_not_applied_are_redelivered_and_applied_once() {
+    let Some(nats) = NatsServer::start() else { return };
+    let mut s = start_on(TestDatabase::sqlite(), nats.transport()).await;
+    let products = products_with_offers(&mut s, 8).await;
+    s.offers_db.execute("ALTER TABLE catalog_products RENAME TO catalog_products_away").await;
+    for product in &products {
+        s.discontinue(product).await;
+    }
+    let admin = s.offers_server.admin_addr;
+    let failed = wait_until(BOUND, || async {
+        let metrics = http_get(admin, "/metrics").await;
+        metrics.contains("agora_events_partition_interruptions_total{feed=\"catalog\"}")
+            && !metrics.contains("agora_events_partition_interruptions_total{feed=\"catalog\"} 0")
+    })
+    .await;
+    assert!(failed, "offers never failed to apply an event");
+    s.offers_db.execute("ALTER TABLE catalog_products_away RENAME TO catalog_products").await;
+    assert_withdrawn_once(&mut s, &products).await;
+    let metrics = http_get(admin, "/metrics").await;
+    let redelivered = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agora_events_redelivered_total{feed=\"catalog\"} "))
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(redelivered.is_some_and(|n| n >= 1.0), "no message was read again: {redelivered:?}");
+    assert!(metrics.contains("agora_events_duplicates_total{feed=\"catalog\"} 0"), "{metrics}");
+}

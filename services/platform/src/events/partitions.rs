@@ -28,6 +28,9 @@
 //! and an event that reaches the consumer again (published twice, read
 //! again by a replica that lost its partition without noticing yet) is at
 //! or before the cursor and skipped: `agora_events_duplicates_total`.
+//! A message read again after an interruption (a reconnection, a failed
+//! unit of work), read but not applied before it, is counted in
+//! `agora_events_redelivered_total`, and applied once.
 //! The cursor row fences two replicas as it fences two feed leaders.
 //!
 //! A partition that has no cursor yet starts after the upstream's Watch
@@ -37,16 +40,27 @@
 //! Metrics: `agora_events_partition_owned{feed,partition}` (1 on the
 //! replica that applies it), `agora_events_lag_events{feed,partition}`
 //! (messages in the partition after the last one read),
-//! `agora_events_duplicates_total{feed}`, and the feed metrics
+//! `agora_events_duplicates_total{feed}`,
+//! `agora_events_redelivered_total{feed}`,
+//! `agora_events_partition_interruptions_total{feed}` (a partition's reading
+//! or applying failed, and starts again), and the feed metrics
 //! (`agora_feed_applied_total{feed}`, `agora_feed_lag_seconds{feed}`).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use agora_contracts::feed::ChangeFeedMessage;
 use async_nats::jetstream::{consumer, stream::Stream};
 use futures_util::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{Broker, header, subject};
 use crate::{
@@ -75,6 +89,8 @@ where
     A: Translate<M::Kind>,
 {
     metrics::counter!("agora_events_duplicates_total", "feed" => upstream).increment(0);
+    metrics::counter!("agora_events_redelivered_total", "feed" => upstream).increment(0);
+    metrics::counter!("agora_events_partition_interruptions_total", "feed" => upstream).increment(0);
     let shared = Arc::new(Shared { broker, upstream, effects, db });
     Task::new(upstream, move |shutdown| async move {
         tokio::select! {
@@ -91,24 +107,45 @@ struct Shared<A> {
     db: Database,
 }
 
-/// A partition being applied; dropped, it stops.
-struct Applying(Option<JoinHandle<()>>);
+/// A partition being applied; dropped (at shutdown), it stops at once.
+struct Applying {
+    task: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+/// How long a partition handed over may take to finish the events it is
+/// applying before it is cut short.
+const STOP_BOUND: Duration = Duration::from_secs(5);
 
 impl Applying {
-    /// Stops applying, and returns once it has stopped (a unit of work
-    /// under way rolled back).
+    fn start<M: ChangeFeedMessage, A: Translate<M::Kind>>(
+        shared: Arc<Shared<A>>,
+        stream: Stream,
+        p: u32,
+        newest: Arc<AtomicU64>,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(apply_partition::<M, A>(shared, stream, p, stop.clone(), newest));
+        Self { task: Some(task), stop }
+    }
+
+    /// Stops applying once the unit of work under way has ended (or after
+    /// [`STOP_BOUND`]), and returns when it has stopped.
     async fn stop(mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
-            let _ = handle.await;
+        self.stop.cancel();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(STOP_BOUND, &mut task).await.is_err()
+        {
+            task.abort();
+            let _ = task.await;
         }
     }
 }
 
 impl Drop for Applying {
     fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }
@@ -140,6 +177,7 @@ async fn coordinate<M: ChangeFeedMessage, A: Translate<M::Kind>>(shared: Arc<Sha
     tracing::info!(feed = upstream, partitions, "following the stream's partitions");
     let mut share = Share::new(shared.db.clone(), upstream);
     let mut applying: BTreeMap<u32, Applying> = BTreeMap::new();
+    let mut newest: BTreeMap<u32, Arc<AtomicU64>> = BTreeMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -161,7 +199,10 @@ async fn coordinate<M: ChangeFeedMessage, A: Translate<M::Kind>>(shared: Arc<Sha
                 }
                 owned(upstream, p, true);
                 let (shared, stream) = (shared.clone(), stream.clone());
-                applying.insert(p, Applying(Some(tokio::spawn(apply_partition::<M, A>(shared, stream, p)))));
+                // What this replica read of the partition before, whoever
+                // applied it in between.
+                let newest = Arc::clone(newest.entry(p).or_default());
+                applying.insert(p, Applying::start::<M, A>(shared, stream, p, newest));
                 tracing::info!(feed = upstream, partition = p, "partition taken");
             }
             Ok::<(), Error>(())
@@ -281,10 +322,13 @@ async fn apply_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     shared: Arc<Shared<A>>,
     stream: Stream,
     p: u32,
+    stop: CancellationToken,
+    newest: Arc<AtomicU64>,
 ) {
     let mut backoff = Backoff::default();
     loop {
-        match follow_partition::<M, A>(&shared, &stream, p, &mut backoff).await {
+        match follow_partition::<M, A>(&shared, &stream, p, &mut backoff, &stop, &newest).await {
+            Stopped::Asked => return,
             // Expected: read again at once, from the cursor.
             Stopped::Reconnected => {
                 tracing::info!(
@@ -294,8 +338,13 @@ async fn apply_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
                 );
             }
             Stopped::Failed(err) => {
+                metrics::counter!("agora_events_partition_interruptions_total", "feed" => shared.upstream)
+                    .increment(1);
                 tracing::warn!(feed = shared.upstream, partition = p, error = %err, "partition interrupted; reading again");
-                backoff.wait(&shared.db).await;
+                tokio::select! {
+                    () = backoff.wait(&shared.db) => {}
+                    () = stop.cancelled() => return,
+                }
             }
         }
     }
@@ -303,6 +352,8 @@ async fn apply_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
 
 /// Why a partition stopped being read.
 enum Stopped {
+    /// It is handed over: the events it was applying are applied.
+    Asked,
     /// The connection to NATS was made again: a restarted server forgot its consumers.
     Reconnected,
     Failed(Error),
@@ -320,6 +371,8 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
     stream: &Stream,
     p: u32,
     backoff: &mut Backoff,
+    stop: &CancellationToken,
+    newest: &AtomicU64,
 ) -> Stopped {
     let (upstream, db) = (shared.upstream, &shared.db);
     let key = format!("{upstream}/{p}");
@@ -365,6 +418,8 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
             _ = reconnections.changed() => {
                 return Stopped::Reconnected;
             }
+            // Between units of work only: what was read is applied first.
+            () = stop.cancelled() => return Stopped::Asked,
         };
         let mut events = Vec::new();
         let mut last_stream_sequence = 0;
@@ -382,6 +437,12 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
                 }
             };
             (last_stream_sequence, pending) = info;
+            // The newest message this replica read of the partition: one read
+            // again (read, and not applied, before an interruption) is a
+            // redelivery.
+            if newest.fetch_max(last_stream_sequence, Ordering::Relaxed) >= last_stream_sequence {
+                metrics::counter!("agora_events_redelivered_total", "feed" => upstream).increment(1);
+            }
             let event = match M::Event::decode(message.payload.clone()) {
                 Ok(event) => event,
                 Err(err) => {

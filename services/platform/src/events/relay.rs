@@ -288,17 +288,20 @@ impl<E: DomainEvent, M: ChangeFeedMessage> Relay<E, M> {
         }
     }
 
-    /// Moves the stored position forward to `through`, never back.
+    /// Moves the stored position forward to `through`, never back. In a
+    /// unit of work, as every write: on SQLite the writes take turns on
+    /// one connection, and a write beside it would hold the file's lock
+    /// under a batch about to commit.
     async fn store(&self, through: i64) -> Result<(), Error> {
-        self.db()
-            .query(
-                "INSERT INTO outbox_relay (id, relayed_through) VALUES (1, $1) \
-                 ON CONFLICT (id) DO UPDATE SET relayed_through = $1 \
-                 WHERE outbox_relay.relayed_through < $1",
-            )
-            .bind(through)
-            .execute()
-            .await?;
-        Ok(())
+        let mut uow = self.db().begin().await?;
+        uow.query(
+            "INSERT INTO outbox_relay (id, relayed_through) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET relayed_through = $1 \
+             WHERE outbox_relay.relayed_through < $1",
+        )
+        .bind(through)
+        .execute()
+        .await?;
+        uow.commit().await
     }
 }
