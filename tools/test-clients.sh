@@ -16,6 +16,8 @@ cargo build --bins --quiet
 # `make lint` installs it) and protobuf-es, compiled with tsc; its tests run
 # from the Python suite, which starts the services.
 command -v npm >/dev/null || { echo "make test needs Node.js and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+# The story on JetStream starts a nats-server of its own.
+command -v nats-server >/dev/null || { echo "make test needs nats-server (Debian: apt-get install nats-server)" >&2; exit 1; }
 make -s tools/node_modules/.bin/buf
 (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run -s build)
 # The storefront page: built by vite, clicked through in chromium by the
