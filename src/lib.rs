@@ -76,6 +76,18 @@ pub mod feed {
         pub trace_context: String,
     }
 
+    /// A trace context as an envelope keeps it: `traceparent`, then `;`
+    /// and `tracestate` when there is one.
+    pub fn join_trace_context(parent: String, state: &str) -> String {
+        if state.is_empty() { parent } else { format!("{parent};{state}") }
+    }
+
+    /// The `traceparent` and `tracestate` (empty when none) of a trace
+    /// context that [`join_trace_context`] made.
+    pub fn split_trace_context(text: &str) -> (&str, &str) {
+        text.split_once(';').unwrap_or((text, ""))
+    }
+
     /// A message of a Watch stream.
     pub trait ChangeFeedMessage: Send + 'static {
         /// The contract's `oneof kind` of its events.
@@ -112,10 +124,7 @@ pub mod feed {
                         occur_time: event.occur_time,
                         head_sequence: self.head_sequence,
                         kind: event.kind,
-                        trace_context: match (self.traceparent, self.tracestate) {
-                            (parent, state) if state.is_empty() => parent,
-                            (parent, state) => format!("{parent};{state}"),
-                        },
+                        trace_context: $crate::feed::join_trace_context(self.traceparent, &self.tracestate),
                     })
                 }
 
@@ -133,9 +142,9 @@ pub mod feed {
 
                 fn from_envelope(envelope: Envelope<$kind>) -> Self {
                     let Envelope { sequence, occur_time, head_sequence, kind, trace_context } = envelope;
-                    let (traceparent, tracestate) = match trace_context.split_once(';') {
-                        Some((parent, state)) => (parent.to_owned(), state.to_owned()),
-                        None => (trace_context, String::new()),
+                    let (traceparent, tracestate) = {
+                        let (parent, state) = $crate::feed::split_trace_context(&trace_context);
+                        (parent.to_owned(), state.to_owned())
                     };
                     Self {
                         event: Some($event { sequence, occur_time, kind }),

@@ -23,12 +23,10 @@ import grpc
 
 from .data import POSTGRES_URL, postgres_backends_cpu, psql
 from .runner import BOUND, LOAD_CPU, QUICK, RELEASE, Bench, call, frame, log, metric, service_env, start_service
+from .scenarios import CREATE_PRODUCT_PATH, WRITERS, new_product_request
 
 from agora_local import partition_of  # noqa: E402 (clients/python, on the path runner puts it on)
 
-WRITERS = 8
-CREATE_PRODUCT_PATH = "/agora.catalog.v1.CatalogService/CreateProduct"
-FAMILY_PATH = "/agora.catalog.v1.CatalogService/CreateFamily"
 FOLLOWERS = (1, 4) if QUICK else (1, 4, 16)
 BACKLOG = 2_000 if QUICK else 20_000  # events offers applies in apply_throughput
 REPLICAS = (1, 3)
@@ -77,17 +75,6 @@ def events(bench: Bench, created: list, pg_url: str | None) -> None:
         nats.stop()
 
 
-def new_product(bench: Bench, addr: str):
-    cat, money = bench.client.catalog, bench.client.money
-    code, fam, details = call(addr, FAMILY_PATH, cat.CreateFamilyRequest(family=cat.Family(display_name="Lamps")),
-                              cat.CreateFamilyResponse)
-    if code != grpc.StatusCode.OK:
-        raise RuntimeError(f"CreateFamily: {code.name}: {details}")
-    return cat.CreateProductRequest(product=cat.Product(
-        display_name="Desk lamp", description="A lamp for a desk", family_id=fam.family.family_id,
-        price=money.Money(currency_code="EUR", amount_minor=3990)))
-
-
 def applied(servers: list) -> list[float]:
     """Each consumer's count of the catalog's events applied."""
     return [metric(s.metrics(), "agora_feed_applied_total", feed="catalog") for s in servers]
@@ -107,7 +94,7 @@ def followed(bench: Bench, nats: Nats, transport: str, n: int) -> None:
     cat = bench.client.catalog
     key = f"followed_{transport}_{n}"
     try:
-        request = new_product(bench, catalog.grpc)
+        request = new_product_request(bench, catalog.grpc)
 
         def check():
             code, _, details = call(catalog.grpc, CREATE_PRODUCT_PATH, request, cat.CreateProductResponse)
@@ -158,7 +145,7 @@ def apply_throughput(bench: Bench, nats: Nats, pg_url: str, created: list) -> No
     customers = start_service(procs, "customers-backlog", "customers", f"sqlite:{w / 'backlog-customers.db'}",
                               core=LOAD_CPU, **nats.env).wait_serving()
     try:
-        request = new_product(bench, catalog.grpc)
+        request = new_product_request(bench, catalog.grpc)
         bench.h2.run(catalog.grpc, CREATE_PRODUCT_PATH, frame(request), n=BACKLOG, clients=WRITERS, streams=1)
         with sqlite3.connect(f"file:{w / 'backlog-catalog.db'}?mode=ro", uri=True, timeout=5) as conn:
             events = conn.execute("SELECT count(*) FROM outbox_events").fetchone()[0]

@@ -33,7 +33,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .abuse import abuse
-from .events import events
 from .faults import faults
 from .data import Data, expected_available, offers_postgres, postgres_backends_cpu, prepare, product_id, psql
 from .references import start_bare, start_otlp_sink, start_python_peer
@@ -62,6 +61,7 @@ def run_all(bench: Bench, info: dict, created: list) -> None:
     stream_products(bench, data)
     startup_and_idle(bench, data)
     overload(bench, data)
+    from .events import events  # here: events takes the write rows' request and settings from this module
     events(bench, created, data.pg_url)
     abuse(bench, data, get_body(bench))
     faults(bench, data, created)

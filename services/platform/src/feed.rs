@@ -130,7 +130,7 @@ pub(crate) async fn position(on: impl Executor<'_>, key: &str) -> Result<(i64, i
 
 /// How long a feed may stay out of reach before it is worth a warning: a
 /// consumer that starts beside its upstream waits for it quietly.
-const QUIET: Duration = Duration::from_secs(10);
+pub(crate) const QUIET: Duration = Duration::from_secs(10);
 
 async fn consume<M: ChangeFeedMessage, A: Translate<M::Kind>>(source: &Feed<M>, effects: &A, db: &Database) {
     let feed = source.name;

@@ -208,10 +208,12 @@ pub fn trace_context(span: &tracing::Span) -> String {
     }
     let mut carrier = std::collections::HashMap::new();
     propagator().inject_context(&span.context(), &mut carrier);
-    match (carrier.remove("traceparent"), carrier.remove("tracestate")) {
-        (Some(parent), Some(state)) if !state.is_empty() => format!("{parent};{state}"),
-        (Some(parent), _) => parent,
-        _ => String::new(),
+    match carrier.remove("traceparent") {
+        Some(parent) => agora_contracts::feed::join_trace_context(
+            parent,
+            &carrier.remove("tracestate").unwrap_or_default(),
+        ),
+        None => String::new(),
     }
 }
 
@@ -220,7 +222,7 @@ pub fn span_context_of(text: &str) -> Option<opentelemetry::trace::SpanContext> 
     if text.is_empty() {
         return None;
     }
-    let (parent, state) = text.split_once(';').unwrap_or((text, ""));
+    let (parent, state) = agora_contracts::feed::split_trace_context(text);
     let carrier: std::collections::HashMap<String, String> =
         [("traceparent".to_owned(), parent.to_owned()), ("tracestate".to_owned(), state.to_owned())].into();
     let context = propagator().extract(&carrier);

@@ -55,7 +55,7 @@ use std::{
     time::Duration,
 };
 
-use agora_contracts::feed::ChangeFeedMessage;
+use agora_contracts::feed::{ChangeFeedMessage, join_trace_context};
 use async_nats::jetstream::{consumer, stream::Stream};
 use futures_util::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
@@ -66,7 +66,7 @@ use super::{Broker, header, subject};
 use crate::{
     Database, Error,
     db::{Backend, failure},
-    feed::{Backoff, Translate, apply, position},
+    feed::{Backoff, QUIET, Translate, apply, position},
     server::Task,
 };
 
@@ -162,7 +162,7 @@ async fn coordinate<M: ChangeFeedMessage, A: Translate<M::Kind>>(shared: Arc<Sha
             Err(err) => {
                 // The producer makes the stream: a consumer that starts
                 // first waits for it quietly, for a while.
-                if since.get_or_insert_with(std::time::Instant::now).elapsed() < Duration::from_secs(10) {
+                if since.get_or_insert_with(std::time::Instant::now).elapsed() < QUIET {
                     tracing::info!(feed = upstream, error = %format!("{err:#}"), "stream not there yet; retrying");
                 } else {
                     tracing::warn!(feed = upstream, error = %format!("{err:#}"), "stream not reachable; retrying");
@@ -397,10 +397,10 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
                 .set(consumer.cached_info().num_pending as f64);
             match consumer.messages().await {
                 Ok(messages) => messages,
-                Err(err) => return unavailable("reading the partition", err).into(),
+                Err(err) => return Error::unavailable_because("reading the partition", err).into(),
             }
         }
-        Err(err) => return unavailable("creating the partition's consumer", err).into(),
+        Err(err) => return Error::unavailable_because("creating the partition's consumer", err).into(),
     };
     backoff.reset();
     let mut reconnections = shared.broker.reconnections();
@@ -428,7 +428,7 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
         while let Some(message) = next {
             let message = match message {
                 Ok(message) => message,
-                Err(err) => return unavailable("reading the partition", err).into(),
+                Err(err) => return Error::unavailable_because("reading the partition", err).into(),
             };
             let info = match message.info() {
                 Ok(info) => (info.stream_sequence, info.pending),
@@ -454,10 +454,9 @@ async fn follow_partition<M: ChangeFeedMessage, A: Translate<M::Kind>>(
             };
             let trace =
                 |name| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-            let trace_context = match (trace(header::TRACEPARENT), trace(header::TRACESTATE)) {
-                (Some(parent), Some(state)) => format!("{parent};{state}"),
-                (Some(parent), None) => parent,
-                _ => String::new(),
+            let trace_context = match trace(header::TRACEPARENT) {
+                Some(parent) => join_trace_context(parent, &trace(header::TRACESTATE).unwrap_or_default()),
+                None => String::new(),
             };
             let envelope = M::envelope_of(event, 0, trace_context);
             if envelope.sequence
@@ -490,8 +489,4 @@ async fn start_of(db: &Database, upstream: &str, key: &str) -> Result<(i64, i64)
         (0, 0) => Ok((position(db, upstream).await?.0, 0)),
         found => Ok(found),
     }
-}
-
-fn unavailable(doing: &str, err: impl std::fmt::Display) -> Error {
-    Error::unavailable(format!("{doing}: {err}"))
 }

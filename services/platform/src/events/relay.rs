@@ -36,7 +36,7 @@ use prost::Message as _;
 use super::{Broker, header, partition_of, subject};
 use crate::{
     Database, Error,
-    feed::Backoff,
+    feed::{Backoff, QUIET},
     outbox::{DomainEvent, Outbox, Stored},
     server::Task,
     wire::timestamp_from_micros,
@@ -123,7 +123,7 @@ impl<E: DomainEvent, M: ChangeFeedMessage> Relay<E, M> {
                     .set((head - stored).max(0) as f64);
             }
             let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() < Duration::from_secs(10) {
+            if since.elapsed() < QUIET {
                 tracing::info!(stream = %self.label, error = %err, "relay interrupted; starting again from the stream's tail");
             } else {
                 tracing::warn!(stream = %self.label, error = %err, "relay interrupted; starting again from the stream's tail");
@@ -260,7 +260,7 @@ impl<E: DomainEvent, M: ChangeFeedMessage> Relay<E, M> {
         let mut headers = HeaderMap::new();
         headers.insert(header::SEQUENCE, stored.sequence.to_string());
         headers.insert(header::EVENT_TYPE, event_type);
-        let (parent, state) = stored.trace_context.split_once(';').unwrap_or((&stored.trace_context, ""));
+        let (parent, state) = agora_contracts::feed::split_trace_context(&stored.trace_context);
         if !parent.is_empty() {
             headers.insert(header::TRACEPARENT, parent);
         }
