@@ -19,7 +19,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use agora_platform::{Error, outbox::Outbox, read_cache::ReadCache, server::Task};
+use agora_platform::{Error, outbox::Outbox, read_cache::ReadCache, task::Task};
 use futures_util::StreamExt as _;
 
 use crate::domain::{CatalogEvent, Product};

@@ -9,7 +9,8 @@ use agora_contracts::agora::offers::v1::{
 use agora_platform::{
     Database, Error, UnitOfWork, Violations,
     db::IdempotencyKey,
-    middleware::{Deadline, ExtraTrailers},
+    deadline::Deadline,
+    middleware::ExtraTrailers,
     security::{Access, Audit, Grant, Policy, Rule},
     upstream::hosts::{Hosts, Needs},
     wire::{

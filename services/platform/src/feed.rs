@@ -46,7 +46,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::{
     Database, Error,
     db::{Backend, Executor, Leadership, UnitOfWork},
-    server::Task,
+    task::Task,
     wire::{micros_from_timestamp, now_micros},
 };
 

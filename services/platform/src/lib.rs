@@ -5,23 +5,30 @@
 //! its domain, its repository and its gRPC adapter; this crate runs them.
 //!
 //! # Layout
+//! The modules, lowest layer first ([`LAYERS`]): each uses only those
+//! above it in this list.
+//! - [`error`]: the error vocabulary and its one mapping to gRPC statuses.
 //! - [`config`]: settings from environment variables, validated at start.
-//! - [`telemetry`]: tracing subscriber, text or JSON.
+//! - [`telemetry`]: tracing subscriber, text or JSON; traces over OTLP.
+//! - [`task`]: background tasks and the shutdown signal they end on.
+//! - [`deadline`]: when the call a task serves must be answered by.
+//! - [`connection`]: what the server and its middleware share of a connection.
+//! - [`health`]: `grpc.health.v1` driven by migrations, a database probe and shutdown.
+//! - [`metrics`]: the Prometheus recorder and the admin HTTP server
+//!   (`/metrics` and plaintext gRPC health for probes).
+//! - [`read_cache`]: a read-through cache of what a service serves from its
+//!   own database, kept only while the service follows its own changes.
 //! - [`db`]: typed sqlx pools (SQLite or PostgreSQL), statements, the unit
 //!   of work (transaction, outbox events, idempotency key), migrations,
 //!   keyset pages.
-//! - [`health`]: `grpc.health.v1` driven by migrations, a database probe and shutdown.
-//! - [`middleware`]: request id, observe (span + metrics), panic, deadline, admission.
+//! - [`wire`]: what every handler reads: ids, idempotency keys, pages, timestamps.
 //! - [`outbox`]: the change feed a service publishes, served as a Watch stream.
 //! - [`feed`]: following an upstream's change feed, exactly once in effect.
 //! - [`events`]: change feeds on NATS JetStream: the outbox relayed, partitions shared.
-//! - [`upstream`]: the client stack and the one meaning of an upstream's answers.
-//! - [`metrics`]: the Prometheus recorder and the admin HTTP server
-//!   (`/metrics` and plaintext gRPC health for probes).
+//! - [`middleware`]: request id, observe (span + metrics), panic, deadline, admission.
 //! - [`security`]: TLS and mTLS, bearer tokens, the policy tables and
 //!   the layer that enforces them.
-//! - [`error`]: the error vocabulary and its one mapping to gRPC statuses.
-//! - [`wire`]: what every handler reads: ids, idempotency keys, pages, timestamps.
+//! - [`upstream`]: the client stack and the one meaning of an upstream's answers.
 //! - [`server`]: [`Application`]: the start sequence, serving, draining, stopping.
 //!
 //! Test support (real servers on loopback, fresh databases) is the
@@ -29,7 +36,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod connection;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod feed;
@@ -40,6 +49,7 @@ pub mod outbox;
 pub mod read_cache;
 pub mod security;
 pub mod server;
+pub mod task;
 pub mod telemetry;
 pub mod upstream;
 pub mod wire;
@@ -47,7 +57,39 @@ pub mod wire;
 pub use config::{ServiceSpec, Settings};
 pub use db::{Backend, Database, Migrations, UnitOfWork};
 pub use error::{Error, Precondition, Violations};
-pub use server::{Application, Services, Shutdown};
+pub use server::{Application, Services};
+pub use task::Shutdown;
+
+/// The platform's modules, lowest first. A module uses only modules
+/// before it in this list, so the layers read one way: the foundation
+/// (errors, settings, telemetry, background tasks, the call's deadline,
+/// a connection's state, health, metrics), then `db` and `wire`, the
+/// change feeds out and in above them (`outbox`, `feed`, `events`), the
+/// call's stack and its security, upstream calls, and `server` on top.
+/// The `layers` test holds the sources to it; docs/ARCHITECTURE.md draws it.
+pub const LAYERS: &[&str] = &[
+    "error",
+    "config",
+    "telemetry",
+    "task",
+    "deadline",
+    "connection",
+    "health",
+    "metrics",
+    "read_cache",
+    "db",
+    "wire",
+    "outbox",
+    "feed",
+    "events",
+    "middleware",
+    "security",
+    "upstream",
+    "server",
+];
+
+#[cfg(test)]
+mod layers;
 
 /// A directory of this test process's own under the system's temporary
 /// directory, created.

@@ -21,26 +21,14 @@ use std::{collections::VecDeque, pin::Pin, time::Duration};
 
 use agora_contracts::feed::{ChangeFeedMessage, Envelope};
 use futures_util::{Stream, StreamExt as _};
-use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 
+pub use crate::db::DomainEvent;
 use crate::{
     Database, Error, Shutdown,
-    server::Task,
+    task::Task,
     wire::{now_micros, timestamp_from_micros},
 };
-
-/// A domain event a service publishes on its change feed: stored as JSON in
-/// the outbox, with its kind beside it.
-pub trait DomainEvent: Serialize + DeserializeOwned + Send + 'static {
-    /// The event's name (`ProductDiscontinued`).
-    fn kind(&self) -> &'static str;
-
-    /// The id of the aggregate the event is about (the product, the
-    /// customer): a broker keeps the order of the events of one key
-    /// ([`events`](crate::events)).
-    fn key(&self) -> &str;
-}
 
 /// An event as the feed delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,16 +7,8 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub use crate::db::now_micros;
 use crate::{Error, Violations, db::Page};
-
-/// Microseconds since the Unix epoch: how every service stores time (an
-/// integer compares and indexes the same in SQLite and PostgreSQL).
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 pub fn timestamp_from_micros(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -13,7 +13,8 @@ use std::{
 };
 
 use agora_platform::{
-    middleware::{Deadline, parse_grpc_timeout},
+    deadline::Deadline,
+    middleware::parse_grpc_timeout,
     upstream::{Credentials, UpstreamChannel, UpstreamSettings, channel, discover::Resolve},
 };
 use agora_testing::wait_until;

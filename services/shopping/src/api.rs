@@ -13,7 +13,7 @@ use agora_contracts::agora::shopping::v1::{
 };
 use agora_platform::{
     Database, Error, UnitOfWork, Violations,
-    middleware::Deadline,
+    deadline::Deadline,
     security::{Access, Grant, Policy, Rule},
     upstream::hosts::{Hosts, Needs},
     wire::{Answer, Paging, new_id, now_micros, reply, required, required_id, timestamp_from_micros},

@@ -29,10 +29,10 @@ use tonic_health::pb::{
 };
 
 use agora_platform::{
-    Database,
+    Database, Shutdown,
     config::{DatabaseUrl, Settings},
     security::tls::ServerTls,
-    server::{Application, Shutdown},
+    server::Application,
 };
 
 pub mod faults;

@@ -31,7 +31,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{Error, middleware::Deadline};
+use crate::{Error, deadline::Deadline};
 
 /// Connection failures in a row that open the breaker.
 pub(crate) const FAILURES_TO_OPEN: u32 = 3;

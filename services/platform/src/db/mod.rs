@@ -39,7 +39,7 @@ use tokio::sync::watch;
 pub use migrate::{LegacyHistory, Migrations, Step};
 pub use page::{Filter, Page, keyset, page};
 pub use statement::{Column, Executor, Row, Statement, Unique, Value};
-pub use unit::{IdempotencyKey, UnitOfWork};
+pub use unit::{DomainEvent, IdempotencyKey, UnitOfWork};
 
 /// Runs a read to its end on a task of its own and returns its result.
 /// For the reads of a stream: a stream is polled only while its reader
@@ -55,6 +55,15 @@ pub async fn detached<T: Send + 'static>(
         Ok(result) => result,
         Err(err) => Err(crate::Error::Internal(anyhow::anyhow!("a detached read failed: {err}"))),
     }
+}
+
+/// Microseconds since the Unix epoch: how every service stores time (an
+/// integer compares and indexes the same in SQLite and PostgreSQL).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 use crate::{

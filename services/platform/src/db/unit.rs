@@ -28,11 +28,26 @@ use sqlx::{Executor as _, sqlite::SqliteConnection};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::{Backend, Database, OutboxEvent, Pool, Statement, acquire, breaker, failure, unreachable};
-use crate::{Error, outbox::DomainEvent, wire::now_micros};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::now_micros;
+use crate::Error;
 
 enum Tx {
     Sqlite(Writing),
     Postgres(Transaction<'static, Postgres>),
+}
+
+/// A domain event a service publishes on its change feed: stored as JSON in
+/// the outbox, with its kind beside it.
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + 'static {
+    /// The event's name (`ProductDiscontinued`).
+    fn kind(&self) -> &'static str;
+
+    /// The id of the aggregate the event is about (the product, the
+    /// customer): a broker keeps the order of the events of one key
+    /// ([`events`](crate::events)).
+    fn key(&self) -> &str;
 }
 
 /// SQLite's write connection: the writers of a process take turns on it,

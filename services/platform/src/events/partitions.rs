@@ -67,7 +67,7 @@ use crate::{
     Database, Error,
     db::{Backend, failure},
     feed::{Backoff, QUIET, Translate, apply, position},
-    server::Task,
+    task::Task,
 };
 
 /// How often a replica says it is alive and looks at its share.

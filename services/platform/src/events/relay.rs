@@ -38,7 +38,7 @@ use crate::{
     Database, Error,
     feed::{Backoff, QUIET},
     outbox::{DomainEvent, Outbox, Stored},
-    server::Task,
+    task::Task,
     wire::timestamp_from_micros,
 };
 

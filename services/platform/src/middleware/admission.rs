@@ -49,8 +49,8 @@ use tower::{Layer, Service};
 use super::{Refused, status_response};
 use crate::{
     config::ConnectionSettings,
+    connection::{Connection, StreamOnConnection},
     health::Health,
-    server::{Connection, StreamOnConnection},
 };
 
 /// The answer to a call turned away, marked so the observe layer knows.

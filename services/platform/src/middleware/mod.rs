@@ -29,7 +29,7 @@ macro_rules! delegate_to_inner {
 pub(crate) use delegate_to_inner;
 
 pub use admission::{AdmissionLayer, Waiting};
-pub use deadline::{Deadline, DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
+pub use deadline::{DeadlineLayer, encode_grpc_timeout, parse_grpc_timeout};
 pub use http1::{OverHttp1, ReadWholeLayer, http1_request_bytes};
 pub use observe::{CallNotes, ObserveLayer};
 pub use trailers::{ExtraTrailers, with_extra_trailers};

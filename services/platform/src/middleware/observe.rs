@@ -42,7 +42,7 @@ use tracing::{Instrument, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::delegate_to_inner;
-use crate::server::Shutdown;
+use crate::task::Shutdown;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -37,11 +37,11 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::{Pin, pin},
     sync::{
-        Arc, Mutex, OnceLock, Weak,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use http::{Request, Response};
@@ -54,7 +54,6 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::Notify,
     task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
@@ -62,7 +61,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{body::Body, transport::server::Connected};
 use tower::Service;
 
-use crate::{config::ConnectionSettings, middleware::OverHttp1, security::tls::ServerTls};
+use crate::{
+    config::ConnectionSettings,
+    connection::{Connection, now_ms},
+    middleware::OverHttp1,
+    security::tls::ServerTls,
+};
 
 /// Bytes HTTP/2 buffers for one stream beyond what its reader's window
 /// lets through: what a stalled reader costs the server (hyper's default,
@@ -78,127 +82,6 @@ const HEADER_HEADROOM: usize = 8;
 /// longest request head HTTP/1.1 reads is the larger of this and the
 /// HTTP/2 header list bound.
 const HTTP1_MIN_BUFFER: usize = 8192;
-
-/// Milliseconds since the first connection: the clock of [`Connection`].
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// What the server knows of one connection while it is open; every call
-/// on it finds it in its request's extensions.
-#[derive(Debug, Default)]
-pub(crate) struct Connection {
-    /// Calls in flight (until their answer's headers) and streams open.
-    open: AtomicUsize,
-    /// When `open` last changed, in [`now_ms`].
-    last_active: AtomicU64,
-    /// Whether a call ever came.
-    called: AtomicBool,
-    /// Long-lived streams open on this connection.
-    streams: AtomicUsize,
-    /// The clocks of those streams, to find a stalled reader.
-    clocks: Mutex<Vec<Weak<StallClock>>>,
-    /// Cancelled when the server closes: streams waiting for something to
-    /// send end with UNAVAILABLE.
-    closing: CancellationToken,
-    /// Wakes the connection's task when what it waits for changed (a first
-    /// call, a stream opened), so that it sets its next check anew.
-    changed: Notify,
-    /// Its place among the connections: given up once a call completed
-    /// here, it can no longer be taken by a new connection.
-    place: Option<Arc<Place>>,
-}
-
-impl Connection {
-    fn begin(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        if !self.called.load(Ordering::Relaxed) {
-            self.called.store(true, Ordering::Relaxed);
-            self.changed.notify_one();
-        }
-    }
-
-    fn end(&self) {
-        self.last_active.store(now_ms(), Ordering::Relaxed);
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// A call on this connection was answered.
-    fn completed(&self) {
-        if let Some(place) = &self.place {
-            place.proven();
-        }
-    }
-
-    /// Admits one more long-lived stream if fewer than `limit` are open
-    /// here: the returned guard holds its place until dropped.
-    pub(crate) fn open_stream(self: &Arc<Self>, limit: usize) -> Option<StreamOnConnection> {
-        let admitted = self
-            .streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .is_ok();
-        if !admitted {
-            return None;
-        }
-        self.begin();
-        let clock = Arc::new(StallClock::default());
-        let mut clocks = self.clocks.lock().expect("never poisoned");
-        clocks.retain(|c| c.strong_count() > 0);
-        clocks.push(Arc::downgrade(&clock));
-        self.changed.notify_one();
-        Some(StreamOnConnection { connection: self.clone(), clock })
-    }
-
-    /// Since when a stream's reader has taken nothing, the longest, if
-    /// any does now.
-    fn stalled_since(&self) -> Option<u64> {
-        let clocks = self.clocks.lock().expect("never poisoned");
-        clocks.iter().filter_map(Weak::upgrade).filter_map(|c| c.waiting_since()).min()
-    }
-}
-
-/// A long-lived stream's place on its connection.
-#[derive(Debug)]
-pub(crate) struct StreamOnConnection {
-    connection: Arc<Connection>,
-    pub clock: Arc<StallClock>,
-}
-
-impl StreamOnConnection {
-    /// Cancelled when the server closes.
-    pub(crate) fn closing(&self) -> CancellationToken {
-        self.connection.closing.clone()
-    }
-}
-
-impl Drop for StreamOnConnection {
-    fn drop(&mut self) {
-        self.connection.streams.fetch_sub(1, Ordering::Relaxed);
-        self.connection.end();
-    }
-}
-
-/// Whether a stream's answer waits on its reader: set when the stream
-/// handed HTTP/2 a message, cleared when HTTP/2 asks for the next. HTTP/2
-/// asks again at once while the reader's window and the send buffer have
-/// room, so a mark that stays is a reader that takes nothing.
-#[derive(Debug, Default)]
-pub(crate) struct StallClock(AtomicU64);
-
-impl StallClock {
-    pub fn polled(&self) {
-        self.0.store(0, Ordering::Relaxed);
-    }
-
-    pub fn sent(&self) {
-        self.0.store(now_ms().max(1), Ordering::Relaxed);
-    }
-
-    fn waiting_since(&self) -> Option<u64> {
-        Some(self.0.load(Ordering::Relaxed)).filter(|&t| t != 0)
-    }
-}
 
 /// Why the server closed a connection, as `agora_grpc_server_connections_closed_total`
 /// counts it.
@@ -256,6 +139,9 @@ struct PerConnection<S, I> {
     inner: S,
     info: I,
     connection: Arc<Connection>,
+    /// Its place among the connections: given up once a call completed
+    /// here, it can no longer be taken by a new connection.
+    place: Arc<Place>,
 }
 
 impl<S, I> Service<Request<Incoming>> for PerConnection<S, I>
@@ -281,10 +167,11 @@ where
             req.extensions_mut().insert(OverHttp1);
         }
         let open = Open::begin(self.connection.clone());
+        let place = self.place.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let response = fut.await;
-            open.0.completed();
+            place.proven();
             drop(open);
             response
         })
@@ -435,11 +322,10 @@ impl Shared {
         let connection = Arc::new(Connection {
             last_active: AtomicU64::new(now_ms()),
             closing: self.closing.clone(),
-            place: Some(place),
             ..Default::default()
         });
         let service =
-            PerConnection { inner: service, info: io.connect_info(), connection: connection.clone() };
+            PerConnection { inner: service, info: io.connect_info(), connection: connection.clone(), place };
         let mut conn = pin!(self.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)));
         let limits = &self.limits;
         // ±10%, so that connections opened together do not all close together.

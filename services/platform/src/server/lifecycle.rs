@@ -1,46 +1,16 @@
 //! The life of a service process, in the order of the module above: start,
 //! serve, drain, stop.
 
-use std::{pin::Pin, time::Duration};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::{Application, Shutdown, grpc};
+use super::{Application, Shutdown, Task, grpc};
 use crate::{
     db::{Backend, Database, Migrations},
     health::Health,
     metrics,
 };
-
-/// How a task runs: given the shutdown signal, the future that is the task.
-type Run = Box<dyn FnOnce(Shutdown) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
-
-/// A background task of a service (a change-feed consumer, outbox
-/// pruning): started once migrations ran, told to stop when shutdown
-/// begins, and waited for (bounded) once the server stopped.
-pub struct Task {
-    name: &'static str,
-    run: Run,
-}
-
-impl Task {
-    /// A task named `name` (in logs): `run` gets the signal that it must
-    /// end, and ends when it fires.
-    pub fn new<F, Fut>(name: &'static str, run: F) -> Self
-    where
-        F: FnOnce(Shutdown) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Self { name, run: Box::new(move |stop| Box::pin(run(stop))) }
-    }
-
-    /// Runs the task on its own, outside a server, until the returned
-    /// signal is triggered (for tests and tools).
-    pub fn spawn(self) -> (Shutdown, JoinHandle<()>) {
-        let shutdown = Shutdown::new();
-        (shutdown.clone(), tokio::spawn((self.run)(shutdown)))
-    }
-}
 
 /// How long stopped background tasks may take to end.
 const TASKS_BOUND: Duration = Duration::from_secs(5);

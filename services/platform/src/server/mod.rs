@@ -27,15 +27,12 @@ mod grpc;
 mod lifecycle;
 mod router;
 
-pub(crate) use connections::{Connection, StreamOnConnection};
-
 use std::{net::SocketAddr, time::Duration};
 
 use agora_contracts::feed::ChangeFeedMessage;
 use anyhow::Context as _;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 
-pub use lifecycle::Task;
 pub use router::GeneratedServer;
 
 use crate::{
@@ -44,37 +41,8 @@ use crate::{
     events::Events,
     outbox::{DomainEvent, Outbox},
     security::{Policy, policy::Authorizer, tls::ServerTls, token::Verifier},
+    task::{Shutdown, Task},
 };
-
-/// Starts shutdown from outside (a test, or the signal handler): health goes
-/// NOT_SERVING, the drain delay passes, then the server stops.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    tx: watch::Sender<bool>,
-}
-
-impl Shutdown {
-    fn new() -> Self {
-        Self { tx: watch::channel(false).0 }
-    }
-
-    /// Begins shutdown, as SIGTERM would.
-    pub fn trigger(&self) {
-        self.tx.send_replace(true);
-    }
-
-    /// Resolves once shutdown began. Long-running streams select on it so
-    /// they end cleanly instead of holding the server open.
-    pub async fn wait(&self) {
-        let mut rx = self.tx.subscribe();
-        // The sender lives in `self`, so the channel cannot close under us.
-        let _ = rx.wait_for(|stopping| *stopping).await;
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
-    }
-}
 
 /// What one server runs: its gRPC services, their names for health and
 /// reflection, their policies, and its background tasks.

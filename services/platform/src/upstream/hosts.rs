@@ -23,11 +23,11 @@ use super::{
 use crate::{
     Database, Error, Precondition, UnitOfWork,
     config::{ConfigError, EnvReader},
+    deadline::Deadline,
     events::{Events, partitions},
     feed::{Effects, Feed, Translate, consumer},
-    middleware::Deadline,
     security::SecuritySettings,
-    server::Task,
+    task::Task,
 };
 
 /// The catalog, as a downstream context reaches it.

@@ -64,7 +64,7 @@ use discover::{Replica, Replicas, Resolve, SystemResolver};
 use crate::{
     Error,
     config::EnvReader,
-    middleware::Deadline,
+    deadline::Deadline,
     security::{SecuritySettings, insecure_opt_in, reload::Reloading, tls::ClientTls},
 };
 

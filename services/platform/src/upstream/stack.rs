@@ -35,7 +35,7 @@ use super::{
     Credentials, UpstreamSettings,
     discover::{Replica, Replicas, discover},
 };
-use crate::middleware::{Deadline, encode_grpc_timeout};
+use crate::{deadline::Deadline, middleware::encode_grpc_timeout};
 
 /// The channel an anti-corruption layer wraps in a generated client:
 /// `CatalogServiceClient::new(channel)`.

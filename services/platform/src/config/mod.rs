@@ -6,6 +6,9 @@
 //! configuration crates on crates.io add file formats and layering that a
 //! twelve-factor service configured by its environment does not need.
 
+pub mod events;
+pub mod security;
+
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 /// What a service tells the runtime about itself.
@@ -143,7 +146,7 @@ pub struct Settings {
     /// tracing filter directives (`AGORA_LOG`, else `RUST_LOG`, else `info`).
     pub log_filter: String,
     /// TLS, tokens and the insecure opt-out (`AGORA_TLS_*`, `AGORA_JWT_*`, ...).
-    pub security: crate::security::SecuritySettings,
+    pub security: security::SecuritySettings,
     /// Connections and long-lived streams: their limits and timeouts.
     pub connections: ConnectionSettings,
     /// The web origins whose pages may call this service from a browser
@@ -153,7 +156,7 @@ pub struct Settings {
     pub cors_origins: Vec<http::HeaderValue>,
     /// How change feeds travel: the producers' Watch streams, or NATS
     /// JetStream (`AGORA_EVENTS`, `AGORA_NATS_*`, `AGORA_EVENTS_*`).
-    pub events: crate::events::Transport,
+    pub events: events::Transport,
 }
 
 /// `AGORA_CORS_ORIGINS`, each origin checked: a scheme (http or https) and
@@ -453,10 +456,10 @@ impl Settings {
             ),
             log_format: env.parse("AGORA_LOG_FORMAT", LogFormat::Text),
             log_filter,
-            security: crate::security::SecuritySettings::read(env),
+            security: security::SecuritySettings::read(env),
             connections: ConnectionSettings::read(env),
             cors_origins: cors_origins(env),
-            events: crate::events::Transport::read(env),
+            events: events::Transport::read(env),
         }
     }
 
@@ -482,10 +485,10 @@ impl Settings {
             outbox_retention: Duration::from_secs(168 * 3600),
             log_format: LogFormat::Text,
             log_filter: "warn".into(),
-            security: crate::security::SecuritySettings::insecure(),
+            security: security::SecuritySettings::insecure(),
             connections: ConnectionSettings::defaults(),
             cors_origins: Vec::new(),
-            events: crate::events::Transport::Watch,
+            events: events::Transport::Watch,
         }
     }
 }
