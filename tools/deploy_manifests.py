@@ -25,12 +25,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contexts  # noqa: E402
 import monitoring  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name: (gRPC port, admin port); the services' own defaults.
-SERVICES = {"catalog": (50051, 9101), "customers": (50052, 9102), "offers": (50053, 9103), "shopping": (50054, 9104)}
+# name: (gRPC port, admin port); the services' own defaults, as the context
+# map declares them.
+SERVICES = contexts.ports()
 PART_OF = {"app.kubernetes.io/part-of": "agora"}
 # Drain delay 5 s (AGORA_DRAIN_DELAY_MS) + graceful shutdown bound 10 s
 # (AGORA_SHUTDOWN_TIMEOUT_MS) + background tasks 5 s, with 10 s to spare:
@@ -46,8 +48,7 @@ MONITORING_NAMESPACE = "monitoring"
 NATS_NAMESPACE = "nats"
 NATS_URL = f"tls://nats.{NATS_NAMESPACE}.svc.cluster.local:4222"
 # The gRPC service each context serves, by its proto file.
-PROTOS = {"catalog": "catalog/v1/catalog_service.proto", "customers": "customers/v1/customers_service.proto",
-          "offers": "offers/v1/offers_service.proto", "shopping": "shopping/v1/shopping_service.proto"}
+PROTOS = {name: contexts.proto(name) for name in SERVICES}
 TRUST_DOMAIN = "agora.local"
 
 # Requests and limits, from `make bench` (BENCHMARKS.md) on one core:

@@ -10,7 +10,7 @@ GRPCURL=${GRPCURL:-tools/.venv/bin/grpcurl}
 # that signs every service's certificate, the certificates, and the key
 # development tokens are signed with, with its JWKS.
 DEV_DIR=data/dev
-AGORA_DEV=${AGORA_DEV:-target/debug/agora-dev}
+AGORA_DEV=${AGORA_DEV:-${CARGO_TARGET_DIR:-target}/debug/agora-dev}
 
 # grpcurl as a client of the running system: TLS, trusting the development CA.
 tls() { "$GRPCURL" -cacert "$DEV_DIR/ca.pem" "$@"; }
@@ -18,13 +18,13 @@ tls() { "$GRPCURL" -cacert "$DEV_DIR/ca.pem" "$@"; }
 # A development token: token staff | token customer <customer_id>.
 token() { "$AGORA_DEV" token "$@" --dir "$DEV_DIR"; }
 
-# name gRPC-port admin-port
-SERVICES=(
-  "catalog 50051 9101"
-  "customers 50052 9102"
-  "offers 50053 9103"
-  "shopping 50054 9104"
-)
+# name gRPC-port admin-port, one entry a context of proto/context_map.json
+# (tools/contexts.py reads it).
+mapfile -t SERVICES < <(python3 "$(dirname "${BASH_SOURCE[0]}")/contexts.py")
+if [ "${#SERVICES[@]}" -eq 0 ]; then
+  echo "no services: tools/contexts.py could not read proto/context_map.json" >&2
+  exit 1
+fi
 
 # The processes of the running system: the runner first, then the services.
 PID_FILE=data/run.pid

@@ -7,11 +7,13 @@ unit tests) and tests/monitoring (the names against four real services, the
 alerts through a real Prometheus) check what is written here.
 
 Every series is selected by the labels the scrape adds: `job="agora"` and
-`service` (catalog, customers, offers, shopping)."""
+`service`: one a context of proto/context_map.json (tools/contexts.py)."""
 
 import json
 
-SERVICES = ["catalog", "customers", "offers", "shopping"]
+import contexts
+
+SERVICES = list(contexts.contexts())
 # Each alert's entry in the runbook; prefix it with where your copy of the docs is served.
 RUNBOOK = "docs/OPERATIONS.md#"
 
@@ -200,7 +202,7 @@ def dashboard(service: str) -> dict:
          [(f"rate(process_cpu_seconds_total{{{sel}}}[5m])", "cpu {{pod}}"),
           (f"process_resident_memory_bytes{{{sel}}}", "rss {{pod}}")], "short"),
     ]
-    if service in ("catalog", "customers"):
+    if service in contexts.publishers():
         panels += [
             ("Relay to JetStream: events not yet relayed, leader (1), relayed per second",
              [(f"max by (stream) (agora_events_relay_lag_events{{{sel}}})", "lag {{stream}}"),
@@ -208,7 +210,7 @@ def dashboard(service: str) -> dict:
               (f"sum by (stream) (rate(agora_events_relayed_total{{{sel}}}[5m]))", "relayed/s {{stream}}")],
              "short"),
         ]
-    if service in ("offers", "shopping"):
+    if service in contexts.followers():
         panels += [
             ("Feeds: lag in events, connected (1)",
              [(f"max by (feed) (agora_feed_lag_events{{{sel}}})", "lag {{feed}}"),

@@ -12,11 +12,14 @@ import os
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contexts  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "tools" / "prometheus" / "usr" / "bin" / "prometheus"
 RULES = ROOT / "deploy" / "monitoring" / "rules.yaml"
 # The admin ports `make run` binds, replica r on 127.0.0.r (tools/lib.sh).
-ADMIN_PORTS = {"catalog": 9101, "customers": 9102, "offers": 9103, "shopping": 9104}
+ADMIN_PORTS = {name: admin for name, (_, admin) in contexts.ports().items()}
 
 
 def config(targets: dict, rule_files: list, interval: str = "15s") -> str:

@@ -39,7 +39,7 @@ if [ "$REPLICAS" != 1 ] && [ "$DB" != postgres ]; then
   echo "REPLICAS=$REPLICAS needs DB=postgres: a SQLite file belongs to one process" >&2
   exit 2
 fi
-target_dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+target_dir=${CARGO_TARGET_DIR:-target}/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 # One system at a time: a second one would find its ports taken and write
 # into the first one's logs.
@@ -125,6 +125,12 @@ stop_all() {
 }
 trap 'stop_all; exit 0' INT TERM
 
+upstream_env=()
+for s in "${SERVICES[@]}"; do
+  set -- $s
+  upstream_env+=("AGORA_${1^^}_ADDRS=$(replicas_of "$2")")
+done
+
 # Logs are appended to, never truncated: a run starts with a line of its own.
 # Replica 1 logs to data/logs/<service>.log, replica r to <service>-r.log.
 started=()  # "name admin-host:port log" of each process, in start order
@@ -140,9 +146,10 @@ for s in "${SERVICES[@]}"; do
       if [ "$BROKER" = nats ]; then
         export "${broker_env[@]}" AGORA_NATS_CERT_FILE="$AGORA_TLS_CERT_FILE" AGORA_NATS_KEY_FILE="$AGORA_TLS_KEY_FILE"
       fi
+      # Where every context is, for those that call it (AGORA_CATALOG_ADDRS, ...).
+      export "${upstream_env[@]}"
       AGORA_GRPC_ADDR="127.0.0.$r:$2" AGORA_ADMIN_ADDR="127.0.0.$r:$3" \
       AGORA_DATABASE_URL="$url_prefix$1$url_suffix" \
-      AGORA_CATALOG_ADDRS="$(replicas_of 50051)" AGORA_CUSTOMERS_ADDRS="$(replicas_of 50052)" \
       AGORA_DRAIN_DELAY_MS="${AGORA_DRAIN_DELAY_MS:-500}" \
       AGORA_CORS_ORIGINS="${AGORA_CORS_ORIGINS:-http://127.0.0.1:5173}" \
         exec "$target_dir/agora-$1"
@@ -175,10 +182,7 @@ if [ "$SEED" = 1 ]; then tools/seed.sh; fi
 cat <<TXT
 
 Agora is running (logs in data/logs/, databases $([ "$DB" = sqlite ] && echo "in data/*.db" || echo "agora_* on $server")$([ "$REPLICAS" = 1 ] || echo "; $REPLICAS replicas of each, on 127.0.0.1 to 127.0.0.$REPLICAS")$([ "$BROKER" = nats ] && echo "; change feeds on NATS JetStream at tls://127.0.0.1:$NATS_PORT")):
-  catalog    gRPC (TLS) 127.0.0.1:50051   admin (health, metrics) http://127.0.0.1:9101
-  customers  gRPC (TLS) 127.0.0.1:50052   admin (health, metrics) http://127.0.0.1:9102
-  offers     gRPC (TLS) 127.0.0.1:50053   admin (health, metrics) http://127.0.0.1:9103
-  shopping   gRPC (TLS) 127.0.0.1:50054   admin (health, metrics) http://127.0.0.1:9104
+$(for s in "${SERVICES[@]}"; do set -- $s; printf '  %-10s gRPC (TLS) 127.0.0.1:%-7s admin (health, metrics) http://127.0.0.1:%s\n' "$1" "$2" "$3"; done)
 Every call needs a token: make -s token ROLE=staff, or ROLE=customer SUBJECT=<customer_id>.
 Clients trust the development CA: $DEV_DIR/ca.pem.
 The storefront page (make web) may call them from http://127.0.0.1:5173 (gRPC-Web).

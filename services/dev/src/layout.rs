@@ -10,8 +10,13 @@ use crate::{
     tokens::{AUDIENCE, ISSUER, Signer},
 };
 
-/// The services that get a certificate.
-pub const SERVICES: [&str; 4] = ["catalog", "customers", "offers", "shopping"];
+/// The services that get a certificate: every context of the context map
+/// (`proto/context_map.json`).
+pub fn services() -> Vec<String> {
+    let map: serde_json::Value = serde_json::from_str(include_str!("../../../proto/context_map.json"))
+        .expect("the context map is JSON");
+    map["contexts"].as_object().expect("contexts in the context map").keys().cloned().collect()
+}
 /// The trust domain of development identities (the platform's default).
 pub const TRUST_DOMAIN: &str = "agora.local";
 /// The key id of the development signing key.
@@ -70,10 +75,10 @@ impl Layout {
             }
         };
         write(&self.jwks(), &signer.jwks()?, false)?;
-        for service in SERVICES {
-            let issued = ca.issue(&Leaf::service(service, TRUST_DOMAIN))?;
-            write(&self.key(service), &issued.key_pem, true)?;
-            write(&self.cert(service), &issued.cert_pem, false)?;
+        for service in services() {
+            let issued = ca.issue(&Leaf::service(&service, TRUST_DOMAIN))?;
+            write(&self.key(&service), &issued.key_pem, true)?;
+            write(&self.cert(&service), &issued.cert_pem, false)?;
         }
         Ok((ca, signer))
     }

@@ -16,7 +16,7 @@
 use std::process::ExitCode;
 
 use agora_dev::{
-    layout::{Layout, SERVICES},
+    layout::{Layout, services},
     tokens::Claims,
 };
 
@@ -61,7 +61,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             layout.ensure()?;
             eprintln!("agora-dev: development CA, certificates and token keys in {}", layout.dir.display());
         }
-        ["env", service] if SERVICES.contains(service) => {
+        ["env", service] if services().iter().any(|s| s == service) => {
             for (name, value) in layout.env(service) {
                 println!("export {name}='{value}'");
             }

@@ -185,7 +185,9 @@ pub struct OpenHost {
     pub services: Services,
     /// The context's name: its stream's.
     context: &'static str,
-    events: Events,
+    /// How the change feeds travel: this context's own, and its upstreams'
+    /// when it follows some.
+    pub events: Events,
     retention: Duration,
 }
 

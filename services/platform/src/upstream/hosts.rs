@@ -97,26 +97,7 @@ impl Hosts {
     where
         A: Translate<catalog_event::Kind> + Translate<customer_event::Kind> + Clone,
     {
-        match events {
-            Events::Watch => [
-                consumer(self.catalog.watch_catalog_events(), Keeping(context.clone()), db.clone()),
-                consumer(self.customers.watch_customer_events(), Keeping(context), db.clone()),
-            ],
-            Events::JetStream(broker) => [
-                partitions::consumer::<catalog::WatchCatalogEventsResponse, _>(
-                    broker.clone(),
-                    self.catalog.name(),
-                    Keeping(context.clone()),
-                    db.clone(),
-                ),
-                partitions::consumer::<customers::WatchCustomerEventsResponse, _>(
-                    broker.clone(),
-                    self.customers.name(),
-                    Keeping(context),
-                    db.clone(),
-                ),
-            ],
-        }
+        [self.catalog.follow(context.clone(), db, events), self.customers.follow(context, db, events)]
     }
 
     /// Begins a unit of work in which what `needs` names is so, and stays
@@ -137,44 +118,90 @@ impl Hosts {
         needs: Needs<'_>,
         deadline: Option<Deadline>,
     ) -> Result<UnitOfWork, Refusal> {
-        let mut uow = db.begin().await?;
-        let (customer, product) = needs.read(&mut uow).await?;
-        needs.refused(customer, product)?;
-        let ask_customer = needs.customer.filter(|_| customer.is_none());
-        let ask_product = needs.product_on_sale.filter(|_| product.is_none());
-        if ask_customer.is_none() && ask_product.is_none() {
-            return Ok(uow);
-        }
-        // Asked with no transaction open (and, on SQLite, the write turn
-        // given back): the feeds go on meanwhile.
-        drop(uow);
-        let mut heard = Vec::new();
-        if let Some(id) = ask_customer {
-            if self.customers.get_customer(id, deadline).await?.is_none() {
-                return Err(Refusal::CustomerUnknown(id.to_owned()));
+        checked(db, needs, |question| async move {
+            match question {
+                Question::Customer(id) => {
+                    customer_fact(&id, self.customers.get_customer(&id, deadline).await?)
+                }
+                Question::Product(id) => product_fact(&id, self.catalog.get_product(&id, deadline).await?),
             }
-            heard.push(Fact::Customer { customer_id: id.to_owned(), deleted: false });
-        }
-        if let Some(id) = ask_product {
-            let Some(product) = self.catalog.get_product(id, deadline).await? else {
-                return Err(Refusal::ProductUnknown(id.to_owned()));
-            };
-            heard.push(Fact::of_product(&product));
-        }
-        // Kept, and read again, in a new unit of work.
-        let mut uow = db.begin().await?;
-        for fact in &heard {
-            known::keep(&mut uow, fact).await?;
-        }
-        let (customer, product) = needs.read(&mut uow).await?;
-        needs.refused(customer, product)?;
-        if customer.is_none() && ask_customer.is_some() || product.is_none() && ask_product.is_some() {
-            return Err(Refusal::Failed(Error::Internal(anyhow::anyhow!(
-                "an upstream's answer was kept and then not found in the same transaction"
-            ))));
-        }
-        Ok(uow)
+        })
+        .await
     }
+}
+
+/// What [`checked`] asks an upstream: about a customer, or a product.
+#[derive(Debug)]
+enum Question {
+    Customer(String),
+    Product(String),
+}
+
+/// What an answer of customers says of `id`, kept as a fact.
+fn customer_fact(id: &str, found: Option<customers::Customer>) -> Result<Fact, Refusal> {
+    match found {
+        Some(_) => Ok(Fact::Customer { customer_id: id.to_owned(), deleted: false }),
+        None => Err(Refusal::CustomerUnknown(id.to_owned())),
+    }
+}
+
+/// What an answer of the catalog says of `id`, kept as a fact.
+fn product_fact(id: &str, found: Option<catalog::Product>) -> Result<Fact, Refusal> {
+    match found {
+        Some(product) => Ok(Fact::of_product(&product)),
+        None => Err(Refusal::ProductUnknown(id.to_owned())),
+    }
+}
+
+/// A question a downstream that follows one upstream only cannot ask: its
+/// code named a need of the other.
+fn not_followed(question: Question) -> Refusal {
+    Refusal::Failed(Error::Internal(anyhow::anyhow!(
+        "{question:?} needs an upstream this context does not use"
+    )))
+}
+
+/// [`Hosts::begin_checked`], with the questions asked by `ask`: whatever
+/// upstreams the context has.
+async fn checked<F>(
+    db: &Database,
+    needs: Needs<'_>,
+    ask: impl Fn(Question) -> F,
+) -> Result<UnitOfWork, Refusal>
+where
+    F: Future<Output = Result<Fact, Refusal>>,
+{
+    let mut uow = db.begin().await?;
+    let (customer, product) = needs.read(&mut uow).await?;
+    needs.refused(customer, product)?;
+    let ask_customer = needs.customer.filter(|_| customer.is_none());
+    let ask_product = needs.product_on_sale.filter(|_| product.is_none());
+    if ask_customer.is_none() && ask_product.is_none() {
+        return Ok(uow);
+    }
+    // Asked with no transaction open (and, on SQLite, the write turn
+    // given back): the feeds go on meanwhile.
+    drop(uow);
+    let mut heard = Vec::new();
+    if let Some(id) = ask_customer {
+        heard.push(ask(Question::Customer(id.to_owned())).await?);
+    }
+    if let Some(id) = ask_product {
+        heard.push(ask(Question::Product(id.to_owned())).await?);
+    }
+    // Kept, and read again, in a new unit of work.
+    let mut uow = db.begin().await?;
+    for fact in &heard {
+        known::keep(&mut uow, fact).await?;
+    }
+    let (customer, product) = needs.read(&mut uow).await?;
+    needs.refused(customer, product)?;
+    if customer.is_none() && ask_customer.is_some() || product.is_none() && ask_product.is_some() {
+        return Err(Refusal::Failed(Error::Internal(anyhow::anyhow!(
+            "an upstream's answer was kept and then not found in the same transaction"
+        ))));
+    }
+    Ok(uow)
 }
 
 /// What a write of a downstream context needs its upstreams to say of the
@@ -292,6 +319,42 @@ impl<A: Translate<customer_event::Kind>> Translate<customer_event::Kind> for Kee
 }
 
 impl Catalog {
+    /// Follows the catalog's feed in the background, as [`Hosts::follow`]
+    /// does, for a context whose one upstream it is.
+    pub fn follow<A: Translate<catalog_event::Kind>>(
+        &self,
+        context: A,
+        db: &Database,
+        events: &Events,
+    ) -> Task {
+        match events {
+            Events::Watch => consumer(self.watch_catalog_events(), Keeping(context), db.clone()),
+            Events::JetStream(broker) => partitions::consumer::<catalog::WatchCatalogEventsResponse, _>(
+                broker.clone(),
+                self.name(),
+                Keeping(context),
+                db.clone(),
+            ),
+        }
+    }
+
+    /// [`Hosts::begin_checked`] for a context that needs of its upstreams
+    /// only the catalog's products.
+    pub async fn begin_checked(
+        &self,
+        db: &Database,
+        needs: Needs<'_>,
+        deadline: Option<Deadline>,
+    ) -> Result<UnitOfWork, Refusal> {
+        checked(db, needs, |question| async move {
+            match question {
+                Question::Product(id) => product_fact(&id, self.get_product(&id, deadline).await?),
+                other => Err(not_followed(other)),
+            }
+        })
+        .await
+    }
+
     /// GetProduct: the product, or None when the catalog has none.
     pub async fn get_product(&self, product_id: &str, deadline: Option<Deadline>) -> Found<catalog::Product> {
         let request = catalog::GetProductRequest { product_id: product_id.to_owned() };
@@ -308,6 +371,42 @@ impl Catalog {
 }
 
 impl Customers {
+    /// Follows customers' feed in the background, as [`Hosts::follow`]
+    /// does, for a context whose one upstream it is.
+    pub fn follow<A: Translate<customer_event::Kind>>(
+        &self,
+        context: A,
+        db: &Database,
+        events: &Events,
+    ) -> Task {
+        match events {
+            Events::Watch => consumer(self.watch_customer_events(), Keeping(context), db.clone()),
+            Events::JetStream(broker) => partitions::consumer::<customers::WatchCustomerEventsResponse, _>(
+                broker.clone(),
+                self.name(),
+                Keeping(context),
+                db.clone(),
+            ),
+        }
+    }
+
+    /// [`Hosts::begin_checked`] for a context that needs of its upstreams
+    /// only customers.
+    pub async fn begin_checked(
+        &self,
+        db: &Database,
+        needs: Needs<'_>,
+        deadline: Option<Deadline>,
+    ) -> Result<UnitOfWork, Refusal> {
+        checked(db, needs, |question| async move {
+            match question {
+                Question::Customer(id) => customer_fact(&id, self.get_customer(&id, deadline).await?),
+                other => Err(not_followed(other)),
+            }
+        })
+        .await
+    }
+
     /// GetCustomer: the customer, or None when there is no such customer.
     pub async fn get_customer(
         &self,
