@@ -81,7 +81,9 @@ def singular(name: str) -> str:
     """The aggregate a context's name suggests: `reviews` → `review`."""
     if name.endswith("ies") and len(name) > 4:
         return name[:-3] + "y"
-    if name.endswith("s") and not name.endswith("ss") and len(name) > 3:
+    if re.search(r"(ss|x|z|ch|sh)es$", name):
+        return name[:-2]
+    if name.endswith("s") and not re.search(r"(ss|us|is)$", name) and len(name) > 3:
         return name[:-1]
     return name
 
