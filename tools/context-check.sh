@@ -45,6 +45,24 @@ export CARGO_TARGET_DIR=$root/target/context-check
 
 step() { echo; echo "== make context-check: $*"; }
 cd "$scratch"
+step "names that are taken or invalid are refused, and nothing is written"
+# Every file of the scratch tree and its content, tools installed aside.
+snapshot() {
+  find . \( -path ./tools/.venv -o -path ./tools/node_modules -o -name refused.log \) -prune -o -type f -print0 |
+    sort -z | xargs -0 sha256sum | sha256sum
+}
+copied=$(snapshot)
+for bad in "catalog" "Reviews" "re-views" "x" "platform" "$name UPSTREAMS=offers" "$name UPSTREAMS=nowhere"; do
+  set -- $bad
+  if make -s context NAME="$1" ${2:+"$2"} >"$scratch/refused.log" 2>&1; then
+    echo "make context NAME=$bad was accepted" >&2; exit 1
+  fi
+  grep -q "^make context: " "$scratch/refused.log" || { cat "$scratch/refused.log" >&2; exit 1; }
+  sed -n 1p "$scratch/refused.log"
+done
+if [ "$(snapshot)" != "$copied" ]; then
+  echo "a refused make context wrote into the tree" >&2; exit 1
+fi
 step "make context NAME=$name UPSTREAMS=$upstreams"
 make -s context NAME="$name" UPSTREAMS="$upstreams"
 step "make lint"

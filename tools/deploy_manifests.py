@@ -463,7 +463,7 @@ Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
 # What a reader of a generated file needs to know, by its path.
 NOTES = {
     "base/kustomization.yaml": """\
-# The four services, in the namespace agora. An overlay adds the database
+# Every service, in the namespace agora. An overlay adds the database
 # (dev: SQLite on a volume; production: PostgreSQL) and the replicas.
 #
 # Provided by the operator (or by the component components/cert-manager):
@@ -476,6 +476,19 @@ NOTES = {
 # The ConfigMaps below hold every other setting (docs/CONFIGURATION.md);
 # edit them in an overlay (configMapGenerator with behavior: merge).
 """,
+    "overlays/dev/kustomization.yaml": """\
+# dev: one replica of each service, its SQLite file on a volume of its own.
+# A Deployment with the Recreate strategy rather than a StatefulSet: one
+# pod, one claim, and an update stops the old pod before the new one opens
+# the file (a SQLite file belongs to one process); nothing here needs a
+# StatefulSet's stable names or per-replica claims.
+""",
+    "overlays/production/kustomization.yaml": """\
+# production: PostgreSQL per context through a Secret (<service>-database,
+# key url, e.g. postgres://agora@catalog-db/agora?sslmode=verify-full&sslrootcert=...),
+# three replicas each spread over nodes and zones, an HPA on CPU and a
+# PodDisruptionBudget.
+""",
     "components/cert-manager/kustomization.yaml": """\
 # Optional: cert-manager issues and renews every service's certificate into
 # the Secret <service>-tls, signed by a CA of Agora's own (bootstrapped by a
@@ -484,8 +497,8 @@ NOTES = {
 """,
     "components/jetstream/kustomization.yaml": """\
 # Optional: the change feeds on NATS JetStream (AGORA_EVENTS=jetstream):
-# catalog and customers relay their outboxes to their streams, offers and
-# shopping share the streams' partitions. Expects NATS with JetStream, run
+# the upstreams relay their outboxes to their streams, the downstreams
+# share the streams' partitions. Expects NATS with JetStream, run
 # by its own Helm chart or operator (docs/DEPLOYMENT.md): the Service nats
 # in the namespace nats, TLS on 4222, and per service a Secret
 # <service>-nats in the namespace agora with ca.crt (NATS's CA) and
@@ -523,6 +536,10 @@ def render() -> dict:
         files[f"overlays/production/{name}-patch.yaml"] = [patch]
     files["overlays/dev/volumes.yaml"] = dev
     files["overlays/production/availability.yaml"] = production
+    for overlay, extra in (("dev", "volumes.yaml"), ("production", "availability.yaml")):
+        files[f"overlays/{overlay}/kustomization.yaml"] = [
+            {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+             "resources": ["../../base", extra], "patches": [{"path": f"{name}-patch.yaml"} for name in SERVICES]}]
     files["base/kustomization.yaml"] = [base_kustomization()]
     files["components/cert-manager/certificates.yaml"] = [
         *certificate_authority(), *(certificate(name) for name in SERVICES)]

@@ -95,8 +95,10 @@ def variables(root: Path, name: str, upstreams: list, aggregate: str | None) -> 
     if not NAME.match(name):
         raise Refused(f"NAME={name!r}: a context's name is 3 to 30 lower-case letters and digits, "
                       "starting with a letter (it is the package agora.<name>.v1 and the crate agora-<name>)")
-    if name in contexts or name in RESERVED:
-        raise Refused(f"NAME={name}: the name is taken")
+    if name in contexts:
+        raise Refused(f"NAME={name}: the name is taken (proto/context_map.json)")
+    if name in RESERVED:
+        raise Refused(f"NAME={name}: the name is reserved (a crate or package of the tree, or a keyword)")
     for taken in (root / "services" / name, root / "proto" / "agora" / name):
         if taken.exists():
             raise Refused(f"NAME={name}: {taken.relative_to(root)} exists already")
@@ -317,7 +319,7 @@ def main() -> int:
           f"{v['grpc_port']} and {v['admin_port']}, {len(written)} files written"
           + (f", following {' and '.join(v['upstreams'])}" if v["upstreams"] else "") + ".")
     print("Next: the aggregate's fields and rules (services/%s/src/domain/mod.rs, then the proto, "
-          "store.rs and a migration); docs/CONTRIBUTING.md says what else to edit." % v["name"])
+          "store.rs and a migration); CONTRIBUTING.md, Adding a context, says what else to edit." % v["name"])
     return 0
 
 

@@ -327,15 +327,7 @@ impl Catalog {
         db: &Database,
         events: &Events,
     ) -> Task {
-        match events {
-            Events::Watch => consumer(self.watch_catalog_events(), Keeping(context), db.clone()),
-            Events::JetStream(broker) => partitions::consumer::<catalog::WatchCatalogEventsResponse, _>(
-                broker.clone(),
-                self.name(),
-                Keeping(context),
-                db.clone(),
-            ),
-        }
+        self.follow_feed(|| self.watch_catalog_events(), Keeping(context), db, events)
     }
 
     /// [`Hosts::begin_checked`] for a context that needs of its upstreams
@@ -379,15 +371,7 @@ impl Customers {
         db: &Database,
         events: &Events,
     ) -> Task {
-        match events {
-            Events::Watch => consumer(self.watch_customer_events(), Keeping(context), db.clone()),
-            Events::JetStream(broker) => partitions::consumer::<customers::WatchCustomerEventsResponse, _>(
-                broker.clone(),
-                self.name(),
-                Keeping(context),
-                db.clone(),
-            ),
-        }
+        self.follow_feed(|| self.watch_customer_events(), Keeping(context), db, events)
     }
 
     /// [`Hosts::begin_checked`] for a context that needs of its upstreams
@@ -427,6 +411,28 @@ impl Customers {
 }
 
 impl<C: Clone> Upstream<C> {
+    /// The background task that applies the upstream's feed with
+    /// `effects`: its Watch stream (`watch`), or its stream's partitions
+    /// when `events` are on JetStream.
+    fn follow_feed<M, A>(
+        &self,
+        watch: impl FnOnce() -> Feed<M>,
+        effects: A,
+        db: &Database,
+        events: &Events,
+    ) -> Task
+    where
+        M: agora_contracts::feed::ChangeFeedMessage,
+        A: Translate<M::Kind>,
+    {
+        match events {
+            Events::Watch => consumer(watch(), effects, db.clone()),
+            Events::JetStream(broker) => {
+                partitions::consumer::<M, _>(broker.clone(), self.name(), effects, db.clone())
+            }
+        }
+    }
+
     /// The upstream's change feed, opened by `watch` on a client of the
     /// feed's own channel.
     fn feed<F, M, W, Fut>(&self, client: fn(UpstreamChannel) -> F, watch: W) -> Feed<M>
