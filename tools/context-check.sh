@@ -5,14 +5,14 @@
 # PostgreSQL), the context-map test, `make deploy-check`, and a `make run`
 # that serves five contexts, with a call to the new one. It fails if the
 # generator leaves the tree unbuildable, or if this tree changed.
-#
-# The scratch copy builds into target/context-check (its own: binaries of the
-# same names must not replace this tree's), which later runs reuse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 name=${CONTEXT_NAME:-reviews}
 upstreams=${CONTEXT_UPSTREAMS:-catalog}
+# The scratch copy builds into target/context-check (its own: binaries of the
+# same names must not replace this tree's); make run and agora-dev follow.
+export CARGO_TARGET_DIR=$root/target/context-check
 source tools/lib.sh
 
 # This tree, as git sees it: what must be the same at the end.
@@ -41,8 +41,6 @@ git ls-files -co --exclude-standard -z | tar --null -cf - -T - | tar -xf - -C "$
 # Tools installed here are reused, not installed again.
 ln -s "$root/tools/.venv" "$scratch/tools/.venv"
 [ -d tools/node_modules ] && ln -s "$root/tools/node_modules" "$scratch/tools/node_modules"
-export CARGO_TARGET_DIR=$root/target/context-check
-
 step() { echo; echo "== make context-check: $*"; }
 cd "$scratch"
 step "names that are taken or invalid are refused, and nothing is written"
