@@ -82,7 +82,7 @@ done
 grep -q "Agora is running" "$log" || { tail -n 20 "$log" >&2; echo "make run did not start in 30 minutes" >&2; exit 1; }
 served=$(grep -cE "^  [a-z0-9]+ +gRPC \(TLS\)" "$log")
 [ "$served" = 5 ] || { cat "$log" >&2; echo "make run serves $served contexts, not 5" >&2; exit 1; }
-port=$(python3 -c "import json; print(json.load(open('proto/context_map.json'))['contexts']['$name']['grpc_port'])")
+port=$(python3 tools/contexts.py | awk -v name="$name" '$1 == name { print $2 }')
 agg=$(grep -oE "service [A-Za-z]+Service" "proto/agora/$name/v1/${name}_service.proto" | head -n 1 | sed 's/service //; s/Service$//')
 staff=$(token staff)
 call() { tls -H "authorization: Bearer $staff" -d "$2" "127.0.0.1:$1" "${@:3}"; }

@@ -6,6 +6,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::OnceLock,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -46,21 +47,24 @@ pub enum Forgery {
 
 /// Every context of the context map, and those that call an upstream: the
 /// services whose certificates, and whose service tokens, the matrix tries.
-/// Their names live as long as the test process.
-fn contexts() -> (Vec<&'static str>, Vec<&'static str>) {
-    let map: serde_json::Value =
-        serde_json::from_str(agora_contracts::CONTEXT_MAP).expect("the context map is JSON");
-    let leak = |name: &str| -> &'static str { Box::leak(name.to_owned().into_boxed_str()) };
-    let contexts = map["contexts"].as_object().expect("contexts").keys().map(|c| leak(c)).collect();
-    let mut downstreams: Vec<&'static str> = map["relations"]
-        .as_array()
-        .expect("relations")
-        .iter()
-        .map(|r| leak(r["downstream"].as_str().expect("a downstream")))
-        .collect();
-    downstreams.sort();
-    downstreams.dedup();
-    (contexts, downstreams)
+/// Read once; the names live as long as the test process.
+fn contexts() -> &'static (Vec<&'static str>, Vec<&'static str>) {
+    static CONTEXTS: OnceLock<(Vec<&'static str>, Vec<&'static str>)> = OnceLock::new();
+    CONTEXTS.get_or_init(|| {
+        let map: serde_json::Value =
+            serde_json::from_str(agora_contracts::CONTEXT_MAP).expect("the context map is JSON");
+        let leak = |name: &str| -> &'static str { Box::leak(name.to_owned().into_boxed_str()) };
+        let contexts = map["contexts"].as_object().expect("contexts").keys().map(|c| leak(c)).collect();
+        let mut downstreams: Vec<&'static str> = map["relations"]
+            .as_array()
+            .expect("relations")
+            .iter()
+            .map(|r| leak(r["downstream"].as_str().expect("a downstream")))
+            .collect();
+        downstreams.sort();
+        downstreams.dedup();
+        (contexts, downstreams)
+    })
 }
 
 /// Who calls, in the matrix.
@@ -86,8 +90,8 @@ impl Role {
         use strum::IntoEnumIterator as _;
         let mut roles = vec![Role::Staff, Role::Owner, Role::OtherCustomer];
         let (contexts, downstreams) = contexts();
-        roles.extend(contexts.into_iter().chain(["intruder"]).map(Role::ServiceCert));
-        roles.extend(downstreams.into_iter().map(Role::ServiceToken));
+        roles.extend(contexts.iter().copied().chain(["intruder"]).map(Role::ServiceCert));
+        roles.extend(downstreams.iter().copied().map(Role::ServiceToken));
         roles.extend(Forgery::iter().map(Role::Forged));
         roles
     }
