@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
+    // At run time, not `env!`: a build script reused for a copy of the tree
+    // elsewhere (one target directory, two checkouts) reads that copy.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     let mut protos = Vec::new();
     collect_protos(&root, &mut protos)?;
     protos.sort();
